@@ -1,0 +1,3 @@
+from simengine.cli import main
+
+main()

@@ -1,0 +1,413 @@
+"""The `simengine` command line: a thin shell over the library (heavy modules are imported per command)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("simengine")
+
+
+class _Group(click.Group):
+    """Turns library errors into one line and exit code 1; --debug shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            from simengine.errors import SimengineError
+
+            prefix = "error" if isinstance(exc, SimengineError) else f"error ({type(exc).__name__})"
+            click.echo(f"{prefix}: {exc}", err=True)
+            sys.exit(1)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("simengine").setLevel(level)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="simengine")
+@click.pass_context
+def cli(ctx, debug, quiet, verbose):
+    """Image similarity engine.
+
+    Train an embedding (triplet loss) and a pair verifier (BCE) on an ImageFolder dataset,
+    index a collection in FAISS + SQLite with calibrated thresholds, and ask:
+    are two images the same class, do two of three share a class, what are an image's neighbours.
+    """
+    _setup_logging(quiet, verbose)
+    ctx.obj = {"progress": not quiet}
+
+
+def _progress(ctx) -> bool:
+    return ctx.find_root().obj["progress"]
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+@cli.group()
+def data():
+    """Get the reference dataset and draw evaluation sets."""
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["imagenette"]))
+@click.option("--dest", default="data", show_default=True, type=click.Path(file_okay=False), help="Where to unpack.")
+def data_fetch(name, dest):
+    """Download fast.ai's imagenette2-160 and check it (fails at once when offline)."""
+    from simengine.data import fetch_imagenette
+
+    click.echo(f"imagenette at {fetch_imagenette(dest)}")
+
+
+@data.command("sample")
+@click.argument("kind", type=click.Choice(["pairs", "triplets", "train-triplets"]))
+@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--n", type=int, default=None, help="How many rows (default: the reference's 320 test / 1280 train).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+def data_sample(kind, data_dir, split, n, seed, out):
+    """Write a balanced, seeded pairs or triplets CSV (img1,img2[,img3],label)."""
+    from simengine.data import resolve_data_dir, scan_split
+    from simengine.sampling import PRESETS, sample_eval_triplets, sample_pairs, sample_training_triplets, write_csv
+
+    items = scan_split(resolve_data_dir(data_dir), split)
+    n = n or PRESETS["train" if kind == "train-triplets" else "test"]
+    draw = {"pairs": sample_pairs, "triplets": sample_eval_triplets, "train-triplets": sample_training_triplets}[kind]
+    samples = draw([i.label for i in items], n, seed)
+    write_csv(out, samples, [i.path for i in items])
+    click.echo(f"wrote {len(samples)} {kind} to {out}")
+
+
+# --- train ---------------------------------------------------------------------------------------------------------
+
+def _training_options(f):
+    options = [
+        click.option("--backbone", default=None, help="timm model name (default: efficientnet_b0 if its weights are reachable, else tf_efficientnet_lite0)."),
+        click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone checkpoint file (.pth/.safetensors)."),
+        click.option("--mining", type=click.Choice(["random", "semihard", "batch-hard"]), default="batch-hard", show_default=True, help="Triplet mining strategy."),
+        click.option("--margin", type=float, default=0.2, show_default=True, help="Triplet margin."),
+        click.option("--dim", type=int, default=256, show_default=True, help="Embedding dimension."),
+        click.option("--hidden", type=int, default=0, show_default=True, help="Hidden width of an MLP embedding head (0: linear)."),
+        click.option("--steps", type=int, default=1500, show_default=True, help="Maximum training steps per head (early stopping on holdout)."),
+        click.option("--lr", type=float, default=1e-3, show_default=True),
+        click.option("--flip/--no-flip", default=False, show_default=True, help="Average features over the image and its mirror."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--finetune", is_flag=True, help="Fine-tune the backbone's last blocks on images first (GPU recommended)."),
+        click.option("--finetune-blocks", type=int, default=2, show_default=True, help="Blocks to unfreeze (-1: all)."),
+        click.option("--finetune-steps", type=int, default=300, show_default=True),
+        click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True, help="Inference runtime for embedding."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _train(data_dir, out, progress, backbone, weights, mining, margin, dim, hidden, steps, lr, flip, seed,
+           finetune, finetune_blocks, finetune_steps, runtime) -> Path:
+    from simengine.finetune import FinetuneOptions
+    from simengine.train import train_model
+    from simengine.training import TrainOptions
+
+    opts = TrainOptions(mining=mining, margin=margin, dim=dim, hidden=hidden, steps=steps, pair_steps=steps, lr=lr,
+                        flip=flip, seed=seed)
+    ft = FinetuneOptions(blocks=finetune_blocks, steps=finetune_steps, seed=seed) if finetune else None
+    return train_model(data_dir, out, opts, backbone, weights, ft, runtime, progress)
+
+
+def _print_val_metrics(bundle: Path) -> None:
+    metrics = json.loads((bundle / "metrics.json").read_text()).get("val")
+    if not metrics:
+        click.echo("no val split: nothing evaluated")
+        return
+    click.echo(f"val: precision@1 {metrics['precision_at_1']:.4f}  MAP@R {metrics['map_at_r']:.4f}  "
+               f"kNN {metrics['knn10_accuracy']:.4f}")
+    for mode, m in metrics["decisions"].items():
+        mark = "  (default)" if mode == metrics["default_mode"] else ""
+        click.echo(f"  {mode:8s} pair accuracy {m['pair_accuracy']:.4f}  triplet accuracy {m['triplet_accuracy']:.4f}{mark}")
+
+
+@cli.command()
+@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root with train/ (and val/ for evaluation).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@_training_options
+@click.pass_context
+def train(ctx, data_dir, out, **kwargs):
+    """Train the triplet embedding head and the BCE pair head; write a model bundle and report val metrics."""
+    from simengine.data import resolve_data_dir
+
+    bundle = _train(resolve_data_dir(data_dir), out, _progress(ctx), **kwargs)
+    click.echo(f"bundle: {bundle}")
+    _print_val_metrics(bundle)
+
+
+# --- index ---------------------------------------------------------------------------------------------------------
+
+_index_option = click.option("--index", "index_dir", type=click.Path(), default=None,
+                             help="Index directory (default: indexes/default, or the only index under indexes/).")
+
+
+@cli.group()
+def index():
+    """Build and maintain indexes (FAISS vectors, SQLite metadata, calibrated thresholds)."""
+
+
+@index.command("build")
+@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
+@click.option("--split", default="train", show_default=True, help="Split(s) to index, comma-separated (e.g. train,val).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model bundle; trained first when omitted.")
+@click.option("--name", default=None, help="Index name under indexes/ (default: default).")
+@click.option("--out", type=click.Path(), default=None, help="Index path (instead of --name).")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True)
+@click.option("--target-far", type=float, default=None, help="Calibrate for this false-accept rate instead of best accuracy.")
+@_training_options
+@click.pass_context
+def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_far, **train_kwargs):
+    """Embed a dataset split into a new index (atomically replacing an older one of the same name)."""
+    from simengine.bundle import load_bundle
+    from simengine.data import resolve_data_dir, scan_split
+    from simengine.index import DEFAULT_ROOT, ItemRecord, build_index
+
+    if name and out:
+        raise click.UsageError("give --name or --out, not both")
+    out = Path(out) if out else DEFAULT_ROOT / (name or "default")
+    root = resolve_data_dir(data_dir)
+    if model_dir is None:
+        model_dir = out.parent / f"{out.name}-model"
+        log.info("no --model given: training one first, into %s", model_dir)
+        _train(root, model_dir, _progress(ctx), **train_kwargs)
+    model = load_bundle(model_dir, train_kwargs["runtime"])
+    records = [ItemRecord(str(i.path.resolve()), i.label, i.split, i.sha256)
+               for s in split.split(",") for i in scan_split(root, s.strip())]
+    link, report = build_index(records, model, Path(model_dir), out, index_type, target_far, _progress(ctx),
+                               build_info={"data": str(root.resolve()), "split": split})
+    for path, reason in report.failed:
+        click.echo(f"skipped: {reason}", err=True)
+    click.echo(f"index {link}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
+               f"{len(report.failed)} failed")
+
+
+@index.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--label", default=None, help="Class for the new images (default: each file's folder name).")
+@_index_option
+@click.pass_context
+def index_add(ctx, paths, label, index_dir):
+    """Embed images and add them (duplicates by content are skipped, bad files reported)."""
+    from simengine.index import Index, resolve_index_dir
+
+    report = Index(resolve_index_dir(index_dir)).add(paths, label=label, progress=_progress(ctx))
+    for path, existing in report.duplicates:
+        click.echo(f"duplicate skipped: {path}" + (f" (same as id {existing})" if existing >= 0 else ""), err=True)
+    for path, reason in report.failed:
+        click.echo(f"failed: {reason}", err=True)
+    click.echo(f"added {len(report.added)}" + (f" (ids {report.added[0]}..{report.added[-1]})" if report.added else ""))
+    if report.failed and not report.added:
+        sys.exit(1)
+
+
+@index.command("remove")
+@click.argument("refs", nargs=-1, required=True)
+@_index_option
+def index_remove(refs, index_dir):
+    """Remove items by id or path; they disappear from results at once."""
+    from simengine.index import Index, resolve_index_dir
+
+    ids = Index(resolve_index_dir(index_dir)).remove(refs)
+    click.echo(f"removed {len(ids)}: ids {', '.join(map(str, ids))}")
+
+
+@index.command("info")
+@_index_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def index_info(index_dir, as_json):
+    """Counts, classes, backbone, thresholds, index type and size on disk."""
+    from simengine.data import class_name
+    from simengine.index import Index, resolve_index_dir
+
+    info = Index(resolve_index_dir(index_dir)).info()
+    if as_json:
+        _echo_json(info)
+        return
+    for key, value in info.items():
+        if key == "classes":
+            value = ", ".join(f"{class_name(c)} {n}" for c, n in value.items())
+        click.echo(f"{key:24s} {value}")
+
+
+@index.command("verify")
+@_index_option
+def index_verify(index_dir):
+    """Check that FAISS ids and SQLite rows match and that hashes and versions agree; exit 1 if not."""
+    from simengine.index import Index, resolve_index_dir
+
+    idx = Index(resolve_index_dir(index_dir))
+    problems = idx.verify()
+    for p in problems:
+        click.echo(f"problem: {p}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: {len(idx)} items, {idx.faiss.ntotal} vectors, hashes match")
+
+
+@index.command("calibrate")
+@_index_option
+@click.option("--target-far", type=float, default=None, help="Largest threshold with at most this false-accept rate.")
+def index_calibrate(index_dir, target_far):
+    """Re-run threshold calibration on the index's held-out items."""
+    from simengine.index import Index, resolve_index_dir
+
+    cal = Index(resolve_index_dir(index_dir)).recalibrate(target_far)
+    for mode in cal.pair:
+        click.echo(f"{mode:8s} pair threshold {cal.pair[mode].value:.4f} (cv accuracy {cal.pair[mode].cv_accuracy:.4f})  "
+                   f"triplet threshold {cal.triplet[mode].value:.4f}")
+    click.echo(f"default decision: {cal.default} ({cal.source})")
+
+
+# --- query ---------------------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option("--k", type=int, default=None, help="Nearest neighbours of one image.")
+@click.option("--pairs", "pairs_csv", type=click.Path(), help="CSV of img1,img2[,label] to answer in batch.")
+@click.option("--triplets", "triplets_csv", type=click.Path(), help="CSV of img1,img2,img3[,label] to answer in batch.")
+@click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule (default: the index's calibrated best).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_index_option
+def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
+    """Ask about images (paths, or id:N for indexed items).
+
+    \b
+    simengine query a.jpg b.jpg         same class?
+    simengine query a.jpg b.jpg c.jpg   do at least two share a class?
+    simengine query a.jpg --k 5         nearest neighbours, verified by the pair head
+    simengine query --pairs set.csv     batch mode, with a classification report if labelled
+    """
+    from simengine.errors import SimengineError
+    from simengine.query import Engine, parse_refs
+
+    batch = [p for p in (pairs_csv, triplets_csv) if p]
+    if batch and images:
+        raise SimengineError("give images or a CSV, not both")
+    if not batch:
+        if not images:
+            raise SimengineError("give 2 or 3 images, or 1 image with --k, or --pairs/--triplets CSV")
+        if len(images) > 3:
+            raise SimengineError(f"{len(images)} images given: a query takes 2 or 3 (or 1 with --k)")
+        if len(images) == 1 and k is None:
+            raise SimengineError("one image needs --k N for nearest neighbours (or give 2-3 images)")
+        if k is not None and len(images) != 1:
+            raise SimengineError("--k takes exactly one image")
+        parse_refs(images)
+    engine = Engine.open(index_dir, mode)
+    if batch:
+        for csv_path, width in ((pairs_csv, 2), (triplets_csv, 3)):
+            if csv_path:
+                _print_batch(engine.score_csv(csv_path, width), as_json)
+        return
+    if k is not None:
+        _print_neighbours(engine.neighbours(images[0], k), as_json)
+    elif len(images) == 2:
+        _print_pair(engine.pair(*images), as_json)
+    else:
+        _print_triplet(engine.triplet(*images), as_json)
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--k", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_index_option
+def search(image, k, as_json, index_dir):
+    """Nearest neighbours of IMAGE (a path or id:N), verified by the pair head."""
+    from simengine.query import Engine, parse_refs
+
+    parse_refs([image])
+    _print_neighbours(Engine.open(index_dir).neighbours(image, k), as_json)
+
+
+def _print_pair(r, as_json):
+    if as_json:
+        return _echo_json(r.to_dict())
+    click.echo(f"same class: {'YES' if r.same else 'NO'}")
+    click.echo(f"  distance         {r.distance:.4f}  (threshold {r.distance_threshold:.4f})")
+    click.echo(f"  pair-head p      {r.head_probability:.4f}")
+    click.echo(f"  decision ({r.decision}) score {r.score:.4f} {'>=' if r.same else '<'} {r.threshold:.4f}")
+
+
+def _print_triplet(r, as_json):
+    if as_json:
+        return _echo_json(r.to_dict())
+    click.echo(f"at least two share a class: {'YES' if r.any_match else 'NO'}")
+    for p in r.pairs:
+        i, j = p["pair"]
+        click.echo(f"  {'*' if p['match'] else ' '} {i + 1}-{j + 1}  distance {p['distance']:.4f}  "
+                   f"pair-head p {p['head_probability']:.4f}  score {p['score']:.4f}")
+    click.echo(f"  decision ({r.decision}): a pair matches when score >= {r.threshold:.4f}")
+
+
+def _print_neighbours(r, as_json):
+    if as_json:
+        return _echo_json(r.to_dict())
+    click.echo(f"{'id':>6}  {'distance':>8}  {'p(head)':>7}  verified  class               path")
+    for n in r.neighbours:
+        click.echo(f"{n.id:>6}  {n.distance:8.4f}  {n.head_probability:7.4f}  {'yes' if n.verified else 'no ':8s}  "
+                   f"{(n.class_name or '-')[:18]:18s}  {n.path}")
+    if r.predicted_class:
+        from simengine.data import class_name
+
+        click.echo(f"predicted class: {class_name(r.predicted_class)} (confidence {r.confidence:.2f}, "
+                   f"{r.verified_count} of {len(r.neighbours)} verified)")
+    else:
+        click.echo("predicted class: none (no neighbour verified)")
+
+
+def _print_batch(result, as_json):
+    if as_json:
+        out = {"kind": result.kind, "rows": result.rows, "errors": result.errors}
+        if result.report:
+            out["accuracy"] = result.report["accuracy"]
+            out["report"] = result.report
+        return _echo_json(out)
+    for row in result.rows:
+        click.echo(f"line {row['line']}: prediction {row['prediction']}" +
+                   ("" if row["label"] is None else f"  label {row['label']}"))
+    for err in result.errors:
+        click.echo(f"skipped {err}", err=True)
+    if result.report:
+        rep = result.report
+        click.echo(f"\n{result.kind}: accuracy {rep['accuracy']:.4f} on {rep['n']} labelled rows")
+        click.echo(f"{'label':>6}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}")
+        for label in ("0", "1"):
+            m = rep[label]
+            click.echo(f"{label:>6}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}")
+
+
+def main() -> None:
+    cli(prog_name="simengine")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Exceptions that the CLI turns into one-line messages and a non-zero exit code."""
+
+
+class SimengineError(Exception):
+    """A user-facing error: bad input, missing or mismatched artifacts."""
+
+
+class ImageLoadError(SimengineError):
+    """An image could not be read or decoded."""
+
+
+class IndexUnusableError(SimengineError):
+    """An index is missing, corrupt, or does not match its model."""
+
+
+class BundleError(SimengineError):
+    """A model bundle is missing, corrupt, or does not match its backbone."""
