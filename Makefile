@@ -1,0 +1,35 @@
+# The README's two commands are `make demo` and `make test`; CI runs `make test` (see .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# --data, else $SIMENGINE_DATA, else the shared copy beside this checkout, else ./data/imagenette2-160.
+DATA ?= $(firstword $(SIMENGINE_DATA) $(wildcard ../shared/data/imagenette2-160) data/imagenette2-160)
+VAL := $(DATA)/val
+
+.PHONY: install demo test bench clean-index
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	test -d $(DATA) || $(BIN)/simengine data fetch imagenette --dest data
+	$(BIN)/simengine index build --data $(DATA)
+	$(BIN)/simengine index info
+	@echo "--- pair: two tench images"
+	$(BIN)/simengine query $(VAL)/n01440764/ILSVRC2012_val_00009111.JPEG $(VAL)/n01440764/ILSVRC2012_val_00009191.JPEG
+	@echo "--- triplet: church, tench, church"
+	$(BIN)/simengine query $(VAL)/n03028079/ILSVRC2012_val_00003351.JPEG $(VAL)/n01440764/ILSVRC2012_val_00009111.JPEG $(VAL)/n03028079/ILSVRC2012_val_00003682.JPEG
+	@echo "--- neighbours of a parachute"
+	$(BIN)/simengine query $(VAL)/n03888257/ILSVRC2012_val_00001440.JPEG --k 5
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/accuracy.py --data $(DATA)
+	$(BIN)/python benchmarks/latency.py --data $(DATA)
+	$(BIN)/python benchmarks/search_scale.py

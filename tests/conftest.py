@@ -1,0 +1,86 @@
+"""Session fixtures: a hermetic cache, a fixture dataset of real photos, the offline encoder, a bundle and an index."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures import make_dataset  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette2-160"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    """Features and ONNX exports go to a per-session folder, never the user's cache."""
+    os.environ["SIMENGINE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), {"train": 8, "val": 3})
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from simengine.encoder import Encoder
+
+    return Encoder.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_options():
+    from simengine.training import TrainOptions
+
+    return TrainOptions(steps=60, pair_steps=60, eval_every=20, classes_per_batch=4, per_class=4)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(fixture_data, encoder, tiny_options, tmp_path_factory) -> Path:
+    from simengine.train import train_model
+
+    return train_model(fixture_data, tmp_path_factory.mktemp("model") / "bundle", tiny_options)
+
+
+@pytest.fixture(scope="session")
+def model(bundle_dir):
+    from simengine.bundle import load_bundle
+
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def built_index(fixture_data, model, bundle_dir, tmp_path_factory) -> Path:
+    """A flat index of the fixture train split; tests that change an index copy it first."""
+    from simengine.data import scan_split
+    from simengine.index import ItemRecord, build_index
+
+    records = [ItemRecord(str(i.path), i.label, i.split, i.sha256) for i in scan_split(fixture_data, "train")]
+    link, _ = build_index(records, model, bundle_dir, tmp_path_factory.mktemp("indexes") / "default")
+    return link
+
+
+@pytest.fixture
+def index_copy(built_index, tmp_path) -> Path:
+    """A private copy of the fixture index (link and version folder), safe to modify."""
+    import shutil
+
+    target = built_index.resolve()
+    shutil.copytree(target, tmp_path / target.name, symlinks=True)
+    os.symlink(target.name, tmp_path / "default")
+    return tmp_path / "default"
+
+
+@pytest.fixture(scope="session")
+def imagenette() -> Path:
+    """The real Imagenette 160px, from $SIMENGINE_DATA or ../shared/data; skipped where absent."""
+    path = Path(os.environ.get("SIMENGINE_DATA") or SHARED_DATA)
+    if not (path / "val").is_dir():
+        pytest.skip(f"Imagenette not found at {path} (set SIMENGINE_DATA)")
+    return path
