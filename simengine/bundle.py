@@ -27,16 +27,16 @@ CONFIG = "config.json"
 HEADS = "heads.safetensors"
 BACKBONE = "backbone.safetensors"  # present only when the backbone was fine-tuned
 ONNX_FILES = {"backbone": "backbone.onnx", "embedding": "embedding_head.onnx", "pair": "pair_head.onnx"}
-HASHED = (CONFIG, HEADS, BACKBONE)
+BEHAVIOUR_KEYS = ("encoder", "heads", "calibration")
 
 
 def bundle_hash(path: Path) -> str:
-    """sha256 over the files that define the model (config, heads, fine-tuned backbone)."""
-    digest = hashlib.sha256()
-    for name in HASHED:
+    """sha256 over what decides the model's outputs: encoder identity, head shapes, calibration, weight files."""
+    config = json.loads((path / CONFIG).read_text())
+    digest = hashlib.sha256(json.dumps({k: config.get(k) for k in BEHAVIOUR_KEYS}, sort_keys=True).encode())
+    for name in (HEADS, BACKBONE):
         if (path / name).is_file():
-            digest.update(name.encode())
-            digest.update(bytes.fromhex(sha256_file(path / name)))
+            digest.update(name.encode() + bytes.fromhex(sha256_file(path / name)))
     return digest.hexdigest()
 
 

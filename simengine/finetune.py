@@ -43,15 +43,23 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def unfreeze_last_blocks(model, blocks: int) -> list:
-    """Freeze everything, then unfreeze the last `blocks` blocks and the head conv (all when blocks < 0)."""
+    """Unfreeze the last `blocks` blocks and the head conv (everything when blocks < 0); return their parameters.
+
+    Frozen parts stay in eval mode so that their BatchNorm statistics do not drift either.
+    """
+    if blocks < 0:
+        model.train()
+        return list(model.parameters())
+    model.eval()
     for p in model.parameters():
-        p.requires_grad = blocks < 0
-    if blocks >= 0:
-        flat = [b for stage in model.blocks for b in stage]
-        for module in flat[len(flat) - blocks:] + [model.conv_head, model.bn2]:
-            for p in module.parameters():
-                p.requires_grad = True
-    return [p for p in model.parameters() if p.requires_grad]
+        p.requires_grad = False
+    flat = [b for stage in model.blocks for b in stage]
+    trainable = flat[len(flat) - blocks:] + [model.conv_head, model.bn2]
+    for module in trainable:
+        module.train()
+        for p in module.parameters():
+            p.requires_grad = True
+    return [p for m in trainable for p in m.parameters()]
 
 
 def finetune_encoder(
@@ -70,7 +78,7 @@ def finetune_encoder(
     device = pick_device(opts.device)
     log.info("fine-tuning on %s (%s)", device, "CUDA available" if device == "cuda" else "no CUDA device")
     torch.manual_seed(opts.seed)
-    model = copy.deepcopy(encoder.torch_model).to(device).train()
+    model = copy.deepcopy(encoder.torch_model).to(device)
     params = unfreeze_last_blocks(model, opts.blocks)
     projection = torch.nn.Linear(encoder.dim, 256).to(device)
     optimizer = torch.optim.AdamW(params + list(projection.parameters()), lr=opts.lr)
