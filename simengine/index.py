@@ -143,7 +143,8 @@ def _embed_items(model: Model, records: list[ItemRecord], progress: bool):
 class Index:
     """An open index: FAISS vectors, SQLite items, manifest and the model that embedded them."""
 
-    def __init__(self, link: Path, model: Model | None = None, runtime: str = "auto"):
+    def __init__(self, link: Path, model: Model | None = None, runtime: str = "auto", check: bool = True):
+        """Open an index; with `check`, refuse one whose files, counts or model disagree with its manifest."""
         import faiss
 
         self.link = Path(link)
@@ -159,9 +160,10 @@ class Index:
             raise IndexUnusableError(
                 f"{self.link}: index format {self.manifest.get('format_version')!r}, this simengine reads {FORMAT_VERSION}; rebuild it"
             )
-        self._check_files_cheaply()
+        if check:
+            self._check_files_cheaply()
         self.model = model or load_bundle(self.dir / MODEL, runtime)
-        if self.model.hash != self.manifest["model"]["hash"]:
+        if check and self.model.hash != self.manifest["model"]["hash"]:
             raise IndexUnusableError(f"{self.link}: the index was built with model {self.manifest['model']['hash'][:12]}, "
                                      f"the model here is {self.model.hash[:12]}")
         try:
@@ -171,7 +173,7 @@ class Index:
         self.db = _items_db(self.dir / ITEMS)
         self.tombstones = {row["id"] for row in self.db["tombstones"].rows}
         n_items = self.db["items"].count
-        if self.faiss.ntotal != n_items + len(self.tombstones) or self.faiss.d != self.manifest["dim"]:
+        if check and (self.faiss.ntotal != n_items + len(self.tombstones) or self.faiss.d != self.manifest["dim"]):
             raise IndexUnusableError(
                 f"{self.link}: FAISS holds {self.faiss.ntotal} vectors of dim {self.faiss.d}, SQLite {n_items} items "
                 f"+ {len(self.tombstones)} removed; run `simengine index verify`"
@@ -256,6 +258,8 @@ class Index:
     def verify(self) -> list[str]:
         """Every inconsistency found, as precise messages; an empty list means the index is sound."""
         problems = []
+        if self.faiss.d != self.manifest["dim"]:
+            problems.append(f"FAISS dimension {self.faiss.d}, the manifest says {self.manifest['dim']}")
         for name, rec in self.manifest["files"].items():
             if sha256_file(self.dir / name) != rec["sha256"]:
                 problems.append(f"{name}: sha256 differs from the manifest")
@@ -358,6 +362,14 @@ class Index:
     def _swap(self, populate) -> None:
         _versioned_write(self.link, populate, base=self.dir)
         self.__init__(self.link, model=None)
+
+
+def verify_index(link: str | os.PathLike) -> list[str]:
+    """Open without the cheap checks and list every problem; an index that cannot even be opened is one problem."""
+    try:
+        return Index(Path(link), check=False).verify()
+    except SimengineError as exc:
+        return [str(exc)]
 
 
 def _write_rows(folder: Path, records: list[ItemRecord], ids: np.ndarray) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,10 +85,13 @@ def export_onnx(module, path: str | os.PathLike, input_shape: tuple[int, ...]) -
     tmp = path.with_suffix(".onnx.tmp")
     module = module.eval().float()
     example = torch.from_numpy(probe_batch(input_shape, 2))
-    torch.onnx.export(
-        module, (example,), str(tmp), input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but, unlike dynamo export, needs no onnxscript and is proven here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False,
+        )
     probe = probe_batch(input_shape)
     with torch.inference_mode():
         expected = module(torch.from_numpy(probe)).float().numpy()

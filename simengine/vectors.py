@@ -45,8 +45,9 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str, seed: int = 0):
         inner.cp.seed = seed
         inner.train(vectors)
         inner.nprobe = IVF_NPROBE
-        inner.make_direct_map()
-        index = faiss.IndexIDMap2(inner)
+        # IVF keeps ids itself; a hashtable direct map gives reconstruct-by-id and remove_ids.
+        inner.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index = inner
     else:
         raise SimengineError(f"unknown index type {index_type!r}")
     add(index, vectors, ids)
@@ -68,10 +69,15 @@ def add(index, vectors: np.ndarray, ids: np.ndarray) -> None:
 def supports_remove(index) -> bool:
     import faiss
 
-    return not isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
+    return not (hasattr(index, "id_map") and isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW))
 
 
 def ids_of(index) -> np.ndarray:
+    """Every id stored in the index."""
     import faiss
 
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    lists = faiss.extract_index_ivf(index).invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
