@@ -17,7 +17,7 @@ import numpy as np
 from simengine.backbones import sha256_file
 from simengine.decision import Calibration
 from simengine.encoder import EmbedResult, Encoder
-from simengine.errors import BundleError, SimengineError
+from simengine.errors import BundleError, IndexUnusableError
 from simengine.runtimes import OnnxRuntime, onnxruntime_version
 
 log = logging.getLogger(__name__)
@@ -216,4 +216,4 @@ def require_same_encoder(a: dict[str, Any], b: dict[str, Any], what: str) -> Non
     """Raise when two encoder identities differ in backbone or weights."""
     for key in ("backbone", "weights_sha256"):
         if a.get(key) != b.get(key):
-            raise SimengineError(f"{what}: built with {key}={a.get(key)!r}, the model has {b.get(key)!r}")
+            raise IndexUnusableError(f"{what}: built with {key}={a.get(key)!r}, the model has {b.get(key)!r}")

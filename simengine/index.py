@@ -17,7 +17,7 @@ import numpy as np
 
 from simengine import vectors as vec
 from simengine.backbones import sha256_file
-from simengine.bundle import Model, load_bundle
+from simengine.bundle import Model, load_bundle, require_same_encoder
 from simengine.data import sha256_bytes
 from simengine.decision import Calibration, calibrate_decisions
 from simengine.errors import IndexUnusableError, SimengineError
@@ -163,6 +163,8 @@ class Index:
         if check:
             self._check_files_cheaply()
         self.model = model or load_bundle(self.dir / MODEL, runtime)
+        if check:
+            require_same_encoder(self.manifest["model"]["encoder"], self.model.config["encoder"], f"index {self.link}")
         if check and self.model.hash != self.manifest["model"]["hash"]:
             raise IndexUnusableError(f"{self.link}: the index was built with model {self.manifest['model']['hash'][:12]}, "
                                      f"the model here is {self.model.hash[:12]}")
