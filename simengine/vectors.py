@@ -39,7 +39,8 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str, seed: int = 0):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
         index = faiss.IndexIDMap2(inner)
     elif index_type == "ivf":
-        nlist = max(1, min(int(4 * math.sqrt(len(vectors))), len(vectors) // 39 or 1))
+        # about sqrt(N) lists, and at least 39 training points per list (FAISS warns below that)
+        nlist = max(1, min(int(math.sqrt(len(vectors))), len(vectors) // 39))
         quantizer = faiss.IndexFlatIP(dim)
         inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         inner.cp.seed = seed

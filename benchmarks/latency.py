@@ -1,0 +1,201 @@
+"""Speed: embedding throughput per runtime and batch size against a plain timm baseline (same run), fast-path
+accuracy against fp32 torch eager, index build time, warm query latency (Python API) and cold CLI latency.
+
+    python benchmarks/latency.py --data ../shared/data/imagenette2-160 --index indexes/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import RESULTS, table, write  # noqa: E402
+
+from simengine.data import scan_split  # noqa: E402
+from simengine.encoder import Encoder  # noqa: E402
+from simengine.images import load_rgb  # noqa: E402
+from simengine.query import Engine  # noqa: E402
+
+LITE0_GFLOPS = 0.8  # 0.40 GMACs at 224 px (timm's model card), 2 FLOPs per MAC
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def plain_timm_baseline(encoder: Encoder, paths: list[Path]) -> float:
+    """Images/s of a timm model in its default memory format, one image at a time, timm's own transform."""
+    import timm.data
+    import torch
+
+    model = encoder.torch_model.to(memory_format=torch.contiguous_format).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    with torch.no_grad():
+        model(transform(load_rgb(paths[0]))[None])
+        seconds, _ = timed(lambda: [model(transform(load_rgb(p))[None]) for p in paths])
+    return len(paths) / seconds
+
+
+def throughput_table(encoder: Encoder, paths: list[Path], batch_sizes: list[int]) -> list[dict]:
+    torch_encoder = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime="torch")
+    rows = [{"runtime": "timm eager, contiguous, 1 image at a time (baseline)", "batch": 1,
+             "images_per_s": plain_timm_baseline(encoder, paths)}]
+    for name, enc, batches in (("torch eager, channels_last, inference_mode", torch_encoder, [32]),
+                               ("onnxruntime (default)", encoder, batch_sizes)):
+        for b in batches:
+            enc.embed_paths(paths[: 2 * b], batch_size=b)  # warm-up
+            runs = [len(paths) / timed(enc.embed_paths, paths, batch_size=b)[0] for _ in range(3)]
+            rows.append({"runtime": name, "batch": b, "images_per_s": statistics.median(runs)})
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["ms_per_image"] = 1000 / r["images_per_s"]
+        r["ratio_vs_baseline"] = r["images_per_s"] / base
+    return rows
+
+
+def decode_throughput(encoder: Encoder, paths: list[Path]) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    one, _ = timed(lambda: [encoder.load_image(p) for p in paths])
+    with ThreadPoolExecutor(4) as pool:
+        pooled, _ = timed(lambda: list(pool.map(encoder.load_image, paths)))
+    return {"decode_preprocess_1_thread_images_per_s": len(paths) / one,
+            "decode_preprocess_4_threads_images_per_s": len(paths) / pooled}
+
+
+def fast_path_accuracy(engine: Engine, val_paths: list[Path], val_labels: list[str]) -> list[dict]:
+    """Retrieval and pair accuracy of val queries embedded by ONNX Runtime vs fp32 torch eager, same gallery."""
+    from simengine.decision import evaluate_decisions
+    from simengine.evaluation import retrieval_metrics
+
+    model = engine.index.model
+    ids = np.array([r["id"] for r in engine.index.db.query("SELECT id FROM items ORDER BY id")])
+    gallery = engine.index.vectors(ids)
+    labels = [engine.index.items(ids)[i]["class"] for i in ids]
+    torch_encoder = Encoder.from_torch(model.encoder.identity, Encoder.load(model.encoder.name).torch_model, runtime="torch")
+    rows = []
+    for name, enc in (("onnxruntime", model.encoder), ("torch eager fp32", torch_encoder)):
+        result = enc.embed_paths(val_paths, flip=model.flip)
+        emb = model.embed_features(result.vectors)
+        y = [val_labels[i] for i in result.ok]
+        row = {"runtime": name} | retrieval_metrics(emb, y, gallery, labels)
+        decisions = evaluate_decisions(emb, y, model.pair_logits, engine.calibration, n=10_000)
+        row["pair_accuracy"] = decisions[engine.mode]["pair_accuracy"]
+        row["triplet_accuracy"] = decisions[engine.mode]["triplet_accuracy"]
+        rows.append(row)
+    return rows
+
+
+def percentiles(samples: list[float]) -> dict:
+    ms = np.array(samples) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def warm_queries(engine: Engine, paths: list[Path], n: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    pick = lambda k: [str(paths[i]) for i in rng.choice(len(paths), k, replace=False)]  # noqa: E731
+    engine.pair(*pick(2))
+    out = {}
+    for name, call in (("pair", lambda: engine.pair(*pick(2))), ("triplet", lambda: engine.triplet(*pick(3))),
+                       ("knn_k10", lambda: engine.neighbours(pick(1)[0], k=10))):
+        out[name] = percentiles([timed(call)[0] for _ in range(n)])
+    return out
+
+
+def cold_cli(index: Path, a: Path, b: Path, runs: int) -> dict:
+    """Median wall time of `simengine query a b` in fresh processes, and their peak RSS."""
+    exe = Path(sys.executable).with_name("simengine")
+    times = []
+    for _ in range(runs):
+        seconds, proc = timed(subprocess.run, [str(exe), "-q", "query", "--index", str(index), str(a), str(b)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        times.append(seconds)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"median_s": statistics.median(times), "runs_s": times, "peak_rss_mb": peak_kb / 1024}
+
+
+def index_build_time(data: str, index: Path, split: str) -> dict:
+    """Wall time of `simengine index build` with the index's model, features already cached (warm) ."""
+    from simengine.bundle import load_bundle
+    from simengine.index import ItemRecord, build_index
+
+    model_dir = index.resolve() / "model"
+    model = load_bundle(model_dir)
+    items = scan_split(data, split)
+    records = [ItemRecord(str(i.path.resolve()), i.label, i.split, i.sha256) for i in items]
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds, (link, report) = timed(build_index, records, model, model_dir, Path(tmp) / "bench")
+        size = sum(f.stat().st_size for f in link.resolve().rglob("*") if f.is_file())
+    return {"split": split, "items": len(report.added), "warm_seconds": seconds, "size_mb": size / 2**20}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--index", type=Path, default=Path("indexes/default"))
+    parser.add_argument("--images", type=int, default=256, help="val images timed for throughput")
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--accuracy-images", type=int, default=0, help="val images for the fast-path accuracy check (0: all)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="latency")
+    args = parser.parse_args(argv)
+
+    val = scan_split(args.data, "val")
+    rng = np.random.default_rng(0)
+    sample = [val[i].path for i in rng.choice(len(val), min(args.images, len(val)), replace=False)]
+    encoder = Encoder.load()
+    result = {"threads": os.cpu_count(), "images": len(sample)}
+    result["throughput"] = throughput_table(encoder, sample, [int(b) for b in args.batch_sizes.split(",")])
+    result["decode"] = decode_throughput(encoder, sample)
+    best = max(r["images_per_s"] for r in result["throughput"])
+    result["achieved_gflops"] = best * LITE0_GFLOPS
+    engine = Engine.open(args.index)
+    check = val if not args.accuracy_images else [val[i] for i in rng.choice(len(val), args.accuracy_images, replace=False)]
+    result["fast_path_accuracy"] = fast_path_accuracy(engine, [i.path for i in check], [i.label for i in check])
+    result["index_build"] = index_build_time(args.data, args.index, "train")
+    result["warm_queries"] = warm_queries(engine, [i.path for i in val], args.queries)
+    result["cold_cli_pair"] = cold_cli(args.index, val[0].path, val[1].path, args.cold_runs)
+    write(args.name, result, markdown(result), args.out)
+    return result
+
+
+def markdown(r: dict) -> str:
+    t = table(["runtime", "batch", "images/s", "ms/image", "× baseline"],
+              [[x["runtime"], x["batch"], x["images_per_s"], x["ms_per_image"], x["ratio_vs_baseline"]] for x in r["throughput"]])
+    d = r["decode"]
+    acc = table(["runtime", "P@1", "MAP@R", "pair acc (10k)", "triplet acc (10k)"],
+                [[x["runtime"], x["precision_at_1"], x["map_at_r"], x["pair_accuracy"], x["triplet_accuracy"]] for x in r["fast_path_accuracy"]])
+    q = table(["question", "p50 ms", "p95 ms", "p99 ms", "n"],
+              [[k, v["p50_ms"], v["p95_ms"], v["p99_ms"], v["n"]] for k, v in r["warm_queries"].items()])
+    c, b = r["cold_cli_pair"], r["index_build"]
+    return (f"# Latency and throughput\n\n## Embedding throughput (JPEG decoding included, {r['images']} val images, "
+            f"{r['threads']} cores; median of 3)\n\n{t}\n\nDecoding + preprocessing alone: "
+            f"{d['decode_preprocess_1_thread_images_per_s']:.0f} images/s on 1 thread, "
+            f"{d['decode_preprocess_4_threads_images_per_s']:.0f} on 4. Best rate × {LITE0_GFLOPS} GFLOP/image = "
+            f"{r['achieved_gflops']:.0f} GFLOP/s achieved.\n\n## Fast path vs fp32 torch eager (val queries, same gallery and heads)\n\n"
+            f"{acc}\n\n## Index build\n\n{b['items']} items ({b['split']}), features cached: {b['warm_seconds']:.1f} s, "
+            f"{b['size_mb']:.1f} MB on disk (model bundle included).\n\n## Warm queries (Python API)\n\n{q}\n\n"
+            f"## Cold CLI\n\n`simengine query a.jpg b.jpg`: median {c['median_s']:.2f} s over {len(c['runs_s'])} runs; "
+            f"peak RSS {c['peak_rss_mb']:.0f} MB.\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Smoke tests: each benchmark script runs on the fixtures with tiny sizes and writes valid JSON and Markdown."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _written(out: Path, name: str) -> dict:
+    assert (out / f"{name}.md").read_text().startswith("#")
+    data = json.loads((out / f"{name}.json").read_text())
+    assert data["environment"]["versions"]["numpy"]
+    return data
+
+
+def test_accuracy_script(fixture_data, tmp_path):
+    import accuracy
+
+    accuracy.main(["--data", str(fixture_data), "--n-test", "20", "--n-large", "40", "--steps", "20", "--out", str(tmp_path)])
+    data = _written(tmp_path, "accuracy")
+    assert len(data["rows"]) == 7 and (tmp_path / data["figures"][0]).is_file()
+    assert all(0 <= row["large_pair_accuracy"] <= 1 for row in data["rows"])
+
+
+def test_latency_script(fixture_data, built_index, tmp_path):
+    import latency
+
+    latency.main(["--data", str(fixture_data), "--index", str(built_index), "--images", "8", "--batch-sizes", "4",
+                  "--queries", "3", "--cold-runs", "1", "--out", str(tmp_path)])
+    data = _written(tmp_path, "latency")
+    assert data["throughput"][0]["ratio_vs_baseline"] == pytest.approx(1.0)
+    assert {r["runtime"] for r in data["fast_path_accuracy"]} == {"onnxruntime", "torch eager fp32"}
+    assert data["cold_cli_pair"]["median_s"] > 0
+
+
+def test_search_scale_script(built_index, tmp_path):
+    import search_scale
+
+    search_scale.main(["--index", str(built_index), "--sizes", "500", "--queries", "20", "--single", "5", "--out", str(tmp_path)])
+    data = _written(tmp_path, "search_scale")
+    assert {r["type"] for r in data["rows"]} == {"flat", "hnsw", "ivf"}
+    assert next(r for r in data["rows"] if r["type"] == "flat")["recall_at_10"] == 1.0
