@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +83,9 @@ def scan_dataset(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "v
 
 def fetch_imagenette(dest: str | os.PathLike = "data", url: str = IMAGENETTE_URL, timeout: float = 10.0) -> Path:
     """Download and unpack fast.ai's imagenette2-160, then check its image counts."""
+    import tarfile
+    import urllib.request
+
     dest = Path(dest)
     target = dest / "imagenette2-160"
     if target.is_dir():

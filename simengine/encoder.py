@@ -100,7 +100,7 @@ class Encoder:
         progress: bool = False,
     ) -> EmbedResult:
         """Embed image files, decoding in a thread pool one batch ahead; undecodable files go to `failed`."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         workers = workers or min(4, os.cpu_count() or 1)
         vectors, ok, failed = [], [], []

@@ -49,7 +49,7 @@ class FeatureCache:
         failed: list[tuple[int, str, str]] = []
         if missing:
             log.info("computing %d of %d features (%s)", len(missing), len(shas), self.path.name)
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         with tqdm(total=len(missing), unit="img", desc="features", disable=not progress or not missing) as bar:
             for start in range(0, len(missing), CHUNK):

@@ -86,7 +86,7 @@ def finetune_encoder(
     labels = [i.label for i in items]
     codes = torch.from_numpy(np.unique(labels, return_inverse=True)[1])
     batches = iter(PKSampler(labels, opts.classes_per_batch, opts.per_class, opts.seed))
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for step in tqdm(range(opts.steps), desc="fine-tuning", disable=not progress):
         ix = next(batches)

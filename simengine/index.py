@@ -449,7 +449,7 @@ def build_index(
         manifest = {
             "format_version": FORMAT_VERSION,
             "created_at": _now(),
-            "model": {"hash": model.hash, "encoder": model.config["encoder"], "heads": model.config["heads"]},
+            "model": {"hash": model.hash} | {k: v for k, v in model.config.items() if k not in ("holdout_sha256", "calibration")},
             "dim": int(emb.shape[1]),
             "metric": "inner_product (cosine on L2-normalised vectors)",
             "index_type": kind,
