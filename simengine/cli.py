@@ -197,7 +197,7 @@ def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_f
     if model_dir is None:
         model_dir = out.parent / f"{out.name}-model"
         log.info("no --model given: training one first, into %s", model_dir)
-        _train(root, model_dir, _progress(ctx), **train_kwargs)
+        _print_val_metrics(_train(root, model_dir, _progress(ctx), **train_kwargs))
     model = load_bundle(model_dir, train_kwargs["runtime"])
     records = [ItemRecord(str(i.path.resolve()), i.label, i.split, i.sha256)
                for s in split.split(",") for i in scan_split(root, s.strip())]
@@ -346,6 +346,26 @@ def search(image, k, as_json, index_dir):
 
     parse_refs([image])
     _print_neighbours(Engine.open(index_dir).neighbours(image, k), as_json)
+
+
+@cli.command()
+@_index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host. WARNING: the API has no authentication; "
+              "anyone who reaches the port can query the index and download indexed images.")
+@click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule.")
+@click.option("--max-upload-mb", type=float, default=10, show_default=True, help="Largest accepted upload per image.")
+@click.option("--max-pixels", type=int, default=40_000_000, show_default=True, help="Largest accepted image, in pixels.")
+@click.option("--timeout", type=float, default=30, show_default=True, help="Seconds before a request gets 504.")
+@click.option("--max-pending", type=int, default=8, show_default=True, help="Requests in progress before new ones get 503.")
+def serve(index_dir, host, port, allow_remote, mode, max_upload_mb, max_pixels, timeout, max_pending):
+    """Serve the index over HTTP: JSON API under /v1 (OpenAPI at /docs) and a web page at /."""
+    from simengine.serve import serve as run
+
+    click.echo(f"serving on http://{host}:{port}/ (API docs at /docs)", err=True)
+    run(index_dir, host, port, allow_remote, mode=mode, max_upload_bytes=int(max_upload_mb * 2**20),
+        max_pixels=max_pixels, timeout_s=timeout, max_pending=max_pending)
 
 
 def _print_pair(r, as_json):
