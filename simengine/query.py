@@ -12,7 +12,7 @@ import numpy as np
 
 from simengine.data import class_name
 from simengine.decision import MODES, TRIPLET_PAIRS, pair_scores
-from simengine.errors import SimengineError
+from simengine.errors import ImageLoadError, SimengineError
 from simengine.evaluation import classification_report
 from simengine.index import Index, resolve_index_dir
 from simengine.sampling import read_csv
@@ -97,8 +97,8 @@ class Engine:
     def embed(self, refs: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
         """Embeddings for image paths and `id:N` references; every distinct image is embedded once. Raises on a bad one."""
         vectors, errors = self.embed_many(refs)
-        if errors:
-            raise SimengineError(next(iter(errors.values())))
+        for ref, reason in errors.items():
+            raise (SimengineError if ref.startswith(ID_PREFIX) else ImageLoadError)(reason)
         return vectors
 
     def embed_many(self, refs: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

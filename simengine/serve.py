@@ -10,7 +10,7 @@ import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -35,9 +35,9 @@ class EngineWorker:
     """Runs every engine call on one dedicated thread (the engine's SQLite connection lives there), with a bounded
     number of requests waiting; beyond it callers get 503 instead of queueing without limit."""
 
-    def __init__(self, index_dir: str | os.PathLike | None, mode: str | None, max_pending: int, timeout_s: float):
+    def __init__(self, open_engine: Callable[[], Engine], max_pending: int, timeout_s: float):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="simengine-engine")
-        self.engine: Engine = self.pool.submit(Engine.open, index_dir, mode).result()
+        self.engine: Engine = self.pool.submit(open_engine).result()
         self.max_pending, self.timeout_s, self.pending = max_pending, timeout_s, 0
 
     async def call(self, fn, *args):
@@ -64,7 +64,7 @@ def create_app(
 ) -> FastAPI:
     """The HTTP app over one index; the model and index are loaded once, here."""
     Image.MAX_IMAGE_PIXELS = max_pixels
-    worker = EngineWorker(index_dir, mode, max_pending, timeout_s)
+    worker = EngineWorker(lambda: Engine.open(index_dir, mode), max_pending, timeout_s)
     app = FastAPI(title="simengine", version="1", description="Image similarity: pair, triplet and neighbour queries.")
     app.state.worker = worker
 
