@@ -29,7 +29,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The standard benchmark set; needs the index that `make demo` builds. Results land in benchmarks/results/.
 bench: install
 	$(BIN)/python benchmarks/accuracy.py --data $(DATA)
+	$(BIN)/python benchmarks/accuracy.py --data $(DATA) --backbone tf_efficientnet_lite1 --name accuracy_lite1
 	$(BIN)/python benchmarks/latency.py --data $(DATA)
 	$(BIN)/python benchmarks/search_scale.py
+	$(BIN)/python benchmarks/load.py --data $(DATA)

@@ -154,7 +154,7 @@ def markdown(r: dict) -> str:
             f"Dataset {r['dataset']}: {r['train']} train ({r['holdout']} held out for early stopping and calibration), "
             f"{r['val']} val. All sets are drawn from val with a fixed seed and are balanced; thresholds come from the "
             f"train holdout only.\n\n")
-    ref = ["reference (positives only, unbalanced)", "", REFERENCE["pair_accuracy"], "", "",
+    ref = ["reference implementation (320 test pairs; triplets: positives only)", "", REFERENCE["pair_accuracy"], "", "",
            REFERENCE["triplet_accuracy_positives_only"], "", "", "", ""]
     rows = [[x["row"], x["mode"], x["reference_pair_accuracy"], x["reference_triplet_accuracy"],
              f"{x['large_pair_accuracy']:.4f} [{x['large_pair_ci95'][0]:.4f}, {x['large_pair_ci95'][1]:.4f}]",

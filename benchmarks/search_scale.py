@@ -104,7 +104,25 @@ def markdown(r: dict, k: int) -> str:
             f"{r['queries']} queries; HNSW M={r['hnsw']['M']}, efConstruction={r['hnsw']['efConstruction']}, "
             f"efSearch={r['hnsw']['efSearch']}, built on 1 thread; IVF nprobe={r['ivf_nprobe']}, ~sqrt(N) lists.\n\n{t}\n\n"
             + ("Skipped: " + "; ".join(r["skipped"]) + "\n" if r["skipped"] else "")
-            + f"\nAutomatic choice: Flat below {r['auto_flat_max']} vectors, HNSW above.\n")
+            + f"\nAutomatic choice: Flat below {r['auto_flat_max']} vectors, HNSW above.\n\n" + knee(r["rows"]))
+
+
+def knee(rows: list[dict]) -> str:
+    """Why the switch sits where it does, from the measured single-query latencies."""
+    by = {(x["type"], x["n"]): x for x in rows}
+    lines = []
+    for n in sorted({x["n"] for x in rows}):
+        flat, hnsw = by.get(("flat", n)), by.get(("hnsw", n))
+        if flat and hnsw:
+            lines.append(f"- {n} vectors: Flat {1000 / flat['single_qps']:.2f} ms per query (exact), HNSW "
+                         f"{1000 / hnsw['single_qps']:.2f} ms at recall {hnsw['recall_at_10']:.4f}, after a "
+                         f"{hnsw['build_s']:.0f} s build")
+    return ("Single-query latency, Flat against HNSW:\n\n" + "\n".join(lines) + "\n\nA query first spends 20-40 ms "
+            "embedding its image, so exact Flat search costs little while it stays below about that: it does up to "
+            "~100k vectors, with no build time, no recall loss and native removal. Past that Flat grows linearly "
+            "(about 170 ms per query at 1M) while HNSW stays near 1 ms at recall@10 above 0.998, which pays for its "
+            "single-thread (reproducible) build. IVF builds far faster than HNSW at 1M but answers single queries "
+            "3x slower here; it stays available with --index-type ivf.\n")
 
 
 if __name__ == "__main__":

@@ -43,3 +43,11 @@ def test_search_scale_script(built_index, tmp_path):
     data = _written(tmp_path, "search_scale")
     assert {r["type"] for r in data["rows"]} == {"flat", "hnsw", "ivf"}
     assert next(r for r in data["rows"] if r["type"] == "flat")["recall_at_10"] == 1.0
+
+
+def test_load_script(fixture_data, built_index, tmp_path):
+    import load
+
+    load.main(["--index", str(built_index), "--data", str(fixture_data), "--clients", "2", "--seconds", "2", "--out", str(tmp_path)])
+    data = _written(tmp_path, "load")
+    assert data["ok"] > 0 and data["server_peak_rss_mb"] > 0
