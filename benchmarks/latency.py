@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -126,10 +125,11 @@ def cold_cli(index: Path, a: Path, b: Path, runs: int) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr)
         times.append(seconds)
-    # RUSAGE_CHILDREN would also count pages a forked child shares with this (large) process before exec,
-    # so one more query runs in a process that reports its own peak.
-    probe = ("import resource, sys\nfrom simengine.cli import cli\ntry:\n    cli(sys.argv[1:], standalone_mode=False)\n"
-             "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    # getrusage's maxrss survives fork + exec on Linux, so it would report this (large) process's size;
+    # one more query runs in a process that reports its own VmHWM, which exec resets.
+    probe = ("import sys\nfrom simengine.cli import cli\ntry:\n    cli(sys.argv[1:], standalone_mode=False)\n"
+             "finally:\n    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+             "    print(hwm.split()[1], file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", probe, "-q", "query", "--index", str(index), str(a), str(b)],
                           capture_output=True, text=True, check=True)
     peak_kb = int(proc.stderr.strip().splitlines()[-1])

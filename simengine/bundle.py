@@ -48,6 +48,7 @@ def save_bundle(out: str | os.PathLike, config: dict[str, Any], embedding_head, 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary, shareable directory
     try:
         tensors = {f"embedding.{k}": v.contiguous() for k, v in embedding_head.state_dict().items()}
         tensors |= {f"pair.{k}": v.contiguous() for k, v in pair_head.state_dict().items()}
