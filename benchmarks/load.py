@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
               "errors": {str(k): v for k, v in statuses.items() if k != 200}, "throughput_rps": ok / elapsed,
               "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
               "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None, "server_peak_rss_mb": rss}
-    md = (f"# Load check: `simengine serve`, POST /v1/pair with two uploads\n\n"
+    md = ("# Load check: `simengine serve`, POST /v1/pair with two uploads\n\n"
           + table(["clients", "seconds", "requests", "ok", "errors", "req/s", "p50 ms", "p99 ms", "server peak RSS MB"],
                   [[args.clients, elapsed, len(ms), ok, result["errors"] or 0, result["throughput_rps"], result["p50_ms"],
                     result["p99_ms"], rss]]) + "\n")

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from simengine.features import FeatureCache
 from simengine.training import (
     History, TrainOptions, embed_numpy, pair_logits, split_holdout, train_embedding_head, train_pair_head,
 )
+
+if TYPE_CHECKING:
+    from simengine.finetune import FinetuneOptions
 
 log = logging.getLogger(__name__)
 

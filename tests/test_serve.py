@@ -1,7 +1,6 @@
 """The HTTP service, against a real server process on loopback, and its web page in headless Chromium."""
 
 import asyncio
-import json
 import os
 import shutil
 import socket
