@@ -17,8 +17,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagene
 
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_cache(tmp_path_factory):
-    """Features and ONNX exports go to a per-session folder, never the user's cache."""
+    """Features and ONNX exports go to a per-session folder, never the user's cache; nothing asks the model hub."""
     os.environ["SIMENGINE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
     yield
 
 

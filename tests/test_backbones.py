@@ -75,11 +75,16 @@ def test_default_choice_offline_is_lite0_and_fast(monkeypatch):
 
 
 def test_unreachable_hub_gives_up_within_seconds(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(backbones, "HUB_HOST", ("192.0.2.1", 443))  # TEST-NET-1: never routed
+    monkeypatch.setattr(backbones, "HUB_HOST", ("127.0.0.1", 9))  # loopback discard port: nothing listens
     start = time.monotonic()
-    backbones._hub_reachable()
+    assert backbones._hub_reachable() is False
     assert time.monotonic() - start < backbones.HUB_TIMEOUT_S + 1.0
+
+
+def test_offline_mode_never_touches_the_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda: pytest.fail("network probed in offline mode"))
+    assert backbones.hub_weights("efficientnet_b0") is None
 
 
 def test_unknown_backbone_without_weights_is_a_clear_error(monkeypatch):
