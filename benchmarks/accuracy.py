@@ -155,15 +155,15 @@ def markdown(r: dict) -> str:
             f"{r['val']} val. All sets are drawn from val with a fixed seed and are balanced; thresholds come from the "
             f"train holdout only.\n\n")
     ref = ["reference implementation (320 test pairs; triplets: positives only)", "", REFERENCE["pair_accuracy"], "", "",
-           REFERENCE["triplet_accuracy_positives_only"], "", "", "", ""]
+           REFERENCE["triplet_accuracy_positives_only"], "", "", "", "", ""]
     rows = [[x["row"], x["mode"], x["reference_pair_accuracy"], x["reference_triplet_accuracy"],
              f"{x['large_pair_accuracy']:.4f} [{x['large_pair_ci95'][0]:.4f}, {x['large_pair_ci95'][1]:.4f}]",
              x["reference_triplet_accuracy_positives_only"],
              f"{x['large_triplet_accuracy']:.4f} [{x['large_triplet_ci95'][0]:.4f}, {x['large_triplet_ci95'][1]:.4f}]",
-             x["precision_at_1"], x["map_at_r"], x["knn10_accuracy"]] for x in r["rows"]]
+             x["precision_at_1"], x["r_precision"], x["map_at_r"], x["knn10_accuracy"]] for x in r["rows"]]
     body = table(["row", "rule", f"pair acc ({r['n_test']})", f"triplet acc ({r['n_test']}, balanced)",
                   f"pair acc ({r['n_large']}) [95% CI]", f"triplet acc, positives only ({r['n_test']})",
-                  f"triplet acc ({r['n_large']}) [95% CI]", "P@1", "MAP@R", "kNN-10 acc"], rows + [ref])
+                  f"triplet acc ({r['n_large']}) [95% CI]", "P@1", "R-precision", "MAP@R", "kNN-10 acc"], rows + [ref])
     default = r["rows"][-1]
     report = default["reference_pair_report"]
     rep = table(["label", "precision", "recall", "f1", "support"],
