@@ -189,3 +189,14 @@ def test_query_path_does_not_import_torch(built_index, val):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):
+    out = tmp_path / "pairs.csv"
+    code, text = run("data", "sample", "pairs", "--data", fixture_data, "--split", "val", "--n", "20", "--out", out)
+    assert code == 0 and "wrote 20 pairs" in text
+    lines = out.read_text().splitlines()
+    assert lines[0] == "img1,img2,label" and len(lines) == 21
+    assert sum(int(line.rsplit(",", 1)[1]) for line in lines[1:]) == 10
+    code, text = run("data", "sample", "triplets", "--data", tmp_path / "nowhere", "--out", out)
+    assert code == 1 and "dataset not found" in text
