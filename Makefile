@@ -33,6 +33,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/accuracy.py --data $(DATA)
 	$(BIN)/python benchmarks/accuracy.py --data $(DATA) --backbone tf_efficientnet_lite1 --name accuracy_lite1
+	$(BIN)/python benchmarks/accuracy.py --data $(DATA) --backbone tf_efficientnet_lite2 --name accuracy_lite2
 	$(BIN)/python benchmarks/latency.py --data $(DATA)
 	$(BIN)/python benchmarks/search_scale.py
 	$(BIN)/python benchmarks/load.py --data $(DATA)
