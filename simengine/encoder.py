@@ -61,9 +61,8 @@ class Encoder:
         return cls.from_torch(identity, model, runtime)
 
     @classmethod
-    def from_torch(cls, identity: dict[str, Any], model, runtime: str = "auto",
-                   onnx_path: str | os.PathLike | None = None) -> "Encoder":
-        """Wrap a torch backbone; with onnxruntime, export it once (to `onnx_path` or the cache) and run that."""
+    def from_torch(cls, identity: dict[str, Any], model, runtime: str = "auto") -> "Encoder":
+        """Wrap a torch backbone; with onnxruntime, export it once (into the cache) and run that."""
         if runtime not in RUNTIMES:
             raise SimengineError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         dim = int(model.num_features)
@@ -71,7 +70,7 @@ class Encoder:
             return cls(identity, TorchRuntime(model), dim, model)
         if onnxruntime_version() is None:
             raise SimengineError("runtime onnxruntime requested but onnxruntime is not installed")
-        path = Path(onnx_path) if onnx_path else cached_onnx_path(identity)
+        path = cached_onnx_path(identity)
         ensure_onnx(model, identity, path)
         return cls(identity, OnnxRuntime(path), dim, model)
 

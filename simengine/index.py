@@ -363,7 +363,8 @@ class Index:
 
     def _swap(self, populate) -> None:
         _versioned_write(self.link, populate, base=self.dir)
-        self.__init__(self.link, model=None)
+        # The new version hard-links the same model files, so the loaded model is reused.
+        self.__init__(self.link, model=self.model)
 
 
 def verify_index(link: str | os.PathLike) -> list[str]:
