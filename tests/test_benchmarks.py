@@ -22,7 +22,10 @@ def test_accuracy_script(fixture_data, tmp_path):
     accuracy.main(["--data", str(fixture_data), "--n-test", "20", "--n-large", "40", "--steps", "20", "--out", str(tmp_path)])
     data = _written(tmp_path, "accuracy")
     assert len(data["rows"]) == 7 and (tmp_path / data["figures"][0]).is_file()
-    assert all(0 <= row["large_pair_accuracy"] <= 1 for row in data["rows"])
+    for row in data["rows"]:
+        draws = row["large_pair_draws"]
+        assert len(draws) == 3 and row["large_pair_accuracy"] == pytest.approx(sum(draws) / 3)
+        assert min(draws) <= row["large_pair_accuracy"] <= max(draws)
 
 
 def test_latency_script(fixture_data, built_index, tmp_path):
@@ -51,3 +54,13 @@ def test_load_script(fixture_data, built_index, tmp_path):
     load.main(["--index", str(built_index), "--data", str(fixture_data), "--clients", "2", "--seconds", "2", "--out", str(tmp_path)])
     data = _written(tmp_path, "load")
     assert data["ok"] > 0 and data["server_peak_rss_mb"] > 0
+
+
+def test_input_ablation_script(fixture_data, tmp_path):
+    import input_ablation
+
+    input_ablation.main(["--data", str(fixture_data), "--variants", "96:1.0", "--n-test", "20", "--n-large", "40",
+                         "--draws", "2", "--steps", "20", "--out", str(tmp_path)])
+    data = _written(tmp_path, "input_ablation")
+    assert [row["pooling"] for row in data["rows"]] == ["avg", "gem", "max"]
+    assert all(row["size"] == 96 and 0 <= row["precision_at_1"] <= 1 for row in data["rows"])
