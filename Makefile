@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= $(firstword $(SIMENGINE_DATA) $(wildcard ../shared/data/imagenette2-160) data/imagenette2-160)
 VAL := $(DATA)/val
 
-.PHONY: install demo test bench clean-index
+.PHONY: install demo test bench bench-ablation clean-index
 
 install: $(VENV)/.installed
 
@@ -37,3 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/latency.py --data $(DATA)
 	$(BIN)/python benchmarks/search_scale.py
 	$(BIN)/python benchmarks/load.py --data $(DATA)
+
+# Ablation of the backbone's input size, crop and pooling (about 30 min: it embeds the dataset four times).
+bench-ablation: install
+	$(BIN)/python benchmarks/input_ablation.py --data $(DATA)
