@@ -98,6 +98,7 @@ def plots(sets: EvalSets, cal, mode: str, out: Path, name: str) -> list[str]:
     axes[1].set(xlabel="cosine distance", ylabel="pairs", title="embedding distances, val pairs")
     axes[1].legend()
     fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}_roc_distances.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -108,6 +109,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--backbone", default=None, help="timm name (default: simengine's choice)")
+    parser.add_argument("--weights", default=None, help="backbone weights file, e.g. a fine-tuned one")
     parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--n-test", type=int, default=320, help="reference protocol size")
     parser.add_argument("--n-large", type=int, default=10_000, help="large protocol size")
@@ -119,7 +121,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     started = time.time()
-    encoder = Encoder.load(args.backbone)
+    encoder = Encoder.load(args.backbone, args.weights)
     cache = FeatureCache(encoder, flip=args.flip)
     x_train, train_items = labelled_features(cache, scan_split(args.data, "train"), progress=True)
     x_val, val_items = labelled_features(cache, scan_split(args.data, "val"), progress=True)

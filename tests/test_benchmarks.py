@@ -19,9 +19,10 @@ def _written(out: Path, name: str) -> dict:
 def test_accuracy_script(fixture_data, tmp_path):
     import accuracy
 
-    accuracy.main(["--data", str(fixture_data), "--n-test", "20", "--n-large", "40", "--steps", "20", "--out", str(tmp_path)])
-    data = _written(tmp_path, "accuracy")
-    assert len(data["rows"]) == 7 and (tmp_path / data["figures"][0]).is_file()
+    out = tmp_path / "new" / "results"
+    accuracy.main(["--data", str(fixture_data), "--n-test", "20", "--n-large", "40", "--steps", "20", "--out", str(out)])
+    data = _written(out, "accuracy")
+    assert len(data["rows"]) == 7 and (out / data["figures"][0]).is_file()
     for row in data["rows"]:
         draws = row["large_pair_draws"]
         assert len(draws) == 3 and row["large_pair_accuracy"] == pytest.approx(sum(draws) / 3)
