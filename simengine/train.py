@@ -63,19 +63,23 @@ def train_model(
     data = Path(data)
     train_items = scan_split(data, "train")
     val_items = scan_split(data, "val") if (data / "val").is_dir() else []
+    # Chosen before fine-tuning, so that the backbone never trains on the images that early-stop and calibrate the heads.
+    held_out = {train_items[i].sha256 for i in split_holdout([i.label for i in train_items], opts.holdout, opts.seed)[1]}
     encoder = Encoder.load(backbone, weights, runtime)
     log.info("embedding runtime: %s", encoder.runtime.name)
     finetuned = None
     if finetune is not None:
         from simengine.finetune import finetune_encoder
 
-        encoder, finetuned = finetune_encoder(encoder, train_items, finetune, runtime, progress)
+        encoder, finetuned = finetune_encoder(encoder, [i for i in train_items if i.sha256 not in held_out], finetune,
+                                              runtime, progress)
     cache = FeatureCache(encoder, flip=opts.flip)
     x, train_items = labelled_features(cache, train_items, progress)
     labels = [i.label for i in train_items]
     if len(set(labels)) < 3:
         raise SimengineError(f"{data}/train: training needs at least 3 classes")
-    fit, hold = split_holdout(labels, opts.holdout, opts.seed)
+    in_holdout = np.array([i.sha256 in held_out for i in train_items])
+    fit, hold = np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
     y = np.asarray(labels)
     embedding_head, e_hist = train_embedding_head(x[fit], y[fit], x[hold], y[hold], opts, progress)
     emb = embed_numpy(embedding_head, x)

@@ -143,3 +143,23 @@ def test_finetune_runs_a_step_on_cpu(encoder, fixture_data):
     assert weights_file.is_file()
     # the original encoder is untouched
     assert all(np.array_equal(before[k].numpy(), v.numpy()) for k, v in encoder.torch_model.state_dict().items())
+
+
+def test_finetuning_never_sees_the_holdout(fixture_data, tiny_options, tmp_path, monkeypatch):
+    import simengine.finetune
+    from simengine.data import scan_split
+    from simengine.finetune import FinetuneOptions
+    from simengine.train import train_model
+
+    real, seen = simengine.finetune.finetune_encoder, []
+
+    def recording(encoder, items, *args, **kwargs):
+        seen.extend(i.sha256 for i in items)
+        return real(encoder, items, *args, **kwargs)
+
+    monkeypatch.setattr(simengine.finetune, "finetune_encoder", recording)
+    out = train_model(fixture_data, tmp_path / "tuned", tiny_options, runtime="torch",
+                      finetune=FinetuneOptions(blocks=1, steps=1, classes_per_batch=2, per_class=2, device="cpu"))
+    held = set(json.loads((out / "config.json").read_text())["holdout_sha256"])
+    assert held and seen and not held & set(seen)
+    assert len(seen) + len(held) == len(scan_split(fixture_data, "train"))
