@@ -50,19 +50,19 @@ def score_row(name, mode, emb_train, y_train, hold, emb_val, y_val, logits, args
     row["reference_triplet_accuracy_positives_only"] = float(trio_pred[trio_truth].mean())
     # Independent large draws: errors cluster on a few hard val images, so the spread between draws is wider than
     # one draw's binomial interval suggests; the mean, the range and the pooled interval are all reported.
-    correct, total = {"pair": [], "triplet": []}, {"pair": 0, "triplet": 0}
-    for draw in range(args.draws):
-        large = EvalSets.draw(emb_val, y_val, logits, args.n_large, seed=args.seed + 1000 + args.n_large + 7919 * draw)
-        for kind, (pred, truth) in zip(("pair", "triplet"), predictions(large, cal, mode)):
-            correct[kind].append(int((pred == truth).sum()))
-            total[kind] += len(truth)
-        sets = large if draw == 0 else sets
-    for kind in ("pair", "triplet"):
-        accuracies = np.array(correct[kind]) / args.n_large
+    large = [EvalSets.draw(emb_val, y_val, logits, args.n_large, seed=args.seed + 1000 + args.n_large + 7919 * draw)
+             for draw in range(args.draws)]
+    counts = {"pair": [], "triplet": []}  # (correct, total) per draw
+    for draw in large:
+        for kind, (pred, truth) in zip(counts, predictions(draw, cal, mode)):
+            counts[kind].append((int((pred == truth).sum()), len(truth)))
+    for kind, per_draw in counts.items():
+        correct, total = np.array(per_draw).T
+        accuracies = correct / total
         row[f"large_{kind}_accuracy"] = float(accuracies.mean())
         row[f"large_{kind}_draws"] = accuracies.tolist()
-        row[f"large_{kind}_ci95"] = wilson_interval(sum(correct[kind]), total[kind])
-    return row, cal, sets
+        row[f"large_{kind}_ci95"] = wilson_interval(int(correct.sum()), int(total.sum()))
+    return row, cal, large[0]
 
 
 def predictions(sets: EvalSets, cal, mode: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -105,19 +105,25 @@ def plots(sets: EvalSets, cal, mode: str, out: Path, name: str) -> list[str]:
     return [path.name]
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def protocol_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options of every script that trains the default heads and scores them with `score_row`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--backbone", default=None, help="timm name (default: simengine's choice)")
-    parser.add_argument("--weights", default=None, help="backbone weights file, e.g. a fine-tuned one")
-    parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--n-test", type=int, default=320, help="reference protocol size")
     parser.add_argument("--n-large", type=int, default=10_000, help="large protocol size")
     parser.add_argument("--draws", type=int, default=3, help="independent draws of the large sets")
     parser.add_argument("--steps", type=int, default=TrainOptions.steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="accuracy")
+    parser.add_argument("--name", default=name)
+    return parser
+
+
+def main(argv=None) -> dict:
+    parser = protocol_parser(__doc__, "accuracy")
+    parser.add_argument("--weights", default=None, help="backbone weights file, e.g. a fine-tuned one")
+    parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     args = parser.parse_args(argv)
 
     started = time.time()

@@ -8,7 +8,6 @@ default heads on each pooling and scores them like benchmarks/accuracy.py (same 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -18,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from accuracy import score_row  # noqa: E402
-from common import RESULTS, table, write  # noqa: E402
+from accuracy import protocol_parser, score_row  # noqa: E402
+from common import table, write  # noqa: E402
 
 from simengine.data import scan_split  # noqa: E402
 from simengine.encoder import Encoder  # noqa: E402
@@ -62,18 +61,9 @@ def embed(encoder: Encoder, items) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
-    parser.add_argument("--backbone", default=None, help="timm name (default: simengine's choice)")
+    parser = protocol_parser(__doc__, "input_ablation")
     parser.add_argument("--variants", nargs="+", default=["224:0.875", "224:1.0", "256:1.0", "288:1.0"],
                         help="SIZE:CROP_PCT pairs (timm's default for Lite0 is 224:0.875)")
-    parser.add_argument("--n-test", type=int, default=320)
-    parser.add_argument("--n-large", type=int, default=10_000)
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=TrainOptions.steps)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="input_ablation")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -83,7 +73,8 @@ def main(argv=None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
-            size, crop_pct = int(variant.split(":")[0]), float(variant.split(":")[1])
+            size, crop_pct = variant.split(":")
+            size, crop_pct = int(size), float(crop_pct)
             encoder = variant_encoder(base, size, crop_pct, Path(tmp))
             t = time.time()
             x_train, y_train = embed(encoder, train_items)
