@@ -18,14 +18,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import RESULTS, table, write  # noqa: E402
 
-from simengine.data import scan_split  # noqa: E402
-from simengine.decision import EvalSets, calibrate_decisions  # noqa: E402
-from simengine.encoder import Encoder  # noqa: E402
-from simengine.evaluation import classification_report, retrieval_metrics, wilson_interval  # noqa: E402
-from simengine.features import FeatureCache  # noqa: E402
-from simengine.train import labelled_features  # noqa: E402
-from simengine.training import (  # noqa: E402
-    MINING, TrainOptions, embed_numpy, pair_logits, split_holdout, train_embedding_head, train_pair_head,
+from simengine.data.folders import scan_split  # noqa: E402
+from simengine.evaluation.decisions import EvalSets, calibrate_decisions  # noqa: E402
+from simengine.model.encoder import Encoder  # noqa: E402
+from simengine.evaluation.metrics import classification_report, retrieval_metrics, wilson_interval  # noqa: E402
+from simengine.model.feature_cache import FeatureCache  # noqa: E402
+from simengine.training.pipeline import labelled_features  # noqa: E402
+from simengine.model.heads import embed_numpy, pair_logits  # noqa: E402
+from simengine.training.fit import (  # noqa: E402
+    MINING, TrainOptions, split_holdout, train_embedding_head, train_pair_head,
 )
 
 REFERENCE = {"pair_accuracy": 0.84, "triplet_accuracy_positives_only": 0.73}

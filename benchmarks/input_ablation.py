@@ -20,11 +20,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import protocol_parser, score_row  # noqa: E402
 from common import table, write  # noqa: E402
 
-from simengine.data import scan_split  # noqa: E402
-from simengine.encoder import Encoder  # noqa: E402
-from simengine.runtimes import OnnxRuntime, export_onnx  # noqa: E402
-from simengine.training import (  # noqa: E402
-    TrainOptions, embed_numpy, pair_logits, split_holdout, train_embedding_head, train_pair_head,
+from simengine.data.folders import scan_split  # noqa: E402
+from simengine.model.encoder import Encoder  # noqa: E402
+from simengine.model.runtimes import OnnxRuntime, export_onnx  # noqa: E402
+from simengine.model.heads import embed_numpy, pair_logits  # noqa: E402
+from simengine.training.fit import (  # noqa: E402
+    TrainOptions, split_holdout, train_embedding_head, train_pair_head,
 )
 
 POOLINGS = ("avg", "gem", "max")

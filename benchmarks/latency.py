@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import RESULTS, table, write  # noqa: E402
 
-from simengine.data import scan_split  # noqa: E402
-from simengine.encoder import Encoder  # noqa: E402
-from simengine.images import load_rgb  # noqa: E402
-from simengine.query import Engine  # noqa: E402
+from simengine.data.folders import scan_split  # noqa: E402
+from simengine.index import items_db  # noqa: E402
+from simengine.model.encoder import Encoder  # noqa: E402
+from simengine.data.decode import load_rgb  # noqa: E402
+from simengine.query.engine import Engine  # noqa: E402
 
 LITE0_GFLOPS = 0.8  # 0.40 GMACs at 224 px (timm's model card), 2 FLOPs per MAC
 
@@ -77,13 +78,14 @@ def decode_throughput(encoder: Encoder, paths: list[Path]) -> dict:
 
 def fast_path_accuracy(engine: Engine, val_paths: list[Path], val_labels: list[str]) -> list[dict]:
     """Retrieval and pair accuracy of val queries embedded by ONNX Runtime vs fp32 torch eager, same gallery."""
-    from simengine.decision import evaluate_decisions
-    from simengine.evaluation import retrieval_metrics
+    from simengine.evaluation.decisions import evaluate_decisions
+    from simengine.evaluation.metrics import retrieval_metrics
 
-    model = engine.index.model
-    ids = np.array([r["id"] for r in engine.index.db.query("SELECT id FROM items ORDER BY id")])
+    model = engine.model
+    rows = engine.index.items(items_db.live_ids(engine.index.conn, engine.index.version))
+    ids = np.array(sorted(rows))
     gallery = engine.index.vectors(ids)
-    labels = [engine.index.items(ids)[i]["class"] for i in ids]
+    labels = [rows[i]["label"] for i in ids]
     torch_encoder = Encoder.from_torch(model.encoder.identity, Encoder.load(model.encoder.name).torch_model, runtime="torch")
     rows = []
     for name, enc in (("onnxruntime", model.encoder), ("torch eager fp32", torch_encoder)):
@@ -138,16 +140,11 @@ def cold_cli(index: Path, a: Path, b: Path, runs: int) -> dict:
 
 def index_build_time(data: str, index: Path, split: str) -> dict:
     """Wall time of `simengine index build` with the index's model, features already cached (warm) ."""
-    from simengine.bundle import load_bundle
-    from simengine.index import ItemRecord, build_index
+    from simengine.workflows import build_index_from_dataset
 
-    model_dir = index.resolve() / "model"
-    model = load_bundle(model_dir)
-    items = scan_split(data, split)
-    records = [ItemRecord(str(i.path.resolve()), i.label, i.split, i.sha256) for i in items]
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, (link, report) = timed(build_index, records, model, model_dir, Path(tmp) / "bench")
-        size = sum(f.stat().st_size for f in link.resolve().rglob("*") if f.is_file())
+        seconds, (path, report, _) = timed(build_index_from_dataset, data, Path(tmp) / "bench", [split], index / "model")
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"split": split, "items": len(report.added), "warm_seconds": seconds, "size_mb": size / 2**20}
 
 

@@ -20,14 +20,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import RESULTS, table, write  # noqa: E402
 
-from simengine import vectors as vec  # noqa: E402
+from simengine.index import faiss_factory as vec  # noqa: E402
+from simengine.index import items_db  # noqa: E402
+from simengine.index.reader import Index  # noqa: E402
 
 
 def base_embeddings(index_dir: Path) -> np.ndarray:
-    import faiss
-
-    index = faiss.read_index(str(index_dir.resolve() / "vectors.faiss"))
-    return index.reconstruct_batch(vec.ids_of(index))
+    index = Index(index_dir)
+    return index.vectors(items_db.live_ids(index.conn, index.version))
 
 
 def noisy(base: np.ndarray, n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:

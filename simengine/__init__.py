@@ -1,3 +1,42 @@
-"""simengine: image similarity with triplet-trained EfficientNet embeddings, FAISS and SQLite."""
+"""simengine: image similarity with a triplet-trained embedding, a BCE pair verifier and a FAISS + SQLite index.
 
-__version__ = "0.1.0"
+The public face, imported lazily so that `import simengine` stays light (and never imports torch):
+
+    Engine                          answer pair, triplet and neighbour questions (query/)
+    Index, verify_index             read an index snapshot; check one without writing (index/)
+    build_index, add_images, remove_items, recalibrate_index, compact_index, collect_garbage
+    build_index_from_dataset        the whole `simengine index build` job
+    load_bundle, Encoder            the model (model/)
+    train_model                     train both heads into a bundle (training/, imports torch)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "Engine": "simengine.query.engine",
+    "Index": "simengine.index.reader",
+    "verify_index": "simengine.index.verify",
+    "build_index": "simengine.index.build",
+    "add_images": "simengine.index.update",
+    "remove_items": "simengine.index.update",
+    "recalibrate_index": "simengine.index.update",
+    "compact_index": "simengine.index.update",
+    "collect_garbage": "simengine.index.update",
+    "build_index_from_dataset": "simengine.workflows",
+    "load_bundle": "simengine.model.bundle",
+    "Encoder": "simengine.model.encoder",
+    "train_model": "simengine.training.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'simengine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

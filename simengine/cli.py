@@ -76,7 +76,7 @@ def data():
 @click.option("--dest", default="data", show_default=True, type=click.Path(file_okay=False), help="Where to unpack.")
 def data_fetch(name, dest):
     """Download fast.ai's imagenette2-160 and check it (fails at once when offline)."""
-    from simengine.data import fetch_imagenette
+    from simengine.data.imagenette import fetch_imagenette
 
     click.echo(f"imagenette at {fetch_imagenette(dest)}")
 
@@ -90,8 +90,8 @@ def data_fetch(name, dest):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 def data_sample(kind, data_dir, split, n, seed, out):
     """Write a balanced, seeded pairs or triplets CSV (img1,img2[,img3],label)."""
-    from simengine.data import resolve_data_dir, scan_split
-    from simengine.sampling import PRESETS, sample_eval_triplets, sample_pairs, sample_training_triplets, write_csv
+    from simengine.data.folders import resolve_data_dir, scan_split
+    from simengine.data.evalsets import PRESETS, sample_eval_triplets, sample_pairs, sample_training_triplets, write_csv
 
     items = scan_split(resolve_data_dir(data_dir), split)
     n = n or PRESETS["train" if kind == "train-triplets" else "test"]
@@ -125,16 +125,13 @@ def _training_options(f):
     return f
 
 
-def _train(data_dir, out, progress, backbone, weights, mining, margin, dim, hidden, steps, lr, flip, seed,
-           finetune, finetune_blocks, finetune_steps, runtime) -> Path:
-    from simengine.finetune import FinetuneOptions
-    from simengine.train import train_model
-    from simengine.training import TrainOptions
+def _train_options(mining, margin, dim, hidden, steps, lr, flip, seed, finetune, finetune_blocks, finetune_steps):
+    from simengine.training.finetune import FinetuneOptions
+    from simengine.training.fit import TrainOptions
 
     opts = TrainOptions(mining=mining, margin=margin, dim=dim, hidden=hidden, steps=steps, pair_steps=steps, lr=lr,
                         flip=flip, seed=seed)
-    ft = FinetuneOptions(blocks=finetune_blocks, steps=finetune_steps, seed=seed) if finetune else None
-    return train_model(data_dir, out, opts, backbone, weights, ft, runtime, progress)
+    return opts, (FinetuneOptions(blocks=finetune_blocks, steps=finetune_steps, seed=seed) if finetune else None)
 
 
 def _print_val_metrics(bundle: Path) -> None:
@@ -154,11 +151,13 @@ def _print_val_metrics(bundle: Path) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
 @_training_options
 @click.pass_context
-def train(ctx, data_dir, out, **kwargs):
+def train(ctx, data_dir, out, backbone, weights, runtime, **kwargs):
     """Train the triplet embedding head and the BCE pair head; write a model bundle and report val metrics."""
-    from simengine.data import resolve_data_dir
+    from simengine.data.folders import resolve_data_dir
+    from simengine.training.pipeline import train_model
 
-    bundle = _train(resolve_data_dir(data_dir), out, _progress(ctx), **kwargs)
+    opts, finetune = _train_options(**kwargs)
+    bundle = train_model(resolve_data_dir(data_dir), out, opts, backbone, weights, finetune, runtime, _progress(ctx))
     click.echo(f"bundle: {bundle}")
     _print_val_metrics(bundle)
 
@@ -184,46 +183,52 @@ def index():
 @click.option("--target-far", type=float, default=None, help="Calibrate for this false-accept rate instead of best accuracy.")
 @_training_options
 @click.pass_context
-def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_far, **train_kwargs):
-    """Embed a dataset split into a new index (atomically replacing an older one of the same name)."""
-    from simengine.bundle import load_bundle
-    from simengine.data import resolve_data_dir, scan_split
-    from simengine.index import DEFAULT_ROOT, ItemRecord, build_index
+def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_far, backbone, weights, runtime, **train_kwargs):
+    """Embed a dataset split into a new index (replacing an older one of the same name once the new one is complete)."""
+    from simengine.data.folders import resolve_data_dir
+    from simengine.index.store import DEFAULT_ROOT
+    from simengine.workflows import build_index_from_dataset
 
     if name and out:
         raise click.UsageError("give --name or --out, not both")
     out = Path(out) if out else DEFAULT_ROOT / (name or "default")
-    root = resolve_data_dir(data_dir)
+    train_options, finetune = (None, None) if model_dir else _train_options(**train_kwargs)
+    path, report, bundle = build_index_from_dataset(
+        resolve_data_dir(data_dir), out, [s.strip() for s in split.split(",")], model_dir, index_type, target_far,
+        runtime, train_options, finetune, backbone, weights, _progress(ctx))
     if model_dir is None:
-        model_dir = out.parent / f"{out.name}-model"
-        log.info("no --model given: training one first, into %s", model_dir)
-        _print_val_metrics(_train(root, model_dir, _progress(ctx), **train_kwargs))
-    model = load_bundle(model_dir, train_kwargs["runtime"])
-    records = [ItemRecord(str(i.path.resolve()), i.label, i.split, i.sha256)
-               for s in split.split(",") for i in scan_split(root, s.strip())]
-    link, report = build_index(records, model, Path(model_dir), out, index_type, target_far, _progress(ctx),
-                               build_info={"data": str(root.resolve()), "split": split})
-    for path, reason in report.failed:
-        click.echo(f"skipped: {reason}", err=True)
-    click.echo(f"index {link}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
+        _print_val_metrics(bundle)
+    for path_, reason in report.failed:
+        click.echo(f"skipped {path_}: {reason}", err=True)
+    click.echo(f"index {path}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
                f"{len(report.failed)} failed")
+
+
+_wait_option = click.option("--wait", "wait_s", type=float, default=60, show_default=True,
+                            help="Seconds to wait for another writer of the same index before giving up.")
 
 
 @index.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--label", default=None, help="Class for the new images (default: each file's folder name).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_index_option
+@_wait_option
 @click.pass_context
-def index_add(ctx, paths, label, index_dir):
-    """Embed images and add them (duplicates by content are skipped, bad files reported)."""
-    from simengine.index import Index, resolve_index_dir
+def index_add(ctx, paths, label, as_json, index_dir, wait_s):
+    """Embed images and add them as one new version (duplicates by content are skipped, bad files reported)."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.update import add_images
 
-    report = Index(resolve_index_dir(index_dir)).add(paths, label=label, progress=_progress(ctx))
-    for path, existing in report.duplicates:
-        click.echo(f"duplicate skipped: {path}" + (f" (same as id {existing})" if existing >= 0 else ""), err=True)
-    for path, reason in report.failed:
-        click.echo(f"failed: {reason}", err=True)
-    click.echo(f"added {len(report.added)}" + (f" (ids {report.added[0]}..{report.added[-1]})" if report.added else ""))
+    report = add_images(resolve_index_dir(index_dir), paths, label=label, progress=_progress(ctx), timeout_s=wait_s)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        for path, existing in report.duplicates:
+            click.echo(f"duplicate skipped: {path}" + (f" (same as id {existing})" if existing >= 0 else ""), err=True)
+        for path, reason in report.failed:
+            click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo(f"added {len(report.added)}" + (f" (ids {report.added[0]}..{report.added[-1]})" if report.added else ""))
     if report.failed and not report.added:
         sys.exit(1)
 
@@ -231,11 +236,13 @@ def index_add(ctx, paths, label, index_dir):
 @index.command("remove")
 @click.argument("refs", nargs=-1, required=True)
 @_index_option
-def index_remove(refs, index_dir):
-    """Remove items by id or path; they disappear from results at once."""
-    from simengine.index import Index, resolve_index_dir
+@_wait_option
+def index_remove(refs, index_dir, wait_s):
+    """Remove items by id or path as one new version; their ids are never reused."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.update import remove_items
 
-    ids = Index(resolve_index_dir(index_dir)).remove(refs)
+    ids = remove_items(resolve_index_dir(index_dir), refs, timeout_s=wait_s)
     click.echo(f"removed {len(ids)}: ids {', '.join(map(str, ids))}")
 
 
@@ -243,9 +250,10 @@ def index_remove(refs, index_dir):
 @_index_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def index_info(index_dir, as_json):
-    """Counts, classes, backbone, thresholds, index type and size on disk."""
-    from simengine.data import class_name
-    from simengine.index import Index, resolve_index_dir
+    """Version, counts, classes, backbone, thresholds, segments and size on disk."""
+    from simengine.data.imagenette import class_name
+    from simengine.index.reader import Index
+    from simengine.index.store import resolve_index_dir
 
     info = Index(resolve_index_dir(index_dir)).info()
     if as_json:
@@ -253,37 +261,67 @@ def index_info(index_dir, as_json):
         return
     for key, value in info.items():
         if key == "classes":
-            value = ", ".join(f"{class_name(c)} {n}" for c, n in value.items())
+            value = ", ".join(f"{class_name(c) if c else '(none)'} {n}" for c, n in value.items())
         click.echo(f"{key:24s} {value}")
 
 
 @index.command("verify")
 @_index_option
 def index_verify(index_dir):
-    """Check that FAISS ids and SQLite rows match and that hashes and versions agree; exit 1 if not."""
-    from simengine.index import resolve_index_dir, verify_index
+    """Check segment hashes, FAISS ids against SQLite rows and the model, without writing; exit 1 on a problem."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.verify import verify_index
 
-    link = resolve_index_dir(index_dir)
-    problems = verify_index(link)
+    path = resolve_index_dir(index_dir)
+    problems = verify_index(path)
     for p in problems:
         click.echo(f"problem: {p}", err=True)
     if problems:
         sys.exit(1)
-    click.echo(f"ok: {link} is consistent (ids, rows, hashes and model match)")
+    click.echo(f"ok: {path} is consistent (segments, ids, rows and model match)")
 
 
 @index.command("calibrate")
 @_index_option
+@_wait_option
 @click.option("--target-far", type=float, default=None, help="Largest threshold with at most this false-accept rate.")
-def index_calibrate(index_dir, target_far):
-    """Re-run threshold calibration on the index's held-out items."""
-    from simengine.index import Index, resolve_index_dir
+def index_calibrate(index_dir, wait_s, target_far):
+    """Re-run threshold calibration on the index's held-out items, as one new version."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.update import recalibrate_index
 
-    cal = Index(resolve_index_dir(index_dir)).recalibrate(target_far)
+    cal = recalibrate_index(resolve_index_dir(index_dir), target_far, timeout_s=wait_s)
     for mode in cal.pair:
         click.echo(f"{mode:8s} pair threshold {cal.pair[mode].value:.4f} (cv accuracy {cal.pair[mode].cv_accuracy:.4f})  "
                    f"triplet threshold {cal.triplet[mode].value:.4f}")
     click.echo(f"default decision: {cal.default} ({cal.source})")
+
+
+@index.command("compact")
+@_index_option
+@_wait_option
+def index_compact(index_dir, wait_s):
+    """Merge all segments into one without removed vectors (cost: the whole collection; queries go on meanwhile)."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.update import compact_index
+
+    manifest = compact_index(resolve_index_dir(index_dir), timeout_s=wait_s)
+    click.echo(f"version {manifest['version']}: {manifest['counts']['items']} items in "
+               f"{len(manifest['segments'])} segment(s) of type {', '.join(s['type'] for s in manifest['segments']) or '-'}")
+
+
+@index.command("gc")
+@_index_option
+@_wait_option
+@click.option("--grace", "grace_s", type=float, default=600, show_default=True,
+              help="Keep versions replaced less than this many seconds ago (readers may still use them).")
+def index_gc(index_dir, wait_s, grace_s):
+    """Delete old versions, unreferenced segment files and forgotten rows (writes do this too, with the default grace)."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.update import collect_garbage
+
+    done = collect_garbage(resolve_index_dir(index_dir), grace_s, timeout_s=wait_s)
+    click.echo(f"deleted {done['versions']} old versions, {done['segments']} segment files, {done['rows']} rows")
 
 
 # --- query ---------------------------------------------------------------------------------------------------------
@@ -306,7 +344,8 @@ def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
     simengine query --pairs set.csv     batch mode, with a classification report if labelled
     """
     from simengine.errors import SimengineError
-    from simengine.query import Engine, parse_refs
+    from simengine.query.engine import Engine
+    from simengine.query.refs import parse_refs
 
     batch = [p for p in (pairs_csv, triplets_csv) if p]
     if batch and images:
@@ -342,7 +381,8 @@ def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
 @_index_option
 def search(image, k, as_json, index_dir):
     """Nearest neighbours of IMAGE (a path or id:N), verified by the pair head."""
-    from simengine.query import Engine, parse_refs
+    from simengine.query.engine import Engine
+    from simengine.query.refs import parse_refs
 
     parse_refs([image])
     _print_neighbours(Engine.open(index_dir).neighbours(image, k), as_json)
@@ -361,7 +401,7 @@ def search(image, k, as_json, index_dir):
 @click.option("--max-pending", type=int, default=8, show_default=True, help="Requests in progress before new ones get 503.")
 def serve(index_dir, host, port, allow_remote, mode, max_upload_mb, max_pixels, timeout, max_pending):
     """Serve the index over HTTP: JSON API under /v1 (OpenAPI at /docs) and a web page at /."""
-    from simengine.serve import serve as run
+    from simengine.service.app import serve as run
 
     click.echo(f"serving on http://{host}:{port}/ (API docs at /docs)", err=True)
     run(index_dir, host, port, allow_remote, mode=mode, max_upload_bytes=int(max_upload_mb * 2**20),
@@ -396,7 +436,7 @@ def _print_neighbours(r, as_json):
         click.echo(f"{n.id:>6}  {n.distance:8.4f}  {n.head_probability:7.4f}  {'yes' if n.verified else 'no ':8s}  "
                    f"{(n.class_name or '-')[:18]:18s}  {n.path}")
     if r.predicted_class:
-        from simengine.data import class_name
+        from simengine.data.imagenette import class_name
 
         click.echo(f"predicted class: {class_name(r.predicted_class)} (confidence {r.confidence:.2f}, "
                    f"{r.verified_count} of {len(r.neighbours)} verified)")
@@ -406,11 +446,7 @@ def _print_neighbours(r, as_json):
 
 def _print_batch(result, as_json):
     if as_json:
-        out = {"kind": result.kind, "rows": result.rows, "errors": result.errors}
-        if result.report:
-            out["accuracy"] = result.report["accuracy"]
-            out["report"] = result.report
-        return _echo_json(out)
+        return _echo_json(result.to_dict())
     for row in result.rows:
         click.echo(f"line {row['line']}: prediction {row['prediction']}" +
                    ("" if row["label"] is None else f"  label {row['label']}"))

@@ -15,3 +15,7 @@ class IndexUnusableError(SimengineError):
 
 class BundleError(SimengineError):
     """A model bundle is missing, corrupt, or does not match its backbone."""
+
+
+class IndexBusyError(SimengineError):
+    """Another process is writing the index and did not finish within the timeout."""

@@ -30,28 +30,28 @@ def fixture_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def encoder():
-    from simengine.encoder import Encoder
+    from simengine.model.encoder import Encoder
 
     return Encoder.load()
 
 
 @pytest.fixture(scope="session")
 def tiny_options():
-    from simengine.training import TrainOptions
+    from simengine.training.fit import TrainOptions
 
     return TrainOptions(steps=60, pair_steps=60, eval_every=20, classes_per_batch=4, per_class=4)
 
 
 @pytest.fixture(scope="session")
 def bundle_dir(fixture_data, encoder, tiny_options, tmp_path_factory) -> Path:
-    from simengine.train import train_model
+    from simengine.training.pipeline import train_model
 
     return train_model(fixture_data, tmp_path_factory.mktemp("model") / "bundle", tiny_options)
 
 
 @pytest.fixture(scope="session")
 def model(bundle_dir):
-    from simengine.bundle import load_bundle
+    from simengine.model.bundle import load_bundle
 
     return load_bundle(bundle_dir)
 
@@ -59,23 +59,25 @@ def model(bundle_dir):
 @pytest.fixture(scope="session")
 def built_index(fixture_data, model, bundle_dir, tmp_path_factory) -> Path:
     """A flat index of the fixture train split; tests that change an index copy it first."""
-    from simengine.data import scan_split
-    from simengine.index import ItemRecord, build_index
+    from simengine.data.folders import scan_split
+    from simengine.index.build import build_index
 
-    records = [ItemRecord(str(i.path), i.label, i.split, i.sha256) for i in scan_split(fixture_data, "train")]
-    link, _ = build_index(records, model, bundle_dir, tmp_path_factory.mktemp("indexes") / "default")
-    return link
+    path, _ = build_index(scan_split(fixture_data, "train"), model, tmp_path_factory.mktemp("indexes") / "default")
+    return path
 
 
 @pytest.fixture
 def index_copy(built_index, tmp_path) -> Path:
-    """A private copy of the fixture index (link and version folder), safe to modify."""
+    """A private copy of the fixture index (a plain `cp -r`), safe to modify."""
     import shutil
 
-    target = built_index.resolve()
-    shutil.copytree(target, tmp_path / target.name, symlinks=True)
-    os.symlink(target.name, tmp_path / "default")
-    return tmp_path / "default"
+    return Path(shutil.copytree(built_index, tmp_path / "default"))
+
+
+@pytest.fixture(scope="session")
+def val(fixture_data) -> dict[str, list[Path]]:
+    """The fixture's val images by class."""
+    return {name: sorted((fixture_data / "val" / name).glob("*.jpg")) for name in ("coffee", "chelsea", "astronaut", "rocket")}
 
 
 @pytest.fixture(scope="session")

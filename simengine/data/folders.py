@@ -1,0 +1,62 @@
+"""ImageFolder collections (`root/<split>/<class>/*`): the one description of an image, and scanning for them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from simengine.data.imagenette import DEFAULT_DATA, class_name
+from simengine.errors import SimengineError
+from simengine.hashing import sha256_file
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image: where it is, its class if known, the split it came from, and its content hash."""
+
+    path: Path
+    label: str | None
+    split: str | None
+    sha256: str
+
+    @property
+    def class_name(self) -> str | None:
+        return class_name(self.label) if self.label is not None else None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, label: str | None = None, split: str | None = None) -> "Item":
+        path = Path(path).resolve()
+        return cls(path=path, label=label, split=split, sha256=sha256_file(path))
+
+
+def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
+    """--data, else $SIMENGINE_DATA, else ./data/imagenette2-160; it must exist."""
+    chosen = data or os.environ.get("SIMENGINE_DATA") or DEFAULT_DATA
+    path = Path(chosen)
+    if not path.is_dir():
+        hint = "" if data else " (set --data or $SIMENGINE_DATA, or run `simengine data fetch imagenette`)"
+        raise SimengineError(f"dataset not found at {path}{hint}")
+    return path
+
+
+def scan_split(root: str | os.PathLike, split: str) -> list[Item]:
+    """Items of `root/split/<class>/*`, sorted by class then file name."""
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise SimengineError(f"{split_dir}: split {split!r} not found")
+    items = []
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                items.append(Item(path=path, label=class_dir.name, split=split, sha256=sha256_file(path)))
+    if not items:
+        raise SimengineError(f"{split_dir}: no images in class folders")
+    return items
+
+
+def scan_dataset(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val")) -> list[Item]:
+    """Items of several splits, in split order."""
+    return [item for split in splits for item in scan_split(root, split)]

@@ -1,0 +1,135 @@
+"""The SQLite side of an index: one row per image ever added, stamped with the versions that added and removed it.
+
+A reader at version V sees the rows with `added_version <= V` and no `removed_version <= V`, so one database
+serves every version a reader may hold, and a write touches only the rows it changes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+ITEMS_DB = "items.db"
+SCHEMA_VERSION = 2
+COLUMNS = ("id", "path", "label", "split", "sha256", "width", "height", "added_at")
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _live(version: int) -> tuple[str, list[int]]:
+    return "added_version <= ? AND (removed_version IS NULL OR removed_version > ?)", [version, version]
+
+
+def connect(folder: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection to `folder/items.db`; read-only ones never create or change a byte of it."""
+    path = Path(folder) / ITEMS_DB
+    if read_only:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    else:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def create(conn: sqlite3.Connection) -> None:
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    with conn:
+        db["items"].create({"id": int, "path": str, "label": str, "split": str, "sha256": str, "width": int,
+                            "height": int, "added_at": str, "added_version": int, "removed_version": int},
+                           pk="id", not_null={"path", "sha256", "added_at", "added_version"})
+        for column in ("sha256", "path", "added_version", "removed_version"):
+            db["items"].create_index([column])
+        db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+
+
+def _rows(cursor: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
+    return [{k: row[k] for k in COLUMNS} for row in cursor]
+
+
+def get(conn: sqlite3.Connection, version: int, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Rows of the live items among `ids` at `version`."""
+    ids = [int(i) for i in ids]
+    out: dict[int, dict[str, Any]] = {}
+    where, args = _live(version)
+    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        cur = conn.execute(f"SELECT * FROM items WHERE id IN ({marks}) AND {where}", chunk + args)
+        out.update({row["id"]: row for row in _rows(cur)})
+    return out
+
+
+def count_live(conn: sqlite3.Connection, version: int) -> int:
+    where, args = _live(version)
+    return conn.execute(f"SELECT count(*) FROM items WHERE {where}", args).fetchone()[0]
+
+
+def live_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
+    where, args = _live(version)
+    return np.array([r[0] for r in conn.execute(f"SELECT id FROM items WHERE {where}", args)], np.int64)
+
+
+def removed_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
+    """Ids removed at or before `version` whose rows are kept (their vectors may still sit in segments)."""
+    cur = conn.execute("SELECT id FROM items WHERE removed_version <= ? ORDER BY id", [version])
+    return np.array([r[0] for r in cur], np.int64)
+
+
+def live_ids_by_sha(conn: sqlite3.Connection, version: int, shas: Sequence[str]) -> dict[str, int]:
+    where, args = _live(version)
+    out: dict[str, int] = {}
+    shas = list(shas)
+    for start in range(0, len(shas), 500):
+        chunk = shas[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        cur = conn.execute(f"SELECT sha256, id FROM items WHERE sha256 IN ({marks}) AND {where}", chunk + args)
+        out.update({row["sha256"]: row["id"] for row in cur})
+    return out
+
+
+def live_ids_by_path(conn: sqlite3.Connection, version: int, path: str) -> list[int]:
+    where, args = _live(version)
+    return [r[0] for r in conn.execute(f"SELECT id FROM items WHERE path = ? AND {where}", [path] + args)]
+
+
+def label_counts(conn: sqlite3.Connection, version: int) -> dict[str | None, int]:
+    where, args = _live(version)
+    cur = conn.execute(f"SELECT label, count(*) AS n FROM items WHERE {where} GROUP BY label ORDER BY label", args)
+    return {row["label"]: row["n"] for row in cur}
+
+
+def labelled(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
+    where, args = _live(version)
+    cur = conn.execute(f"SELECT id, label, sha256 FROM items WHERE label IS NOT NULL AND {where} ORDER BY id", args)
+    return [dict(row) for row in cur]
+
+
+def insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], version: int) -> None:
+    import sqlite_utils
+
+    sqlite_utils.Database(conn)["items"].insert_all(({**row, "added_version": version} for row in rows), batch_size=1000)
+
+
+def mark_removed(conn: sqlite3.Connection, ids: Sequence[int], version: int) -> None:
+    conn.executemany("UPDATE items SET removed_version = ? WHERE id = ? AND removed_version IS NULL",
+                     [(version, int(i)) for i in ids])
+
+
+def roll_back_after(conn: sqlite3.Connection, version: int) -> int:
+    """Undo what an uncommitted writer left beyond `version` (it crashed before its commit); returns rows touched."""
+    with conn:
+        added = conn.execute("DELETE FROM items WHERE added_version > ?", [version]).rowcount
+        removed = conn.execute("UPDATE items SET removed_version = NULL WHERE removed_version > ?", [version]).rowcount
+    return added + removed
+
+
+def purge_removed(conn: sqlite3.Connection, through_version: int) -> int:
+    """Forget items removed at or before a version whose vectors no retained segment holds."""
+    with conn:
+        return conn.execute("DELETE FROM items WHERE removed_version <= ?", [through_version]).rowcount

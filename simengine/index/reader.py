@@ -1,0 +1,178 @@
+"""Reading an index: a consistent snapshot of one committed version, moved forward by `refresh()`."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from simengine.errors import IndexUnusableError, SimengineError
+from simengine.evaluation.decisions import Calibration
+from simengine.index import faiss_factory, items_db
+from simengine.index.store import IndexDir
+
+OPEN_ATTEMPTS = 3
+
+
+class Index:
+    """FAISS segments and SQLite rows of one version. Writers never disturb it: segment files are immutable and rows
+    are filtered by version. `refresh()` (cheap when nothing changed) moves it to the newest committed version."""
+
+    def __init__(self, path: str | os.PathLike, check: bool = True):
+        """Open the live version; with `check`, refuse segments whose sizes or counts disagree with the manifest."""
+        self.store = IndexDir(path)
+        self.path = Path(path)
+        self.check = check
+        self.store.require_format()
+        self.manifest: dict[str, Any] = {}
+        self._segments: dict[str, Any] = {}
+        self._order: list[str] = []
+        self.conn = items_db.connect(self.path)
+        self.refresh()
+
+    # --- versions -----------------------------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Move to the newest committed version; True when it changed. Segments already open are reused."""
+        for attempt in range(OPEN_ATTEMPTS):
+            version = self.store.current_version()
+            if self.manifest and version == self.manifest["version"]:
+                return False
+            try:
+                self._load(self.store.read_manifest(version))
+                return True
+            except FileNotFoundError:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+        return False
+
+    def _load(self, manifest: dict[str, Any]) -> None:
+        if self.manifest and manifest["index_uuid"] != self.manifest["index_uuid"]:
+            # `index build` put a different index at this path: nothing of the old one applies.
+            self.conn.close()
+            self.conn = items_db.connect(self.path)
+            self._segments = {}
+        segments = {}
+        for record in manifest["segments"]:
+            segments[record["file"]] = self._segments.get(record["file"]) or self._open_segment(record, manifest["dim"])
+        excluded = items_db.removed_ids(self.conn, manifest["version"])
+        self._segments, self._order = segments, [s["file"] for s in manifest["segments"]]
+        self._id_starts = [s["id_min"] if s["id_min"] is not None else -1 for s in manifest["segments"]]
+        self._selector = faiss_factory.excluding(excluded)
+        self._excluded = excluded  # the selector points into this array
+        self.calibration = Calibration.from_dict(manifest["calibration"])
+        self.manifest = manifest
+
+    def _open_segment(self, record: dict[str, Any], dim: int):
+        import faiss
+
+        path = self.store.segment_path(record["file"])
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        if self.check and path.stat().st_size != record["bytes"]:
+            raise IndexUnusableError(f"{path}: {path.stat().st_size} bytes, the manifest says {record['bytes']}; "
+                                     "run `simengine index verify`")
+        try:
+            segment = faiss.read_index(str(path))
+        except RuntimeError:
+            raise IndexUnusableError(f"{path}: corrupt FAISS file; run `simengine index verify`") from None
+        if self.check and (segment.ntotal != record["vectors"] or segment.d != dim):
+            raise IndexUnusableError(f"{path}: {segment.ntotal} vectors of dim {segment.d}, the manifest says "
+                                     f"{record['vectors']} of dim {dim}")
+        return segment
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def model_dir(self) -> Path:
+        return self.store.model_dir
+
+    def __len__(self) -> int:
+        return int(self.manifest["counts"]["items"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def item(self, item_id: int) -> dict[str, Any]:
+        found = items_db.get(self.conn, self.version, [item_id])
+        if not found:
+            raise SimengineError(f"no item with id {item_id} in {self.path}")
+        return found[int(item_id)]
+
+    def items(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return items_db.get(self.conn, self.version, ids)
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored embeddings of live items, in the order of `ids`."""
+        ids = np.asarray(ids, np.int64)
+        out = np.zeros((len(ids), self.manifest["dim"]), np.float32)
+        if len(ids) == 0:
+            return out
+        if np.isin(ids, self._excluded).any():
+            raise SimengineError(f"item {ids[np.isin(ids, self._excluded)][0]} was removed from {self.path}")
+        where = np.array([bisect.bisect_right(self._id_starts, int(i)) - 1 for i in ids])
+        for seg in set(where.tolist()):
+            rows = np.flatnonzero(where == seg)
+            try:
+                if seg < 0:
+                    raise RuntimeError("below every segment")
+                out[rows] = self._segments[self._order[seg]].reconstruct_batch(ids[rows])
+            except RuntimeError:
+                raise SimengineError(f"no vector for id {int(ids[rows][0])} in {self.path}") from None
+        return out
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids) of the k nearest live items per query, best first; removed items never appear."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        k_eff = min(k, len(self))
+        if k_eff == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        sims, ids = [], []
+        for name in self._order:
+            segment = self._segments[name]
+            if segment.ntotal:
+                s, i = faiss_factory.search(segment, queries, min(k_eff, segment.ntotal), self._selector)
+                sims.append(s)
+                ids.append(i)
+        sims, ids = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
+        sims = np.where(ids >= 0, sims, -np.inf)
+        best = np.argsort(-sims, axis=1, kind="stable")[:, :k_eff]
+        out_s, out_i = np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
+        out_i[~np.isfinite(out_s)] = -1
+        return out_s.astype(np.float32), out_i.astype(np.int64)
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        cal = m["calibration"]
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "path": str(self.path),
+            "version": m["version"],
+            "items": len(self),
+            "removed_not_compacted": m["counts"]["removed"],
+            "segments": len(m["segments"]),
+            "next_id": m["next_id"],
+            "classes": items_db.label_counts(self.conn, self.version),
+            "backbone": m["model"]["encoder"]["backbone"],
+            "weights": m["model"]["encoder"]["weights_source"],
+            "model_hash": m["model"]["hash"],
+            "index_type": m["index_type"],
+            "segment_types": sorted({s["type"] for s in m["segments"]}),
+            "dim": m["dim"],
+            "decision": cal["default"],
+            "pair_threshold": cal["pair"][cal["default"]]["value"],
+            "triplet_threshold": cal["triplet"][cal["default"]]["value"],
+            "calibration_cv_accuracy": cal["pair"][cal["default"]]["cv_accuracy"],
+            "calibrated_on": cal["source"],
+            "size_bytes": size,
+            "created_at": m["created_at"],
+            "committed_at": m["committed_at"],
+            "last_operation": m["operation"],
+        }

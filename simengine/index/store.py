@@ -1,0 +1,158 @@
+"""The on-disk layout of an index: one self-contained directory holding every version, LevelDB-style.
+
+    <index>/CURRENT                    the name of the live manifest (replaced atomically: the commit point)
+    <index>/manifests/v00000012.json   one per version: segments, counts, next id, calibration, model identity
+    <index>/segments/*.faiss           immutable FAISS files, shared by the versions that list them
+    <index>/items.db                   SQLite rows stamped with the versions that added and removed them
+    <index>/model/                     the model bundle that embedded the vectors (never changes)
+    <index>/LOCK, LOCK.holder          the writer lock (see lock.py)
+
+Every path inside is relative, so `cp -r`, `rsync`, `tar` and `mv` give a working, independent index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from simengine.errors import IndexUnusableError
+from simengine.hashing import sha256_file
+
+FORMAT_VERSION = 2
+CURRENT = "CURRENT"
+MANIFESTS = "manifests"
+SEGMENTS = "segments"
+MODEL = "model"
+V1_MANIFEST = "manifest.json"
+DEFAULT_ROOT = Path("indexes")
+# Old versions stay readable this long after they were replaced, for readers that opened them just before.
+GRACE_S = 600.0
+
+
+def manifest_name(version: int) -> str:
+    return f"v{version:08d}.json"
+
+
+def version_of(name: str) -> int:
+    return int(name[1:9])
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write `path` so that it either has all of `data` or does not change, even across a crash."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class IndexDir:
+    """Paths and the version pointer of one index directory; holds no open files."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / MODEL
+
+    def segment_path(self, name: str) -> Path:
+        return self.root / SEGMENTS / name
+
+    def manifest_path(self, version: int) -> Path:
+        return self.root / MANIFESTS / manifest_name(version)
+
+    def require_format(self) -> None:
+        """Raise one clear line for anything that is not a format-2 index."""
+        if (self.root / CURRENT).is_file():
+            return
+        if (self.root / V1_MANIFEST).is_file():
+            raise IndexUnusableError(
+                f"{self.root}: index format 1 (simengine 0.1), which this version cannot write safely; rebuild it with "
+                f"`simengine index build --out {self.root} ...` (the model bundle is in {self.root / MODEL})")
+        raise IndexUnusableError(f"{self.root}: no index here (no {CURRENT} file)")
+
+    def current_version(self) -> int:
+        self.require_format()
+        name = (self.root / CURRENT).read_text().strip()
+        try:
+            return version_of(name)
+        except ValueError:
+            raise IndexUnusableError(f"{self.root / CURRENT}: names no manifest ({name[:40]!r})") from None
+
+    def read_manifest(self, version: int) -> dict[str, Any]:
+        path = self.manifest_path(version)
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise IndexUnusableError(f"{path}: missing (the live version's manifest)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IndexUnusableError(f"{path}: corrupt ({exc})") from None
+        if manifest.get("format_version") != FORMAT_VERSION or manifest.get("version") != version:
+            raise IndexUnusableError(f"{path}: not a format-{FORMAT_VERSION} manifest of version {version}")
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_durably(self.manifest_path(manifest["version"]), json.dumps(manifest, indent=1).encode())
+
+    def point_current_at(self, version: int) -> None:
+        write_durably(self.root / CURRENT, (manifest_name(version) + "\n").encode())
+
+    def manifest_versions(self) -> list[int]:
+        folder = self.root / MANIFESTS
+        found = []
+        for path in folder.glob("v*.json") if folder.is_dir() else []:
+            try:
+                found.append(version_of(path.name))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def new_segment_name(self, version: int) -> str:
+        return f"s{version:08d}-{secrets.token_hex(3)}.faiss"
+
+    def segment_record(self, name: str, kind: str, ids) -> dict[str, Any]:
+        path = self.segment_path(name)
+        return {"file": name, "type": kind, "vectors": int(len(ids)),
+                "id_min": int(ids.min()) if len(ids) else None, "id_max": int(ids.max()) if len(ids) else None,
+                "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAULT_ROOT) -> Path:
+    """--index DIR, else indexes/default, else the only index under indexes/."""
+
+    def is_index(p: Path) -> bool:
+        return (p / CURRENT).is_file() or (p / V1_MANIFEST).is_file()
+
+    if index is not None:
+        path = Path(index)
+        IndexDir(path).require_format()
+        return path
+    if is_index(root / "default"):
+        IndexDir(root / "default").require_format()
+        return root / "default"
+    found = [p for p in sorted(root.glob("*")) if not p.name.startswith(".") and is_index(p)] if root.is_dir() else []
+    if len(found) == 1:
+        IndexDir(found[0]).require_format()
+        return found[0]
+    if not found:
+        raise IndexUnusableError(f"no index found under {root}/: build one with `simengine index build`")
+    raise IndexUnusableError(f"several indexes under {root}/ ({', '.join(p.name for p in found)}): choose one with --index")
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

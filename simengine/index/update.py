@@ -1,0 +1,116 @@
+"""Changing an index: add images, remove items, recalibrate, compact, collect garbage; each is one new version.
+
+Slow work (embedding) happens before the writer lock is taken; under the lock only the commit runs, and
+duplicates are checked again there, so concurrent writers never lose or double an item.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from simengine.data.folders import Item
+from simengine.errors import SimengineError
+from simengine.evaluation.decisions import Calibration
+from simengine.index import items_db
+from simengine.index.build import AddReport, embed_items, item_rows, require_model, unique_by_content
+from simengine.index.calibrate import calibrate_index
+from simengine.index.lock import DEFAULT_TIMEOUT_S
+from simengine.index.reader import Index
+from simengine.index.store import GRACE_S, IndexDir
+from simengine.index.writer import IndexWriter
+from simengine.model.bundle import Model, load_bundle
+
+
+def _model_for(index_dir: Path, model: Model | None) -> Model:
+    return model or load_bundle(IndexDir(index_dir).model_dir)
+
+
+def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], label: str | None = None,
+               split: str | None = None, model: Model | None = None, progress: bool = False,
+               timeout_s: float = DEFAULT_TIMEOUT_S) -> AddReport:
+    """Embed image files and add them as one new version. Files already indexed (same content) are skipped, bad
+    ones reported. The label is `label`, else the name of the file's folder."""
+    index_dir = Path(index_dir)
+    snapshot = Index(index_dir)
+    try:
+        model = _model_for(index_dir, model)
+        require_model(snapshot.manifest, model, index_dir)
+        report = AddReport()
+        items = []
+        for p in paths:
+            path = Path(p)
+            if not path.is_file():
+                report.failed.append((str(path), "a directory, not an image file" if path.is_dir() else "no such file"))
+                continue
+            items.append(Item.from_file(path, label if label is not None else path.resolve().parent.name, split))
+        items = unique_by_content(items, report)
+        known = items_db.live_ids_by_sha(snapshot.conn, snapshot.version, [i.sha256 for i in items])
+    finally:
+        snapshot.close()
+    report.duplicates.extend((str(i.path), known[i.sha256]) for i in items if i.sha256 in known)
+    vectors, kept, failed = embed_items(model, [i for i in items if i.sha256 not in known], progress)
+    report.failed.extend(failed)
+    if not kept:
+        return report
+    with IndexWriter(index_dir, timeout_s) as writer:
+        # Another writer may have added some of these since the snapshot above.
+        now_known = writer.live_ids_by_sha([i.sha256 for i in kept])
+        fresh = [n for n, i in enumerate(kept) if i.sha256 not in now_known]
+        report.duplicates.extend((str(i.path), now_known[i.sha256]) for i in kept if i.sha256 in now_known)
+        if fresh:
+            report.added = writer.add(vectors[fresh], item_rows([kept[n] for n in fresh]))
+            writer.commit(f"add {len(fresh)}")
+    return report
+
+
+def remove_items(index_dir: str | os.PathLike, refs: Sequence[str | int],
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int]:
+    """Remove items by id or by path, as one new version; their ids are never given out again."""
+    with IndexWriter(index_dir, timeout_s) as writer:
+        ids = set()
+        for ref in refs:
+            ref = str(ref)
+            if ref.isdigit() and not Path(ref).exists():
+                ids.add(int(ref))
+                continue
+            found = writer.live_ids_by_path(str(Path(ref).resolve()))
+            if not found:
+                raise SimengineError(f"{ref}: not in the index")
+            ids.update(found)
+        writer.remove(sorted(ids))
+        writer.commit(f"remove {len(ids)}")
+    return sorted(ids)
+
+
+def recalibrate_index(index_dir: str | os.PathLike, target_far: float | None = None, seed: int = 0,
+                      model: Model | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Calibration:
+    """Calibrate the thresholds again on the index's labelled items, as one new version."""
+    index_dir = Path(index_dir)
+    model = _model_for(index_dir, model)
+    with IndexWriter(index_dir, timeout_s) as writer:
+        snapshot = Index(index_dir)
+        try:
+            require_model(snapshot.manifest, model, index_dir)
+            rows = items_db.labelled(snapshot.conn, snapshot.version)
+            calibration = calibrate_index(rows, snapshot.vectors([r["id"] for r in rows]), model, target_far, seed)
+        finally:
+            snapshot.close()
+        writer.set_calibration(calibration.to_dict())
+        writer.commit("calibrate")
+    return calibration
+
+
+def compact_index(index_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+    """Merge all segments into one without removed vectors (cost: the whole collection, once)."""
+    with IndexWriter(index_dir, timeout_s) as writer:
+        writer.compact()
+        return writer.commit("compact")
+
+
+def collect_garbage(index_dir: str | os.PathLike, grace_s: float = GRACE_S,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, int]:
+    """Delete versions replaced more than `grace_s` ago and files and rows that no kept version uses."""
+    with IndexWriter(index_dir, timeout_s, grace_s=grace_s) as writer:
+        return writer.collect_garbage()

@@ -1,0 +1,98 @@
+"""Checking an index without changing a byte of it: every problem as one line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import numpy as np
+
+from simengine.errors import SimengineError
+from simengine.hashing import sha256_file
+from simengine.index import faiss_factory, items_db
+from simengine.index.store import IndexDir
+
+
+def verify_index(path: str | os.PathLike) -> list[str]:
+    """Every inconsistency of the live version: segment hashes and counts, FAISS ids against SQLite rows, the model.
+    An empty list means the index is sound."""
+    store = IndexDir(path)
+    try:
+        version = store.current_version()
+        manifest = store.read_manifest(version)
+    except (SimengineError, OSError) as exc:
+        return [str(exc)]
+    problems, seg_ids = _check_segments(store, manifest)
+    problems.extend(_check_rows(store, manifest, seg_ids))
+    problems.extend(_check_model(store, manifest))
+    return problems
+
+
+def _check_segments(store: IndexDir, manifest: dict) -> tuple[list[str], set[int]]:
+    import faiss
+
+    problems, parts = [], []
+    for record in manifest["segments"]:
+        path = store.segment_path(record["file"])
+        if not path.is_file():
+            problems.append(f"segment {record['file']} is missing")
+            continue
+        if sha256_file(path) != record["sha256"]:
+            problems.append(f"segment {record['file']}: sha256 differs from the manifest")
+            continue
+        try:
+            segment = faiss.read_index(str(path))
+        except RuntimeError:
+            problems.append(f"segment {record['file']}: not a readable FAISS file")
+            continue
+        ids = faiss_factory.ids_of(segment)
+        if segment.ntotal != record["vectors"] or segment.d != manifest["dim"]:
+            problems.append(f"segment {record['file']}: {segment.ntotal} vectors of dim {segment.d}, "
+                            f"the manifest says {record['vectors']} of dim {manifest['dim']}")
+        if len(ids) and (ids.min() != record["id_min"] or ids.max() != record["id_max"]):
+            problems.append(f"segment {record['file']}: ids {ids.min()}..{ids.max()}, the manifest says "
+                            f"{record['id_min']}..{record['id_max']}")
+        parts.append(ids)
+    ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if len(np.unique(ids)) != len(ids):
+        problems.append(f"{len(ids) - len(np.unique(ids))} ids are stored in more than one segment")
+    if len(ids) and ids.max() >= manifest["next_id"]:
+        problems.append(f"id {ids.max()} is not below the next id to give out ({manifest['next_id']})")
+    return problems, set(ids.tolist())
+
+
+def _check_rows(store: IndexDir, manifest: dict, seg_ids: set[int]) -> list[str]:
+    version = manifest["version"]
+    try:
+        conn = items_db.connect(store.root, read_only=True)
+        try:
+            if (status := conn.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+                return [f"{items_db.ITEMS_DB}: {status}"]
+            live = set(items_db.live_ids(conn, version).tolist())
+            removed = set(items_db.removed_ids(conn, version).tolist())
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError) as exc:
+        return [f"{items_db.ITEMS_DB}: {exc}"]
+    problems = []
+    if missing := live - seg_ids:
+        problems.append(f"{len(missing)} items have no vector (ids {sorted(missing)[:10]})")
+    if orphans := seg_ids - live - removed:
+        problems.append(f"{len(orphans)} vectors have no item (ids {sorted(orphans)[:10]})")
+    if manifest["counts"]["items"] != len(live):
+        problems.append(f"the manifest counts {manifest['counts']['items']} items, SQLite has {len(live)} at version {version}")
+    return problems
+
+
+def _check_model(store: IndexDir, manifest: dict) -> list[str]:
+    from simengine.model.bundle import bundle_hash, read_config
+
+    try:
+        config = read_config(store.model_dir)
+        if bundle_hash(store.model_dir) != manifest["model"]["hash"]:
+            return ["the model bundle's hash differs from the manifest's"]
+        if config["encoder"] != manifest["model"]["encoder"]:
+            return ["the model's encoder differs from the one recorded in the manifest"]
+    except (SimengineError, OSError, KeyError) as exc:
+        return [f"model: {exc}"]
+    return []

@@ -1,0 +1,105 @@
+"""Inference runtimes for a backbone: ONNX Runtime (fast path, no torch) and torch eager (fallback)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from simengine.errors import SimengineError
+
+log = logging.getLogger(__name__)
+
+# Exported graphs must agree with torch to this many units of absolute feature error on the probe batch.
+EXPORT_TOLERANCE = 1e-3
+PROBE_SEED = 1234
+
+
+class Runtime(Protocol):
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRuntime:
+    """torch eager, channels_last, inference_mode."""
+
+    name = "torch"
+
+    def __init__(self, model):
+        import torch
+
+        self._torch = torch
+        self.model = model.eval().to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().numpy()
+
+
+class OnnxRuntime:
+    """An ONNX Runtime CPU session over an exported graph with one input and one output."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+def probe_batch(input_shape: tuple[int, ...], n: int = 4) -> np.ndarray:
+    """A fixed batch for checking that an export computes what the torch module computes."""
+    return np.random.default_rng(PROBE_SEED).standard_normal((n, *input_shape)).astype(np.float32)
+
+
+def export_onnx(module, path: str | os.PathLike, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Export a torch module to ONNX (dynamic batch), check ORT against torch on the probe batch, return its record."""
+    import torch
+
+    from simengine.hashing import sha256_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    module = module.eval().float()
+    example = torch.from_numpy(probe_batch(input_shape, 2))
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but, unlike dynamo export, needs no onnxscript and is proven here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False,
+        )
+    probe = probe_batch(input_shape)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(probe)).float().numpy()
+    got = OnnxRuntime(tmp)(probe)
+    diff = float(np.abs(expected - got).max())
+    if not diff <= EXPORT_TOLERANCE:
+        tmp.unlink(missing_ok=True)
+        raise SimengineError(f"ONNX export of {path.name} differs from torch by {diff:.2e}")
+    os.replace(tmp, path)
+    return {"file": path.name, "sha256": sha256_file(path), "onnxruntime": onnxruntime_version(),
+            "probe_max_abs_diff": diff}

@@ -1,0 +1,202 @@
+"""The query layer: pair-match, "at least two of three", and verified nearest neighbours, over an index and a model.
+
+Nothing on this path imports torch: the model runs on ONNX Runtime, the index is FAISS + SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from simengine.data.evalsets import read_csv
+from simengine.data.imagenette import class_name
+from simengine.errors import ImageLoadError, SimengineError
+from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
+from simengine.evaluation.metrics import classification_report
+from simengine.index.build import require_model
+from simengine.index.reader import Index
+from simengine.index.store import resolve_index_dir
+from simengine.model.bundle import Model, load_bundle
+from simengine.query.refs import ID_PREFIX
+from simengine.query.results import BatchResult, Neighbour, NeighboursResult, PairResult, TripletResult
+
+
+class Engine:
+    """Answers the three questions from an index and the model that embedded it, held side by side. Before each
+    question the index moves to the newest committed version (a file read when nothing changed)."""
+
+    def __init__(self, index: Index, model: Model, mode: str | None = None):
+        require_model(index.manifest, model, index.path)
+        self.index, self.model = index, model
+        self._requested_mode = mode
+        self._check_mode()
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto") -> "Engine":
+        index = Index(resolve_index_dir(index_dir))
+        return cls(index, load_bundle(index.model_dir, runtime), mode)
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.index.calibration
+
+    @property
+    def mode(self) -> str:
+        return self._requested_mode or self.calibration.default
+
+    def _check_mode(self) -> None:
+        if self.mode not in self.calibration.pair:
+            raise SimengineError(f"decision mode {self.mode!r} is not calibrated in this index; "
+                                 f"choose one of {', '.join(self.calibration.pair)}")
+
+    def refresh(self) -> bool:
+        """Pick up a newer committed version of the index, if any."""
+        changed = self.index.refresh()
+        if changed:
+            self._check_mode()
+        return changed
+
+    # --- the index ----------------------------------------------------------------------------------------------
+
+    def item(self, item_id: int) -> dict:
+        """Metadata of a live indexed item."""
+        self.refresh()
+        return self.index.item(item_id)
+
+    def info(self) -> dict:
+        """The index's summary, with the runtime the model runs on here."""
+        self.refresh()
+        return dict(self.index.info(), runtime=self.model.runtime)
+
+    # --- embedding ---------------------------------------------------------------------------------------------
+
+    def embed(self, refs: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
+        """Embeddings for image paths and `id:N` references; every distinct image is embedded once. Raises on a bad one."""
+        vectors, errors = self.embed_many(refs)
+        for ref, reason in errors.items():
+            raise (SimengineError if ref.startswith(ID_PREFIX) else ImageLoadError)(reason)
+        return vectors
+
+    def embed_many(self, refs: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Like `embed`, but bad references come back as {ref: reason} instead of raising."""
+        unique = list(dict.fromkeys(str(r) for r in refs))
+        vectors, errors = {}, {}
+        by_id = [r for r in unique if r.startswith(ID_PREFIX)]
+        for ref in by_id:
+            try:
+                item_id = int(ref[len(ID_PREFIX):])
+                self.index.item(item_id)
+                vectors[ref] = self.index.vectors([item_id])[0]
+            except (ValueError, SimengineError) as exc:
+                errors[ref] = f"{ref}: {exc}" if isinstance(exc, ValueError) else str(exc)
+        files = [r for r in unique if not r.startswith(ID_PREFIX)]
+        if files:
+            result = self.model.embed_paths(files)
+            for row, i in enumerate(result.ok):
+                vectors[files[i]] = result.vectors[row]
+            for i, _, reason in result.failed:
+                errors[files[i]] = reason
+        return vectors, errors
+
+    def _signals(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cosine, pair-head logit and decision score for row-aligned embedding pairs."""
+        a, b = np.atleast_2d(a), np.atleast_2d(b)
+        cos = np.einsum("ij,ij->i", a, b)
+        logit = self.model.pair_logits(a, b)
+        return cos, logit, pair_scores(self.mode, cos, logit, self.calibration.fusion)
+
+    # --- the three questions -----------------------------------------------------------------------------------
+
+    def pair(self, a: str | os.PathLike, b: str | os.PathLike) -> PairResult:
+        """Are `a` and `b` the same class?"""
+        self.refresh()
+        v = self.embed([a, b])
+        return self._pair_result(str(a), str(b), v[str(a)], v[str(b)])
+
+    def _pair_result(self, a: str, b: str, va: np.ndarray, vb: np.ndarray) -> PairResult:
+        cos, logit, score = self._signals(va, vb)
+        threshold = self.calibration.pair[self.mode].value
+        return PairResult(
+            a=a, b=b, same=bool(score[0] >= threshold), distance=float(1 - cos[0]),
+            distance_threshold=float(1 - self.calibration.pair["distance"].value),
+            head_probability=float(pair_scores("head", cos, logit, None)[0]), score=float(score[0]),
+            threshold=float(threshold), decision=self.mode,
+        )
+
+    def triplet(self, a: str | os.PathLike, b: str | os.PathLike, c: str | os.PathLike) -> TripletResult:
+        """Do at least two of `a`, `b`, `c` show the same class?"""
+        self.refresh()
+        refs = [str(a), str(b), str(c)]
+        v = self.embed(refs)
+        return self._triplet_result(refs, [v[r] for r in refs])
+
+    def _triplet_result(self, refs: list[str], vs: list[np.ndarray]) -> TripletResult:
+        threshold = self.calibration.triplet[self.mode].value
+        pairs, matching = [], []
+        for i, j in TRIPLET_PAIRS:
+            cos, logit, score = self._signals(vs[i], vs[j])
+            match = bool(score[0] >= threshold)
+            pairs.append({"pair": [i, j], "distance": float(1 - cos[0]),
+                          "head_probability": float(pair_scores("head", cos, logit, None)[0]),
+                          "score": float(score[0]), "match": match})
+            if match:
+                matching.append([i, j])
+        return TripletResult(refs, bool(matching), matching, pairs, float(threshold), self.mode)
+
+    def neighbours(self, image: str | os.PathLike, k: int = 5) -> NeighboursResult:
+        """The k nearest indexed items, each verified by the pair head, and a class vote among the verified."""
+        if k < 1:
+            raise SimengineError("k must be at least 1")
+        self.refresh()
+        ref = str(image)
+        q = self.embed([ref])[ref]
+        sims, ids = self.index.search(q[None, :], k)
+        ids, sims = ids[0][ids[0] >= 0], sims[0][ids[0] >= 0]
+        rows = self.index.items(ids)
+        found = []
+        if len(ids):
+            cos, logit, score = self._signals(np.repeat(q[None, :], len(ids), 0), self.index.vectors(ids))
+            head = pair_scores("head", cos, logit, None)
+            threshold = self.calibration.pair[self.mode].value
+            for n, item_id in enumerate(ids):
+                row = rows[int(item_id)]
+                found.append(Neighbour(
+                    id=int(item_id), path=row["path"], label=row["label"],
+                    class_name=class_name(row["label"]) if row["label"] else None,
+                    distance=float(1 - sims[n]), head_probability=float(head[n]),
+                    verified=bool(score[n] >= threshold),
+                ))
+        votes = Counter(n.label for n in found if n.verified and n.label is not None)
+        verified = sum(1 for n in found if n.verified)
+        predicted, confidence = (votes.most_common(1)[0] if votes else (None, 0))
+        return NeighboursResult(ref, k, found, predicted, confidence / verified if verified else 0.0, verified)
+
+    # --- batch -------------------------------------------------------------------------------------------------
+
+    def score_csv(self, path: str | os.PathLike, width: int) -> BatchResult:
+        """Answer every row of a pairs (width 2) or triplets (width 3) CSV; bad rows are reported and skipped."""
+        self.refresh()
+        rows, errors = read_csv(path, width)
+        vectors, bad = self.embed_many([str(p) for r in rows for p in r.images])
+        out, predicted, truth = [], [], []
+        for r in rows:
+            refs = [str(p) for p in r.images]
+            failed = [bad[ref] for ref in refs if ref in bad]
+            if failed:
+                errors.append(f"{path}:{r.line}: {failed[0]}")
+                continue
+            if width == 2:
+                result = self._pair_result(refs[0], refs[1], vectors[refs[0]], vectors[refs[1]])
+                answer = result.same
+            else:
+                result = self._triplet_result(refs, [vectors[x] for x in refs])
+                answer = result.any_match
+            out.append({"line": r.line, "label": r.label, "prediction": int(answer), "result": result.to_dict()})
+            if r.label is not None:
+                predicted.append(answer)
+                truth.append(r.label)
+        report = classification_report(predicted, truth) if truth else None
+        return BatchResult("pairs" if width == 2 else "triplets", out, errors, report)

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from simengine.evaluation import thresholds as calibration
+
+
+def test_known_best_threshold():
+    scores = [0.95, 0.9, 0.8, 0.7, 0.65, 0.4, 0.3, 0.1]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    value, acc = calibration.best_accuracy_threshold(scores, labels)
+    assert acc == 1.0
+    assert 0.65 < value <= 0.7
+
+
+def test_threshold_with_an_unavoidable_error():
+    scores = [0.9, 0.8, 0.6, 0.5, 0.3, 0.2]
+    labels = [1, 1, 0, 1, 0, 0]
+    value, acc = calibration.best_accuracy_threshold(scores, labels)
+    assert acc == pytest.approx(5 / 6)
+    assert ((np.array(scores) >= value) == np.array(labels, bool)).mean() == pytest.approx(acc)
+
+
+def test_ties_are_kept_together():
+    value, acc = calibration.best_accuracy_threshold([0.5, 0.5, 0.5, 0.1], [1, 0, 1, 0])
+    assert acc == 0.75 and 0.1 < value <= 0.5
+
+
+def test_target_far_is_respected():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(1, 0.5, 2000), rng.normal(-1, 0.5, 2000)]
+    labels = np.r_[np.ones(2000), np.zeros(2000)]
+    value, _ = calibration.far_threshold(scores, labels, 0.001)
+    far = ((scores >= value) & (labels == 0)).sum() / 2000
+    assert far <= 0.001
+    best, _ = calibration.best_accuracy_threshold(scores, labels)
+    assert value > best
+
+
+def test_cross_validated_accuracy_is_close_to_training_accuracy():
+    rng = np.random.default_rng(1)
+    scores = np.r_[rng.normal(1, 0.7, 1000), rng.normal(-1, 0.7, 1000)]
+    labels = np.r_[np.ones(1000), np.zeros(1000)]
+    t = calibration.calibrate(scores, labels)
+    assert t.mode == "accuracy"
+    assert abs(t.cv_accuracy - t.train_accuracy) < 0.02
+    assert 0.05 < t.far < 0.15 and 0.05 < t.frr < 0.15

@@ -1,0 +1,275 @@
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simengine.data.folders import scan_split
+from simengine.errors import IndexUnusableError, SimengineError
+from simengine.index.build import build_index
+from simengine.index.reader import Index
+from simengine.index.store import IndexDir, resolve_index_dir
+from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
+from simengine.index.verify import verify_index
+from simengine.index.writer import MAX_SEGMENTS, IndexWriter
+
+
+def live_manifest(path: Path) -> Path:
+    return path / "manifests" / (path / "CURRENT").read_text().strip()
+
+
+def snapshot_bytes(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def unit_rows(n: int, tag: str, dim: int = 256, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Synthetic vectors and rows, for exercising the store without embedding images."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = [{"path": f"/synthetic/{tag}/{i}.jpg", "label": tag, "split": None, "sha256": f"{tag}-{i}",
+             "width": 1, "height": 1, "added_at": "2026-01-01T00:00:00Z"} for i in range(n)]
+    return vectors, rows
+
+
+def test_built_index_is_consistent(built_index):
+    idx = Index(built_index)
+    info = idx.info()
+    assert info["items"] == 32 and info["segment_types"] == ["flat"] and info["dim"] == 256 and info["version"] == 1
+    assert set(info["classes"]) == {"coffee", "chelsea", "astronaut", "rocket"}
+    assert verify_index(built_index) == []
+    row = idx.item(0)
+    assert set(row) == {"id", "path", "label", "split", "sha256", "width", "height", "added_at"}
+    assert (row["width"], row["height"]) == (160, 160) and Path(row["path"]).is_absolute()
+    assert idx.manifest["model"]["encoder"]["backbone"] == "tf_efficientnet_lite0"
+    assert set(idx.manifest["calibration"]["pair"]) == {"distance", "head", "fused"}
+    assert not any(p.is_symlink() for p in built_index.rglob("*"))
+
+
+def test_add_skips_duplicates_and_reports_bad_files(index_copy, fixture_data, tmp_path):
+    new = sorted((fixture_data / "val" / "coffee").glob("*.jpg"))
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    already = sorted((fixture_data / "train" / "rocket").glob("*.jpg"))[0]
+    report = add_images(index_copy, new + [new[0], already, bad, tmp_path / "absent.jpg", tmp_path])
+    assert report.added == [32, 33, 34]
+    assert [p for p, _ in report.duplicates] == [str(new[0]), str(already)]
+    assert report.duplicates[1][1] >= 0  # names the indexed twin
+    reasons = {Path(p).name: r for p, r in report.failed}
+    assert set(reasons) == {"broken.jpg", "absent.jpg", tmp_path.name}
+    assert reasons["absent.jpg"] == "no such file" and reasons[tmp_path.name] == "a directory, not an image file"
+    reopened = Index(index_copy)
+    assert len(reopened) == 35 and reopened.version == 2 and verify_index(index_copy) == []
+    assert reopened.item(32)["label"] == "coffee"
+
+
+def test_add_to_a_relative_path_labels_by_the_real_folder(index_copy, fixture_data, monkeypatch):
+    monkeypatch.chdir(fixture_data / "val" / "chelsea")
+    report = add_images(index_copy, ["chelsea_00.jpg"])
+    assert Index(index_copy).item(report.added[0])["label"] == "chelsea"
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+def test_removed_items_never_come_back_and_ids_are_not_reused(fixture_data, model, tmp_path, index_type):
+    items = scan_split(fixture_data, "train")
+    path, _ = build_index(items, model, tmp_path / "idx", index_type=index_type)
+    idx = Index(path)
+    query = idx.vectors([3])
+    assert 3 in idx.search(query, 5)[1][0]
+    assert remove_items(path, ["3", str(items[4].path)]) == [3, 4]
+    assert idx.refresh() and not idx.refresh()
+    for opened in (idx, Index(path)):
+        sims, ids = opened.search(np.concatenate([query, opened.vectors([5])]), 32)
+        assert not {3, 4} & set(ids.ravel().tolist())
+        assert ids.shape == (2, 30) and (ids >= 0).all()
+        assert (np.diff(sims, axis=1) <= 1e-6).all()
+    assert verify_index(path) == []
+    with pytest.raises(SimengineError, match="no item with id 3"):
+        remove_items(path, ["3"])
+    readded = add_images(path, [items[3].path])  # the same picture comes back under a new id
+    assert readded.added == [32]
+    compact_index(path)
+    assert Index(path).manifest["counts"] == {"items": 31, "removed": 0, "vectors": 31}
+    assert add_images(path, [items[4].path]).added == [33]
+    assert verify_index(path) == []
+
+
+def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
+    import simengine.index.writer as writer_module
+
+    before = snapshot_bytes(index_copy)
+    real = IndexDir.point_current_at
+
+    def crash(self, version):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(IndexDir, "point_current_at", crash)
+    vectors, rows = unit_rows(5, "x")
+    with pytest.raises(OSError, match="disk full"):
+        with IndexWriter(index_copy) as w:
+            w.add(vectors, rows)
+            w.commit("add 5")
+    monkeypatch.setattr(IndexDir, "point_current_at", real)
+    idx = Index(index_copy)
+    assert idx.version == 1 and len(idx) == 32 and verify_index(index_copy) == []
+    assert sorted(p.name for p in (index_copy / "segments").iterdir()) == [
+        p.split("/")[-1] for p in before if p.startswith("segments/")]
+    assert writer_module.MAX_SEGMENTS == MAX_SEGMENTS
+
+
+def test_segments_merge_beyond_the_limit_and_compact(index_copy):
+    for n in range(MAX_SEGMENTS + 2):
+        vectors, rows = unit_rows(3, f"batch{n}", seed=n)
+        with IndexWriter(index_copy) as w:
+            w.add(vectors, rows)
+            w.commit("add 3")
+    idx = Index(index_copy)
+    assert len(idx.manifest["segments"]) <= MAX_SEGMENTS and len(idx) == 32 + 3 * (MAX_SEGMENTS + 2)
+    target = idx.vectors([40])
+    assert idx.search(target, 1)[1][0][0] == 40
+    remove_items(index_copy, ["40", "0"])
+    manifest = compact_index(index_copy)
+    assert len(manifest["segments"]) == 1 and manifest["counts"]["removed"] == 0
+    assert Index(index_copy).search(target, 1)[1][0][0] != 40
+    assert verify_index(index_copy) == []
+
+
+def test_garbage_collection_keeps_recent_versions_and_files_in_use(index_copy):
+    first = sorted(p.name for p in (index_copy / "segments").iterdir())
+    remove_items(index_copy, ["1"])
+    compact_index(index_copy)
+    old_reader_files = set(first)
+    assert old_reader_files <= {p.name for p in (index_copy / "segments").iterdir()}  # within the grace period
+    done = collect_garbage(index_copy, grace_s=0)
+    assert done["versions"] == 2 and done["segments"] == 1 and done["rows"] == 1
+    assert not old_reader_files & {p.name for p in (index_copy / "segments").iterdir()}
+    assert len(list((index_copy / "manifests").iterdir())) == 1 and verify_index(index_copy) == []
+
+
+def test_verify_is_read_only_and_names_problems(index_copy):
+    with sqlite3.connect(index_copy / "items.db") as db:
+        db.execute("DELETE FROM items WHERE id = 7")
+    problems = verify_index(index_copy)
+    assert any("have no item (ids [7])" in p for p in problems) and any("counts 32 items" in p for p in problems)
+
+    (index_copy / "items.db").write_bytes(b"")
+    before = snapshot_bytes(index_copy)
+    problems = verify_index(index_copy)
+    assert any(p.startswith("items.db:") for p in problems)
+    assert snapshot_bytes(index_copy) == before  # not a byte written, the empty database included
+
+    segment = next((index_copy / "segments").iterdir())
+    segment.write_bytes(segment.read_bytes()[:1000])
+    assert any("sha256 differs" in p for p in verify_index(index_copy))
+    with pytest.raises(IndexUnusableError, match="bytes, the manifest says"):
+        Index(index_copy)
+    live_manifest(index_copy).write_text("{not json")
+    assert len(verify_index(index_copy)) == 1 and "corrupt" in verify_index(index_copy)[0]
+
+
+def test_verify_catches_a_manifest_from_another_model(index_copy):
+    path = live_manifest(index_copy)
+    manifest = json.loads(path.read_text())
+    manifest["model"]["hash"] = "f" * 64
+    manifest["model"]["encoder"]["backbone"] = "efficientnet_b0"
+    path.write_text(json.dumps(manifest))
+    problems = verify_index(index_copy)
+    assert any("hash differs" in p for p in problems)
+
+
+def test_format_1_is_refused_with_how_to_rebuild(tmp_path, built_index):
+    old = tmp_path / ".default.20260101T000000-abc123"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    os.symlink(old.name, tmp_path / "default")
+    for call in (lambda: Index(tmp_path / "default"), lambda: resolve_index_dir(tmp_path / "default"),
+                 lambda: IndexWriter(tmp_path / "default")):
+        with pytest.raises(IndexUnusableError, match="format 1 .* rebuild it with `simengine index build --out"):
+            call()
+    assert verify_index(tmp_path / "default")[0].startswith(f"{tmp_path / 'default'}: index format 1")
+
+
+def test_build_replaces_a_format_1_index_in_place(tmp_path, fixture_data, model):
+    old = tmp_path / ".default.20260101T000000-abc123"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    os.symlink(old.name, tmp_path / "default")
+    path, _ = build_index(scan_split(fixture_data, "val"), model, tmp_path / "default")
+    assert not path.is_symlink() and not old.exists() and len(Index(path)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
+    with pytest.raises(SimengineError, match="not an index"):
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "file").write_text("x")
+        build_index(scan_split(fixture_data, "val"), model, tmp_path / "other")
+
+
+def test_index_resolution(tmp_path, built_index):
+    with pytest.raises(IndexUnusableError, match="no index found"):
+        resolve_index_dir(root=tmp_path)
+    shutil.copytree(built_index, tmp_path / "only")
+    assert resolve_index_dir(root=tmp_path) == tmp_path / "only"
+    shutil.copytree(built_index, tmp_path / "second")
+    with pytest.raises(IndexUnusableError, match="several indexes"):
+        resolve_index_dir(root=tmp_path)
+    shutil.copytree(built_index, tmp_path / "default")
+    assert resolve_index_dir(root=tmp_path) == tmp_path / "default"
+    with pytest.raises(IndexUnusableError, match="no index here"):
+        resolve_index_dir(tmp_path / "nowhere")
+
+
+def test_recalibrate_with_target_far(index_copy):
+    cal = recalibrate_index(index_copy, target_far=0.0)
+    assert cal.pair["distance"].mode == "far" and cal.pair["distance"].far == 0.0
+    idx = Index(index_copy)
+    assert idx.manifest["calibration"]["pair"]["distance"]["mode"] == "far" and idx.version == 2
+
+
+def test_hnsw_build_is_reproducible(fixture_data, model, tmp_path):
+    items = scan_split(fixture_data, "train")
+    a, _ = build_index(items, model, tmp_path / "a", index_type="hnsw")
+    b, _ = build_index(items, model, tmp_path / "b", index_type="hnsw")
+    segment = lambda p: next((p / "segments").iterdir()).read_bytes()  # noqa: E731
+    assert segment(a) == segment(b)
+
+
+# --- the directory is the index: copies, archives and moves ------------------------------------------------------
+
+def _copy_with_cp(src: Path, dst: Path) -> None:
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+
+
+def _copy_with_tar(src: Path, dst: Path) -> None:
+    archive = dst.parent / "index.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(src, arcname="packed")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dst.parent / "unpacked", filter="data")
+    os.rename(dst.parent / "unpacked" / "packed", dst)
+
+
+@pytest.mark.parametrize("copy", [_copy_with_cp, _copy_with_tar], ids=["cp -r", "tar"])
+def test_a_copy_is_a_full_independent_index(copy, index_copy, tmp_path, val):
+    from simengine.query.engine import Engine
+
+    original = snapshot_bytes(index_copy)
+    copied = tmp_path / "elsewhere" / "copy"
+    copied.parent.mkdir()
+    copy(index_copy, copied)
+    assert Engine.open(copied).pair(val["coffee"][0], val["coffee"][1]).same
+    assert add_images(copied, val["rocket"]).added == [32, 33, 34]
+    assert remove_items(copied, ["0"]) == [0]
+    assert verify_index(copied) == [] and len(Index(copied)) == 34
+    assert snapshot_bytes(index_copy) == original  # writes to the copy never touch the original
+    assert len(Index(index_copy)) == 32 and verify_index(index_copy) == []
+
+
+def test_a_moved_index_works(index_copy, tmp_path, val):
+    moved = tmp_path / "moved"
+    os.rename(index_copy, moved)
+    assert add_images(moved, val["chelsea"][:1]).added == [32]
+    assert verify_index(moved) == [] and Index(moved).item(32)["label"] == "chelsea"

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from simengine.cli import cli
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_cli_pair_triplet_neighbours_and_json(built_index, val):
+    code, out = run("query", "--index", built_index, val["coffee"][0], val["coffee"][1])
+    assert code == 0 and "same class: YES" in out
+    code, out = run("query", "--index", built_index, "--json", val["coffee"][0], val["rocket"][0], val["coffee"][2])
+    assert code == 0 and json.loads(out)["matching_pairs"] == [[0, 2]]
+    code, out = run("search", "--index", built_index, "--json", "--k", "2", val["chelsea"][0])
+    assert code == 0 and json.loads(out)["predicted_class"] == "chelsea"
+
+
+def test_cli_batch_json(built_index, val, tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"{val['coffee'][0]},{val['rocket'][0]},{val['coffee'][1]},1\n{val['coffee'][0]},{val['rocket'][0]},{val['chelsea'][1]},0\n")
+    code, out = run("query", "--index", built_index, "--json", "--triplets", csv)
+    data = json.loads(out)
+    assert code == 0 and data["accuracy"] == 1.0 and data["report"]["n"] == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "one_without_k", "four", "no_index", "other_backbone", "bad_csv"])
+def test_cli_bad_input_is_one_line_and_nonzero(case, built_index, val, tmp_path, index_copy):
+    index = built_index
+    args = [val["coffee"][0], val["coffee"][1]]
+    if case == "missing":
+        args = [tmp_path / "nope.jpg", val["coffee"][0]]
+    elif case == "corrupt":
+        bad = tmp_path / "bad.jpg"
+        bad.write_bytes(val["coffee"][0].read_bytes()[:300])
+        args = [bad, val["coffee"][0]]
+    elif case == "one_without_k":
+        args = [val["coffee"][0]]
+    elif case == "four":
+        args = [val["coffee"][0]] * 4
+    elif case == "no_index":
+        index = tmp_path / "empty"
+    elif case == "other_backbone":
+        live = index_copy / "manifests" / (index_copy / "CURRENT").read_text().strip()
+        manifest = json.loads(live.read_text())
+        manifest["model"]["encoder"]["backbone"] = "efficientnet_b0"
+        manifest["model"]["hash"] = "0" * 64
+        live.write_text(json.dumps(manifest))
+        index = index_copy
+    elif case == "bad_csv":
+        csv = tmp_path / "bad.csv"
+        csv.write_text(f"{val['coffee'][0]},{val['coffee'][1]},7\n")
+        args = ["--pairs", csv]
+    code, out = run("query", "--index", index, *args)
+    if case == "bad_csv":  # the bad row is reported and skipped; the run itself succeeds
+        assert code == 0 and "label must be 0 or 1" in out
+        return
+    assert code == 1, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error") and "Traceback" not in out
+
+
+def test_cli_help_lists_commands():
+    code, out = run("--help")
+    for command in ("data", "train", "index", "query", "search"):
+        assert command in out
+    code, out = run("index", "--help")
+    for command in ("build", "add", "remove", "info", "verify", "calibrate"):
+        assert command in out
+
+
+def test_cli_index_commands(index_copy, fixture_data):
+    code, out = run("index", "info", "--index", index_copy)
+    assert code == 0 and "tf_efficientnet_lite0" in out and "flat" in out
+    code, out = run("index", "verify", "--index", index_copy)
+    assert code == 0 and out.startswith("ok")
+    new = sorted((fixture_data / "val" / "rocket").glob("*.jpg"))
+    code, out = run("index", "add", "--index", index_copy, *new)
+    assert code == 0 and "added 3" in out
+    code, out = run("index", "remove", "--index", index_copy, "0", "1")
+    assert code == 0 and "removed 2" in out
+    code, out = run("index", "calibrate", "--index", index_copy)
+    assert code == 0 and "default decision" in out
+    (index_copy / "items.db").write_bytes(b"")
+    code, out = run("index", "verify", "--index", index_copy)
+    assert code == 1 and "problem" in out
+
+
+def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):
+    out = tmp_path / "pairs.csv"
+    code, text = run("data", "sample", "pairs", "--data", fixture_data, "--split", "val", "--n", "20", "--out", out)
+    assert code == 0 and "wrote 20 pairs" in text
+    lines = out.read_text().splitlines()
+    assert lines[0] == "img1,img2,label" and len(lines) == 21
+    assert sum(int(line.rsplit(",", 1)[1]) for line in lines[1:]) == 10
+    code, text = run("data", "sample", "triplets", "--data", tmp_path / "nowhere", "--out", out)
+    assert code == 1 and "dataset not found" in text

@@ -1,0 +1,166 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from simengine.model.bundle import bundle_hash, load_bundle, read_config
+from simengine.errors import BundleError
+import torch
+from torch.nn import functional as F
+
+from simengine.model.heads import EmbeddingHead
+from simengine.data.evalsets import sample_training_triplets
+from simengine.model.heads import embed_numpy
+from simengine.training.fit import TrainOptions, split_holdout, train_embedding_head
+
+
+def _blobs(n_classes=4, per=20, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)) * 0.6
+    x = np.concatenate([c + rng.normal(size=(per, dim)) for c in centres]).astype(np.float32)
+    return x, np.repeat([f"c{i}" for i in range(n_classes)], per)
+
+
+@pytest.mark.parametrize("mining", ["batch-hard", "semihard", "random"])
+def test_triplet_loss_goes_down(mining):
+    x, y = _blobs()
+    fit, hold = split_holdout(y, 0.2, 0)
+    opts = TrainOptions(mining=mining, dim=16, steps=150, eval_every=50, patience=10, classes_per_batch=4, per_class=5,
+                        random_triplets=200)
+    torch.manual_seed(opts.seed)
+    untrained = EmbeddingHead(x.shape[1], opts.dim)  # the same initial weights training starts from
+    head, history = train_embedding_head(x[fit], y[fit], x[hold], y[hold], opts)
+    fixed = torch.tensor([t.indices for t in sample_training_triplets(list(y), 500, seed=9)])
+
+    def loss_of(h):
+        e = torch.from_numpy(embed_numpy(h, x))[fixed]
+        return float(F.triplet_margin_loss(e[:, 0], e[:, 1], e[:, 2], margin=opts.margin))
+
+    assert loss_of(head) < 0.5 * loss_of(untrained)
+    from simengine.evaluation.metrics import retrieval_metrics
+
+    def map_at_r(h):
+        return retrieval_metrics(embed_numpy(h, x[hold]), y[hold], embed_numpy(h, x[fit]), y[fit])["map_at_r"]
+
+    assert max(v for _, v in history.holdout) == pytest.approx(map_at_r(head))  # the best weights are kept
+    assert map_at_r(head) > map_at_r(untrained) + 0.05
+
+
+def test_holdout_split_is_stratified_and_disjoint():
+    y = np.repeat(["a", "b", "c"], [10, 20, 5])
+    fit, hold = split_holdout(y, 0.1, 0)
+    assert not set(fit) & set(hold) and len(fit) + len(hold) == len(y)
+    assert sorted(y[hold].tolist()) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_bundle_has_config_heads_curve_and_metrics(bundle_dir):
+    config = read_config(bundle_dir)
+    for key in ("encoder", "heads", "training", "dataset", "calibration", "metrics"):
+        assert key in config
+    assert config["encoder"]["backbone"] == "tf_efficientnet_lite0"
+    assert config["dataset"]["fingerprint"] and config["training"]["seed"] == 0
+    assert (bundle_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((bundle_dir / "metrics.json").read_text())
+    assert set(metrics["val"]["decisions"]) == {"distance", "head", "fused"}
+    assert metrics["val"]["precision_at_1"] >= 0.9  # four very different photos
+
+
+def test_bundle_reloads_to_identical_outputs(bundle_dir, model, fixture_data):
+    files = sorted((fixture_data / "val").glob("*/*.jpg"))
+    first = model.embed_paths(files).vectors
+    again = load_bundle(bundle_dir).embed_paths(files).vectors
+    np.testing.assert_array_equal(first, again)
+    torch_model = load_bundle(bundle_dir, runtime="torch")
+    assert torch_model.runtime == "torch"
+    np.testing.assert_allclose(torch_model.embed_paths(files).vectors, first, atol=1e-4)
+    np.testing.assert_allclose(torch_model.pair_logits(first[:3], first[3:6]), model.pair_logits(first[:3], first[3:6]), atol=1e-4)
+
+
+def test_same_seed_same_metrics(bundle_dir, fixture_data, tiny_options, tmp_path):
+    from simengine.training.pipeline import train_model
+
+    again = train_model(fixture_data, tmp_path / "again", tiny_options)
+    a = json.loads((bundle_dir / "metrics.json").read_text())["val"]
+    b = json.loads((again / "metrics.json").read_text())["val"]
+    assert a["map_at_r"] == pytest.approx(b["map_at_r"], abs=1e-6)
+    assert a["decisions"] == b["decisions"]
+    assert bundle_hash(again) == bundle_hash(bundle_dir)
+
+
+@pytest.mark.parametrize("damage", ["heads", "config", "version", "missing"])
+def test_corrupt_bundle_is_refused(bundle_dir, tmp_path, damage):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    if damage == "heads":
+        with open(broken / "heads.safetensors", "r+b") as fh:
+            fh.seek(-16, 2)
+            fh.write(b"\xff" * 16)
+    elif damage == "config":
+        (broken / "config.json").write_text("{not json")
+    elif damage == "version":
+        config = json.loads((broken / "config.json").read_text())
+        config["format_version"] = 99
+        (broken / "config.json").write_text(json.dumps(config))
+    else:
+        (broken / "heads.safetensors").unlink()
+    with pytest.raises(BundleError):
+        load_bundle(broken)
+
+
+def test_stale_onnx_export_falls_back_to_torch(bundle_dir, tmp_path, caplog):
+    stale = tmp_path / "stale"
+    shutil.copytree(bundle_dir, stale)
+    with open(stale / "embedding_head.onnx", "ab") as fh:
+        fh.write(b"\x00")
+    model = load_bundle(stale)
+    assert model.runtime == "torch"
+    assert "falling back to torch" in caplog.text
+    with pytest.raises(BundleError, match="does not match its recorded hash"):
+        load_bundle(stale, runtime="onnxruntime")
+
+
+def test_bundle_of_another_backbone_is_refused(bundle_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["encoder"]["weights_sha256"] = "0" * 64
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError):
+        load_bundle(other, runtime="torch")
+
+
+def test_finetune_runs_a_step_on_cpu(encoder, fixture_data):
+    from simengine.data.folders import scan_split
+    from simengine.training.finetune import FinetuneOptions, finetune_encoder
+
+    items = scan_split(fixture_data, "train")
+    before = {k: v.clone() for k, v in encoder.torch_model.state_dict().items()}
+    tuned, weights_file = finetune_encoder(encoder, items, FinetuneOptions(blocks=1, steps=1, classes_per_batch=2, per_class=2, device="cpu"))
+    after = tuned.torch_model.state_dict()
+    changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
+    assert changed and all(k.startswith(("blocks.6", "conv_head", "bn2")) for k in changed)
+    assert tuned.identity["weights_sha256"] != encoder.identity["weights_sha256"]
+    assert weights_file.is_file()
+    # the original encoder is untouched
+    assert all(np.array_equal(before[k].numpy(), v.numpy()) for k, v in encoder.torch_model.state_dict().items())
+
+
+def test_finetuning_never_sees_the_holdout(fixture_data, tiny_options, tmp_path, monkeypatch):
+    import simengine.training.finetune
+    from simengine.data.folders import scan_split
+    from simengine.training.finetune import FinetuneOptions
+    from simengine.training.pipeline import train_model
+
+    real, seen = simengine.training.finetune.finetune_encoder, []
+
+    def recording(encoder, items, *args, **kwargs):
+        seen.extend(i.sha256 for i in items)
+        return real(encoder, items, *args, **kwargs)
+
+    monkeypatch.setattr(simengine.training.finetune, "finetune_encoder", recording)
+    out = train_model(fixture_data, tmp_path / "tuned", tiny_options, runtime="torch",
+                      finetune=FinetuneOptions(blocks=1, steps=1, classes_per_batch=2, per_class=2, device="cpu"))
+    held = set(json.loads((out / "config.json").read_text())["holdout_sha256"])
+    assert held and seen and not held & set(seen)
+    assert len(seen) + len(held) == len(scan_split(fixture_data, "train"))
