@@ -13,6 +13,25 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 PACKAGES = ("simengine", "torch", "timm", "onnxruntime", "faiss-cpu", "numpy", "pillow")
+# The vector-instruction flags that decide which kernels run (AVX2-only machines differ from AVX-512/AMX ones).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+             "amx_int8")
+
+
+def cpu_facts() -> tuple[str, list[str]]:
+    """The CPU model and which of CPU_FLAGS it has (from /proc/cpuinfo)."""
+    cpu, flags = platform.processor() or "", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return cpu, [f for f in CPU_FLAGS if f in flags]
 
 
 def environment() -> dict:
@@ -23,15 +42,11 @@ def environment() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu, flags = cpu_facts()
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "versions": versions,
     }
 
@@ -42,6 +57,7 @@ def write(name: str, result: dict, markdown: str, out: Path = RESULTS) -> Path:
     env = result.setdefault("environment", environment())
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     footer = (f"\n\nCommand: `{env['command']}`  \nMachine: {env['machine']['cpu']}, {env['machine']['cores']} cores, "
+              f"flags {' '.join(env['machine'].get('cpu_flags', [])) or 'unknown'}, "
               f"Python {env['machine']['python']}  \nVersions: "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + f"  \nDate: {env['date']}\n")
     (out / f"{name}.md").write_text(markdown + footer)
