@@ -198,8 +198,8 @@ def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_f
         runtime, train_options, finetune, backbone, weights, _progress(ctx))
     if model_dir is None:
         _print_val_metrics(bundle)
-    for path_, reason in report.failed:
-        click.echo(f"skipped {path_}: {reason}", err=True)
+    for _, reason in report.failed:
+        click.echo(f"skipped: {reason}", err=True)
     click.echo(f"index {path}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
                f"{len(report.failed)} failed")
 
@@ -227,7 +227,7 @@ def index_add(ctx, paths, label, as_json, index_dir, wait_s):
         for path, existing in report.duplicates:
             click.echo(f"duplicate skipped: {path}" + (f" (same as id {existing})" if existing >= 0 else ""), err=True)
         for path, reason in report.failed:
-            click.echo(f"failed: {path}: {reason}", err=True)
+            click.echo(f"failed: {reason}", err=True)
         click.echo(f"added {len(report.added)}" + (f" (ids {report.added[0]}..{report.added[-1]})" if report.added else ""))
     if report.failed and not report.added:
         sys.exit(1)

@@ -65,3 +65,14 @@ def test_input_ablation_script(fixture_data, tmp_path):
     data = _written(tmp_path, "input_ablation")
     assert [row["pooling"] for row in data["rows"]] == ["avg", "gem", "max"]
     assert all(row["size"] == 96 and 0 <= row["precision_at_1"] <= 1 for row in data["rows"])
+
+
+def test_index_write_script(built_index, tmp_path):
+    import index_write
+
+    index_write.main(["--model", str(built_index / "model"), "--sizes", "300", "--adds", "5", "--repeats", "2",
+                      "--out", str(tmp_path)])
+    data = _written(tmp_path, "index_write")
+    assert [r["vectors"] for r in data["rows"]] == [300]
+    assert all(r["before_median_s"] > 0 and r["after_median_s"] > 0 for r in data["rows"])
+    assert all(len(r["before_runs_s"]) == len(r["after_runs_s"]) == 2 for r in data["rows"])

@@ -21,11 +21,10 @@ class Index:
     """FAISS segments and SQLite rows of one version. Writers never disturb it: segment files are immutable and rows
     are filtered by version. `refresh()` (cheap when nothing changed) moves it to the newest committed version."""
 
-    def __init__(self, path: str | os.PathLike, check: bool = True):
-        """Open the live version; with `check`, refuse segments whose sizes or counts disagree with the manifest."""
+    def __init__(self, path: str | os.PathLike):
+        """Open the live version; segments whose sizes or counts disagree with the manifest are refused."""
         self.store = IndexDir(path)
         self.path = Path(path)
-        self.check = check
         self.store.require_format()
         self.manifest: dict[str, Any] = {}
         self._segments: dict[str, Any] = {}
@@ -72,14 +71,14 @@ class Index:
         path = self.store.segment_path(record["file"])
         if not path.is_file():
             raise FileNotFoundError(path)
-        if self.check and path.stat().st_size != record["bytes"]:
+        if path.stat().st_size != record["bytes"]:
             raise IndexUnusableError(f"{path}: {path.stat().st_size} bytes, the manifest says {record['bytes']}; "
                                      "run `simengine index verify`")
         try:
             segment = faiss.read_index(str(path))
         except RuntimeError:
             raise IndexUnusableError(f"{path}: corrupt FAISS file; run `simengine index verify`") from None
-        if self.check and (segment.ntotal != record["vectors"] or segment.d != dim):
+        if (segment.ntotal != record["vectors"] or segment.d != dim):
             raise IndexUnusableError(f"{path}: {segment.ntotal} vectors of dim {segment.d}, the manifest says "
                                      f"{record['vectors']} of dim {dim}")
         return segment

@@ -6,6 +6,7 @@ duplicates are checked again there, so concurrent writers never lose or double a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -33,22 +34,23 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     """Embed image files and add them as one new version. Files already indexed (same content) are skipped, bad
     ones reported. The label is `label`, else the name of the file's folder."""
     index_dir = Path(index_dir)
-    snapshot = Index(index_dir)
-    try:
-        model = _model_for(index_dir, model)
-        require_model(snapshot.manifest, model, index_dir)
-        report = AddReport()
-        items = []
-        for p in paths:
-            path = Path(p)
-            if not path.is_file():
-                report.failed.append((str(path), "a directory, not an image file" if path.is_dir() else "no such file"))
-                continue
-            items.append(Item.from_file(path, label if label is not None else path.resolve().parent.name, split))
-        items = unique_by_content(items, report)
-        known = items_db.live_ids_by_sha(snapshot.conn, snapshot.version, [i.sha256 for i in items])
-    finally:
-        snapshot.close()
+    store = IndexDir(index_dir)
+    version = store.current_version()
+    model = _model_for(index_dir, model)
+    require_model(store.read_manifest(version), model, index_dir)
+    report = AddReport()
+    items = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            why = "a directory, not an image file" if path.is_dir() else "no such file"
+            report.failed.append((str(path), f"{path}: {why}"))
+            continue
+        items.append(Item.from_file(path, label if label is not None else path.resolve().parent.name, split))
+    items = unique_by_content(items, report)
+    # Skip embedding what is already indexed; the rows are enough (loading the vectors would cost the collection).
+    with contextlib.closing(items_db.connect(index_dir)) as conn:
+        known = items_db.live_ids_by_sha(conn, version, [i.sha256 for i in items])
     report.duplicates.extend((str(i.path), known[i.sha256]) for i in items if i.sha256 in known)
     vectors, kept, failed = embed_items(model, [i for i in items if i.sha256 not in known], progress)
     report.failed.extend(failed)

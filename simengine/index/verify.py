@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -62,9 +66,23 @@ def _check_segments(store: IndexDir, manifest: dict) -> tuple[list[str], set[int
 
 
 def _check_rows(store: IndexDir, manifest: dict, seg_ids: set[int]) -> list[str]:
+    journal = store.root / (items_db.ITEMS_DB + "-journal")
+    if journal.is_file() and journal.stat().st_size:
+        # A writer died inside a SQLite transaction. Rolling its journal back is a write, so check a private copy
+        # (where SQLite rolls it back) and leave the index as it is: its next reader or writer recovers it.
+        with tempfile.TemporaryDirectory(prefix="simengine-verify-") as folder:
+            for name in (items_db.ITEMS_DB, journal.name):
+                shutil.copy2(store.root / name, Path(folder) / name)
+            with contextlib.closing(items_db.connect(Path(folder))) as conn:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return _check_rows_in(Path(folder), manifest, seg_ids)
+    return _check_rows_in(store.root, manifest, seg_ids)
+
+
+def _check_rows_in(folder: Path, manifest: dict, seg_ids: set[int]) -> list[str]:
     version = manifest["version"]
     try:
-        conn = items_db.connect(store.root, read_only=True)
+        conn = items_db.connect(folder, read_only=True)
         try:
             if (status := conn.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
                 return [f"{items_db.ITEMS_DB}: {status}"]

@@ -62,7 +62,8 @@ def test_add_skips_duplicates_and_reports_bad_files(index_copy, fixture_data, tm
     assert report.duplicates[1][1] >= 0  # names the indexed twin
     reasons = {Path(p).name: r for p, r in report.failed}
     assert set(reasons) == {"broken.jpg", "absent.jpg", tmp_path.name}
-    assert reasons["absent.jpg"] == "no such file" and reasons[tmp_path.name] == "a directory, not an image file"
+    assert reasons["absent.jpg"] == f"{tmp_path / 'absent.jpg'}: no such file"
+    assert reasons[tmp_path.name] == f"{tmp_path}: a directory, not an image file"
     reopened = Index(index_copy)
     assert len(reopened) == 35 and reopened.version == 2 and verify_index(index_copy) == []
     assert reopened.item(32)["label"] == "coffee"

@@ -1,6 +1,7 @@
 """The HTTP service, against a real server process on loopback, and its web page in headless Chromium."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -26,33 +27,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(built_index):
+@contextlib.contextmanager
+def running_server(index: Path, *args: str):
+    """`simengine serve` on a free loopback port, stopped on exit."""
     port = free_port()
     exe = Path(sys.executable).with_name("simengine")
-    proc = subprocess.Popen([str(exe), "serve", "--index", str(built_index), "--port", str(port), "--max-upload-mb", "0.1"],
+    proc = subprocess.Popen([str(exe), "serve", "--index", str(index), "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited: {proc.stdout.read()}")
+                time.sleep(0.3)
+        else:
+            pytest.fail("server did not start in 90 s")
+        yield url
+    finally:
+        proc.terminate()
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read()}")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not start in 90 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
-def val(fixture_data):
-    return {name: sorted((fixture_data / "val" / name).glob("*.jpg")) for name in ("coffee", "chelsea", "astronaut", "rocket")}
+def server(built_index):
+    with running_server(built_index, "--max-upload-mb", "0.1") as url:
+        yield url
 
 
 def upload(*paths, field="images"):
@@ -184,3 +191,28 @@ def test_web_page_in_headless_chromium(server, val):
         page.click("#go")
         expect(page.locator("#answer")).to_contain_text("YES (1–3)", timeout=30_000)
         browser.close()
+
+
+def test_a_running_server_sees_adds_and_removes(index_copy, val):
+    from simengine.index.update import add_images, remove_items
+
+    def within(seconds: float, check) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.1)
+        return False
+
+    with running_server(index_copy) as url:
+        assert httpx.get(f"{url}/v1/items/32").status_code == 404
+        added = add_images(index_copy, val["rocket"][:1]).added
+        assert added == [32]
+        assert within(2, lambda: httpx.get(f"{url}/v1/items/32").status_code == 200)
+        found = httpx.post(f"{url}/v1/search", params={"k": 1}, files=upload(val["rocket"][0], field="image")).json()
+        assert found["neighbours"][0]["id"] == 32
+        remove_items(index_copy, ["32"])
+        assert within(2, lambda: httpx.get(f"{url}/v1/items/32").status_code == 404)
+        found = httpx.post(f"{url}/v1/search", params={"k": 3}, files=upload(val["rocket"][0], field="image")).json()
+        assert 32 not in [n["id"] for n in found["neighbours"]]
+        assert httpx.get(f"{url}/v1/info").json()["version"] == 3
