@@ -43,8 +43,8 @@ def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
 
 
 def scan_split(root: str | os.PathLike, split: str) -> list[Item]:
-    """Items of `root/split/<class>/*`, sorted by class then file name."""
-    split_dir = Path(root) / split
+    """Items of `root/split/<class>/*` (absolute paths), sorted by class then file name."""
+    split_dir = Path(root).resolve() / split
     if not split_dir.is_dir():
         raise SimengineError(f"{split_dir}: split {split!r} not found")
     items = []

@@ -63,11 +63,11 @@ def embed_items(model: Model, items: Sequence[Item], progress: bool) -> tuple[np
 
 
 def item_rows(items: Sequence[Item]) -> list[dict[str, Any]]:
-    """SQLite rows (without ids) for embedded items."""
+    """SQLite rows (without ids) for embedded items; paths are stored absolute."""
     rows = []
     for item in items:
         width, height = image_size(item.path)
-        rows.append({"path": str(Path(item.path).resolve()), "label": item.label, "split": item.split, "sha256": item.sha256,
+        rows.append({"path": str(Path(item.path).absolute()), "label": item.label, "split": item.split, "sha256": item.sha256,
                      "width": width, "height": height, "added_at": now_iso()})
     return rows
 

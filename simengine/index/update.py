@@ -7,6 +7,7 @@ duplicates are checked again there, so concurrent writers never lose or double a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +47,8 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
             why = "a directory, not an image file" if path.is_dir() else "no such file"
             report.failed.append((str(path), f"{path}: {why}"))
             continue
-        items.append(Item.from_file(path, label if label is not None else path.resolve().parent.name, split))
+        item = Item.from_file(path, label, split)
+        items.append(item if label is not None else dataclasses.replace(item, label=item.path.parent.name))
     items = unique_by_content(items, report)
     # Skip embedding what is already indexed; the rows are enough (loading the vectors would cost the collection).
     with contextlib.closing(items_db.connect(index_dir)) as conn:

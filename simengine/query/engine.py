@@ -53,9 +53,11 @@ class Engine:
                                  f"choose one of {', '.join(self.calibration.pair)}")
 
     def refresh(self) -> bool:
-        """Pick up a newer committed version of the index, if any."""
+        """Pick up a newer committed version of the index, if any (and its model, when it was rebuilt with another)."""
         changed = self.index.refresh()
         if changed:
+            if self.index.manifest["model"]["hash"] != self.model.hash:
+                self.model = load_bundle(self.index.model_dir, self.model.runtime)
             self._check_mode()
         return changed
 

@@ -17,6 +17,7 @@ from simengine.index.store import IndexDir, resolve_index_dir
 from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
 from simengine.index.verify import verify_index
 from simengine.index.writer import MAX_SEGMENTS, IndexWriter
+from store_workers import unit_rows
 
 
 def live_manifest(path: Path) -> Path:
@@ -25,16 +26,6 @@ def live_manifest(path: Path) -> Path:
 
 def snapshot_bytes(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def unit_rows(n: int, tag: str, dim: int = 256, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
-    """Synthetic vectors and rows, for exercising the store without embedding images."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = [{"path": f"/synthetic/{tag}/{i}.jpg", "label": tag, "split": None, "sha256": f"{tag}-{i}",
-             "width": 1, "height": 1, "added_at": "2026-01-01T00:00:00Z"} for i in range(n)]
-    return vectors, rows
 
 
 def test_built_index_is_consistent(built_index):
@@ -110,7 +101,7 @@ def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(IndexDir, "point_current_at", crash)
-    vectors, rows = unit_rows(5, "x")
+    vectors, rows = unit_rows(5, "x", 256, 0)
     with pytest.raises(OSError, match="disk full"):
         with IndexWriter(index_copy) as w:
             w.add(vectors, rows)
@@ -125,7 +116,7 @@ def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
 
 def test_segments_merge_beyond_the_limit_and_compact(index_copy):
     for n in range(MAX_SEGMENTS + 2):
-        vectors, rows = unit_rows(3, f"batch{n}", seed=n)
+        vectors, rows = unit_rows(3, f"batch{n}", 256, n)
         with IndexWriter(index_copy) as w:
             w.add(vectors, rows)
             w.commit("add 3")

@@ -97,3 +97,21 @@ def test_query_path_does_not_import_torch(built_index, val):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_long_lived_engine_follows_writes_and_a_rebuild(index_copy, fixture_data, model, val):
+    from simengine.data.folders import scan_split
+    from simengine.index.build import build_index
+    from simengine.index.update import add_images, remove_items
+
+    engine = Engine.open(index_copy)
+    assert engine.neighbours(val["rocket"][0], k=1).neighbours[0].id != 32
+    add_images(index_copy, val["rocket"][:1])
+    assert engine.neighbours(val["rocket"][0], k=1).neighbours[0].id == 32
+    remove_items(index_copy, ["32"])
+    with pytest.raises(SimengineError, match="no item with id 32"):
+        engine.item(32)
+    build_index(scan_split(fixture_data, "val"), model, index_copy)  # another index at the same path
+    assert engine.info()["items"] == 12 and engine.index.version == 1
+    assert engine.item(0)["split"] == "val"
+    assert engine.neighbours(val["rocket"][0], k=1).neighbours[0].distance < 1e-4
