@@ -283,7 +283,7 @@ def markdown(r: dict) -> str:
         "while the before-cost is dominated by copying and hashing the whole files, which an HNSW index makes "
         f"about a quarter larger (its graph). So the base is `{r['index_type']}` (`--index-type`): building a 1M "
         "HNSW, the automatic choice at that size, takes about 10 minutes here.\n"
-        "- Opening the old index (FAISS file and model), which `simengine index add` also did first, is not in the "
+        "- Opening the old index (reading its whole FAISS file), which `simengine index add` also did first, is not in the "
         f"before times: {opens}. The new `add_images` opens no FAISS file; its reads are inside the after times.\n"
         "- Each after-add leaves one more small segment; beyond 8 segments a commit merges all but the base, so "
         "runs past the 7th would include that small merge.\n"

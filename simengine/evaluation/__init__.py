@@ -1,1 +1,1 @@
-"""evaluation"""
+"""Evaluation: retrieval metrics, thresholds, and the decision rules with their calibration."""

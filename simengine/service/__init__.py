@@ -1,1 +1,1 @@
-"""service"""
+"""Serving: the HTTP API (FastAPI) and the web page over one `Engine`."""
