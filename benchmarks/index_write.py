@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,19 +164,17 @@ def measure_after(model: Model, n: int, adds: int, repeats: int, index_type: str
                   seed: int) -> dict[str, Any]:
     """Build a format-2 index of n vectors with `model` (a loaded bundle) and time `add_images` on it."""
     import simengine.index.update as update
-    from simengine.index.build import model_identity
     from simengine.index.store import IndexDir, now_iso
-    from simengine.index.writer import new_index
+    from simengine.index.writer import IndexWriter, create_empty
 
     rng = np.random.default_rng(seed)
     folder = work / "index"
-    rows = [dict(row, id=i) for i, row in enumerate(synthetic_rows(0, n, now_iso()))]
-    manifest = {"index_uuid": uuid.uuid4().hex, "created_at": now_iso(), "model": model_identity(model),
-                "dim": model.dim, "metric": "inner_product (cosine on L2-normalised vectors)",
-                "calibration": model.calibration.to_dict(), "build": {}}
+    rows = synthetic_rows(0, n, now_iso())
     start = time.perf_counter()  # like the before side: the model copy and the index, not making the rows
-    shutil.copytree(model.path, folder / "model")
-    new_index(folder, unit_vectors(rng, n, model.dim), rows, manifest, index_type)
+    create_empty(folder, model)
+    with IndexWriter(folder) as writer:
+        writer.replace_all(unit_vectors(rng, n, model.dim), rows, model, model.calibration.to_dict(), index_type, {})
+        writer.commit("build")
     build_s = time.perf_counter() - start
     del rows
     size_mb = dir_mb(folder)

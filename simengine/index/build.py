@@ -1,13 +1,11 @@
-"""Building an index: embed a collection and write version 1 of a new, self-contained index directory."""
+"""Building an index: embed a collection into a new index directory, or as the next version of an existing one."""
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,14 +14,13 @@ import numpy as np
 
 from simengine.data.decode import image_size
 from simengine.data.folders import Item
-from simengine.errors import IndexUnusableError, SimengineError
+from simengine.errors import SimengineError
 from simengine.index.calibrate import calibrate_index
-from simengine.index.store import CURRENT, MODEL, V1_MANIFEST, now_iso
-from simengine.index.writer import new_index
+from simengine.index.faiss_factory import choose_type
+from simengine.index.lock import DEFAULT_TIMEOUT_S
+from simengine.index.store import CURRENT, V1_MANIFEST, now_iso
+from simengine.index.writer import IndexWriter, create_empty
 from simengine.model.bundle import Model
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class AddReport:
@@ -72,52 +69,42 @@ def item_rows(items: Sequence[Item]) -> list[dict[str, Any]]:
     return rows
 
 
-def model_identity(model: Model) -> dict[str, Any]:
-    return {"hash": model.hash} | {k: v for k, v in model.config.items() if k not in ("holdout_sha256", "calibration")}
-
-
-def require_model(manifest: dict[str, Any], model: Model, where: str | os.PathLike) -> None:
-    if model.hash != manifest["model"]["hash"]:
-        raise IndexUnusableError(f"{where}: the index was built with model {manifest['model']['hash'][:12]}, "
-                                 f"the model given is {model.hash[:12]}")
-
-
 def build_index(
     items: Sequence[Item], model: Model, out: str | os.PathLike, index_type: str = "auto",
     target_far: float | None = None, progress: bool = False, seed: int = 0, build_info: dict | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> tuple[Path, AddReport]:
-    """Embed `items` into a new index at `out` (with a copy of the model), replacing any index already there."""
-    from simengine.index.faiss_factory import choose_type
-
+    """Embed `items` into the index at `out`. A new path gets a new index (with a copy of the model); an existing
+    index gets the new collection as its next version, under new ids, its earlier items removed."""
     out = Path(out)
-    _check_replaceable(out)
     choose_type(0, index_type)  # an unknown type fails before the slow part
+    in_place = (out / CURRENT).is_file()
+    if not in_place:
+        _check_replaceable(out)
     report = AddReport()
     started = time.time()
     vectors, kept, report.failed = embed_items(model, unique_by_content(items, report), progress)
     if not kept:
         raise SimengineError("no image could be embedded; nothing to index")
-    rows = [dict(row, id=n) for n, row in enumerate(item_rows(kept))]
-    calibration = calibrate_index(rows, vectors, model, target_far, seed)
-    manifest = {
-        "index_uuid": uuid.uuid4().hex,
-        "created_at": now_iso(),
-        "model": model_identity(model),
-        "dim": int(vectors.shape[1]),
-        "metric": "inner_product (cosine on L2-normalised vectors)",
-        "calibration": calibration.to_dict(),
-        "build": dict(build_info or {}, embed_and_build_seconds=round(time.time() - started, 1),
-                      duplicates=len(report.duplicates), failed=len(report.failed)),
-    }
+    rows = item_rows(kept)
+    calibration = calibrate_index(rows, vectors, model, target_far, seed).to_dict()
+    info = dict(build_info or {}, embed_and_build_seconds=round(time.time() - started, 1),
+                duplicates=len(report.duplicates), failed=len(report.failed))
+    if in_place:
+        with IndexWriter(out, timeout_s) as writer:
+            report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
+            writer.commit("build")
+        return out, report
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.building-{secrets.token_hex(3)}"
     try:
-        shutil.copytree(model.path, staging / MODEL)
-        new_index(staging, vectors, rows, manifest, index_type, seed)
+        create_empty(staging, model)
+        with IndexWriter(staging) as writer:
+            report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
+            writer.commit("build")
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report.added = [r["id"] for r in rows]
     return out, report
 
 
@@ -129,18 +116,22 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _swap_in(staging: Path, out: Path) -> None:
-    """Put the finished `staging` directory at `out`; an index already there is moved aside first, then deleted.
-    A crash between the two renames leaves the old index as `.<name>.replaced-*` beside it, never a mix."""
+    """Put the finished `staging` directory at `out`, where there is nothing yet, or a format-1 index: that one (a
+    link to a hidden version directory) is moved aside and deleted once the new one is in place."""
     if not (out.exists() or out.is_symlink()):
-        os.rename(staging, out)
+        try:
+            os.rename(staging, out)
+        except OSError as exc:
+            raise SimengineError(f"{out} was created by another process meanwhile ({exc.strerror}); run the build "
+                                 "again to rebuild it in place") from None
         return
-    old = out.parent / f".{out.name}.replaced-{secrets.token_hex(3)}"
-    v1_target = out.resolve() if out.is_symlink() else None  # format 1 kept its files in a hidden sibling
-    os.rename(out, old)
+    old_target = out.resolve() if out.is_symlink() else None
+    aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(3)}"
+    os.rename(out, aside)
     os.rename(staging, out)
-    if old.is_symlink():
-        old.unlink()
-        if v1_target is not None and v1_target.parent == out.parent.resolve():
-            shutil.rmtree(v1_target, ignore_errors=True)
-    else:
-        shutil.rmtree(old, ignore_errors=True)
+    if old_target is None:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    aside.unlink()
+    if old_target.parent == out.parent.resolve():
+        shutil.rmtree(old_target, ignore_errors=True)

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from simengine.errors import IndexUnusableError
+
 ITEMS_DB = "items.db"
 SCHEMA_VERSION = 2
 COLUMNS = ("id", "path", "label", "split", "sha256", "width", "height", "added_at")
@@ -22,15 +24,13 @@ def _live(version: int) -> tuple[str, list[int]]:
     return "added_version <= ? AND (removed_version IS NULL OR removed_version > ?)", [version, version]
 
 
-def connect(folder: Path, read_only: bool = False) -> sqlite3.Connection:
-    """A connection to `folder/items.db`; read-only ones never create or change a byte of it."""
+def connect(folder: Path, read_only: bool = False, create: bool = False) -> sqlite3.Connection:
+    """A connection to `folder/items.db`, which must exist unless `create`; read-only ones never change a byte of it."""
     path = Path(folder) / ITEMS_DB
-    if read_only:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-    else:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    if not create and not path.is_file():
+        raise IndexUnusableError(f"{path}: missing")
+    mode = "ro" if read_only else "rwc" if create else "rw"
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.row_factory = sqlite3.Row
     return conn
 

@@ -29,40 +29,61 @@ class Index:
         self.manifest: dict[str, Any] = {}
         self._segments: dict[str, Any] = {}
         self._order: list[str] = []
+        self._token: tuple | None = None
         self.conn = items_db.connect(self.path)
         self.refresh()
 
     # --- versions -----------------------------------------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Move to the newest committed version; True when it changed. Segments already open are reused."""
-        for attempt in range(OPEN_ATTEMPTS):
+        """Move to the newest committed version; True when it changed. Cheap when nothing did (one small read of
+        CURRENT); segments already open are reused."""
+        token = self.store.current_token()
+        if token == self._token:
+            return False
+        failures = 0
+        while True:
             version = self.store.current_version()
-            if self.manifest and version == self.manifest["version"]:
-                return False
             try:
-                self._load(self.store.read_manifest(version))
-                return True
-            except FileNotFoundError:
-                if attempt == OPEN_ATTEMPTS - 1:
+                manifest = self.store.read_manifest(version)
+                if self.manifest and (manifest["version"], manifest["index_uuid"]) == (
+                        self.manifest["version"], self.manifest["index_uuid"]):
+                    changed = False
+                else:
+                    self._load(manifest)
+                    changed = True
+                self._token = token
+                return changed
+            except (FileNotFoundError, IndexUnusableError):
+                # Files of a version replaced long ago can vanish under a reader that was slow to open them;
+                # a newer version is then named by CURRENT. Anything else is a real problem.
+                failures += 1
+                if failures == OPEN_ATTEMPTS or self.store.current_version() == version:
                     raise
-        return False
 
     def _load(self, manifest: dict[str, Any]) -> None:
-        if self.manifest and manifest["index_uuid"] != self.manifest["index_uuid"]:
-            # `index build` put a different index at this path: nothing of the old one applies.
+        """Open what `manifest` lists, then switch to it all at once (a failure leaves the old snapshot whole)."""
+        conn = self.conn
+        reuse = self._segments if manifest["index_uuid"] == self.manifest.get("index_uuid") else {}
+        if not reuse and self.manifest:
+            conn = items_db.connect(self.path)  # another index was put at this path (`rm -r` + `cp -r`, say)
+        try:
+            segments = {s["file"]: reuse.get(s["file"]) or self._open_segment(s, manifest["dim"])
+                        for s in manifest["segments"]}
+            excluded = items_db.removed_ids(conn, manifest["version"])
+            calibration = Calibration.from_dict(manifest["calibration"])
+        except BaseException:
+            if conn is not self.conn:
+                conn.close()
+            raise
+        if conn is not self.conn:
             self.conn.close()
-            self.conn = items_db.connect(self.path)
-            self._segments = {}
-        segments = {}
-        for record in manifest["segments"]:
-            segments[record["file"]] = self._segments.get(record["file"]) or self._open_segment(record, manifest["dim"])
-        excluded = items_db.removed_ids(self.conn, manifest["version"])
-        self._segments, self._order = segments, [s["file"] for s in manifest["segments"]]
-        self._id_starts = [s["id_min"] if s["id_min"] is not None else -1 for s in manifest["segments"]]
+        self.conn, self._segments = conn, segments
+        self._order = [s["file"] for s in manifest["segments"]]
+        self._id_starts = [s["id_min"] for s in manifest["segments"]]
         self._selector = faiss_factory.excluding(excluded)
         self._excluded = excluded  # the selector points into this array
-        self.calibration = Calibration.from_dict(manifest["calibration"])
+        self.calibration = calibration
         self.manifest = manifest
 
     def _open_segment(self, record: dict[str, Any], dim: int):
@@ -89,7 +110,8 @@ class Index:
 
     @property
     def model_dir(self) -> Path:
-        return self.store.model_dir
+        """The bundle of the model that embedded this version's vectors."""
+        return self.store.model_dir(self.manifest)
 
     def __len__(self) -> int:
         return int(self.manifest["counts"]["items"])

@@ -4,7 +4,7 @@
     <index>/manifests/v00000012.json   one per version: segments, counts, next id, calibration, model identity
     <index>/segments/*.faiss           immutable FAISS files, shared by the versions that list them
     <index>/items.db                   SQLite rows stamped with the versions that added and removed them
-    <index>/model/                     the model bundle that embedded the vectors (never changes)
+    <index>/model/, models/<hash>/     model bundles (immutable); each manifest names the one that embedded its vectors
     <index>/LOCK, LOCK.holder          the writer lock (see lock.py)
 
 Every path inside is relative, so `cp -r`, `rsync`, `tar` and `mv` give a working, independent index.
@@ -31,6 +31,11 @@ V1_MANIFEST = "manifest.json"
 DEFAULT_ROOT = Path("indexes")
 # Old versions stay readable this long after they were replaced, for readers that opened them just before.
 GRACE_S = 600.0
+TMP_SUFFIX = ".tmp"
+# What a manifest must hold, with the types its readers rely on.
+MANIFEST_FIELDS = {"index_uuid": str, "model": dict, "model_dir": str, "dim": int, "calibration": dict, "next_id": int,
+                   "segments": list, "counts": dict, "compacted_at": int, "index_type": str, "committed_unix": float}
+SEGMENT_FIELDS = {"file": str, "type": str, "vectors": int, "bytes": int, "sha256": str}
 
 
 def manifest_name(version: int) -> str:
@@ -41,7 +46,7 @@ def version_of(name: str) -> int:
     return int(name[1:9])
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,13 +56,17 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_durably(path: Path, data: bytes) -> None:
     """Write `path` so that it either has all of `data` or does not change, even across a crash."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 class IndexDir:
@@ -66,9 +75,8 @@ class IndexDir:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    @property
-    def model_dir(self) -> Path:
-        return self.root / MODEL
+    def model_dir(self, manifest: dict[str, Any]) -> Path:
+        return self.root / manifest["model_dir"]
 
     def segment_path(self, name: str) -> Path:
         return self.root / SEGMENTS / name
@@ -83,16 +91,22 @@ class IndexDir:
         if (self.root / V1_MANIFEST).is_file():
             raise IndexUnusableError(
                 f"{self.root}: index format 1 (simengine 0.1), which this version cannot write safely; rebuild it with "
-                f"`simengine index build --out {self.root} ...` (the model bundle is in {self.root / MODEL})")
+                f"`simengine index build --out {self.root} --model {self.root / MODEL} ...`")
         raise IndexUnusableError(f"{self.root}: no index here (no {CURRENT} file)")
 
     def current_version(self) -> int:
         self.require_format()
-        name = (self.root / CURRENT).read_text().strip()
+        raw = (self.root / CURRENT).read_bytes()
         try:
-            return version_of(name)
-        except ValueError:
-            raise IndexUnusableError(f"{self.root / CURRENT}: names no manifest ({name[:40]!r})") from None
+            return version_of(raw.decode().strip())
+        except (ValueError, UnicodeDecodeError):
+            raise IndexUnusableError(f"{self.root / CURRENT}: names no manifest ({raw[:40]!r})") from None
+
+    def current_token(self) -> tuple:
+        """Changes on every commit (the version it names only grows) and when another index is put at this path."""
+        with open(self.root / CURRENT, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            return st.st_dev, st.st_ino, st.st_mtime_ns, fh.read(64)
 
     def read_manifest(self, version: int) -> dict[str, Any]:
         path = self.manifest_path(version)
@@ -102,8 +116,15 @@ class IndexDir:
             raise IndexUnusableError(f"{path}: missing (the live version's manifest)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IndexUnusableError(f"{path}: corrupt ({exc})") from None
-        if manifest.get("format_version") != FORMAT_VERSION or manifest.get("version") != version:
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION \
+                or manifest.get("version") != version:
             raise IndexUnusableError(f"{path}: not a format-{FORMAT_VERSION} manifest of version {version}")
+        for fields, record in [(MANIFEST_FIELDS, manifest)] + [(SEGMENT_FIELDS, s) for s in manifest.get("segments", [])]:
+            if not isinstance(record, dict):
+                raise IndexUnusableError(f"{path}: a segment is not an object")
+            for key, kind in fields.items():
+                if not isinstance(record.get(key), kind if kind is not float else (int, float)):
+                    raise IndexUnusableError(f"{path}: {key!r} missing or not {kind.__name__}")
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -152,6 +173,13 @@ def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAU
     if not found:
         raise IndexUnusableError(f"no index found under {root}/: build one with `simengine index build`")
     raise IndexUnusableError(f"several indexes under {root}/ ({', '.join(p.name for p in found)}): choose one with --index")
+
+
+def require_model(manifest: dict[str, Any], model, where: str | os.PathLike) -> None:
+    """Refuse a model other than the one that embedded this version's vectors."""
+    if model.hash != manifest["model"].get("hash"):
+        raise IndexUnusableError(f"{where}: the index was built with model {str(manifest['model'].get('hash'))[:12]}, "
+                                 f"the model given is {model.hash[:12]}")
 
 
 def now_iso() -> str:

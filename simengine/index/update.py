@@ -16,17 +16,17 @@ from simengine.data.folders import Item
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
 from simengine.index import items_db
-from simengine.index.build import AddReport, embed_items, item_rows, require_model, unique_by_content
+from simengine.index.build import AddReport, embed_items, item_rows, unique_by_content
 from simengine.index.calibrate import calibrate_index
 from simengine.index.lock import DEFAULT_TIMEOUT_S
 from simengine.index.reader import Index
-from simengine.index.store import GRACE_S, IndexDir
+from simengine.index.store import GRACE_S, IndexDir, require_model
 from simengine.index.writer import IndexWriter
 from simengine.model.bundle import Model, load_bundle
 
 
-def _model_for(index_dir: Path, model: Model | None) -> Model:
-    return model or load_bundle(IndexDir(index_dir).model_dir)
+def _model_for(store: IndexDir, manifest: dict, model: Model | None) -> Model:
+    return model or load_bundle(store.model_dir(manifest))
 
 
 def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], label: str | None = None,
@@ -37,8 +37,9 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     index_dir = Path(index_dir)
     store = IndexDir(index_dir)
     version = store.current_version()
-    model = _model_for(index_dir, model)
-    require_model(store.read_manifest(version), model, index_dir)
+    manifest = store.read_manifest(version)
+    model = _model_for(store, manifest, model)
+    require_model(manifest, model, index_dir)
     report = AddReport()
     items = []
     for p in paths:
@@ -92,10 +93,10 @@ def recalibrate_index(index_dir: str | os.PathLike, target_far: float | None = N
                       model: Model | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Calibration:
     """Calibrate the thresholds again on the index's labelled items, as one new version."""
     index_dir = Path(index_dir)
-    model = _model_for(index_dir, model)
     with IndexWriter(index_dir, timeout_s) as writer:
         snapshot = Index(index_dir)
         try:
+            model = _model_for(snapshot.store, snapshot.manifest, model)
             require_model(snapshot.manifest, model, index_dir)
             rows = items_db.labelled(snapshot.conn, snapshot.version)
             calibration = calibrate_index(rows, snapshot.vectors([r["id"] for r in rows]), model, target_far, seed)

@@ -16,23 +16,35 @@ from simengine.hashing import sha256_file
 from simengine.index import faiss_factory, items_db
 from simengine.index.store import IndexDir
 
+# What damaged files make the checks raise.
+DAMAGE = (SimengineError, OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, sqlite3.Error)
+
 
 def verify_index(path: str | os.PathLike) -> list[str]:
     """Every inconsistency of the live version: segment hashes and counts, FAISS ids against SQLite rows, the model.
     An empty list means the index is sound."""
     store = IndexDir(path)
     try:
-        version = store.current_version()
-        manifest = store.read_manifest(version)
-    except (SimengineError, OSError) as exc:
+        manifest = store.read_manifest(store.current_version())
+    except DAMAGE as exc:
         return [str(exc)]
-    problems, seg_ids = _check_segments(store, manifest)
-    problems.extend(_check_rows(store, manifest, seg_ids))
-    problems.extend(_check_model(store, manifest))
+    seg_ids: set[int] = set()
+    problems = _guarded("segments", _check_segments, store, manifest, seg_ids)
+    problems += _guarded(items_db.ITEMS_DB, _check_rows, store, manifest, seg_ids)
+    problems += _guarded("model", _check_model, store, manifest)
     return problems
 
 
-def _check_segments(store: IndexDir, manifest: dict) -> tuple[list[str], set[int]]:
+def _guarded(what: str, check, *args) -> list[str]:
+    """A check's problems; whatever a damaged file makes it raise is one problem more, never a traceback."""
+    try:
+        return check(*args)
+    except DAMAGE as exc:
+        return [f"{what}: {exc}"]
+
+
+def _check_segments(store: IndexDir, manifest: dict, seg_ids: set[int]) -> list[str]:
+    """Problems of the segment files; their ids go into `seg_ids`."""
     import faiss
 
     problems, parts = [], []
@@ -62,7 +74,8 @@ def _check_segments(store: IndexDir, manifest: dict) -> tuple[list[str], set[int
         problems.append(f"{len(ids) - len(np.unique(ids))} ids are stored in more than one segment")
     if len(ids) and ids.max() >= manifest["next_id"]:
         problems.append(f"id {ids.max()} is not below the next id to give out ({manifest['next_id']})")
-    return problems, set(ids.tolist())
+    seg_ids.update(ids.tolist())
+    return problems
 
 
 def _check_rows(store: IndexDir, manifest: dict, seg_ids: set[int]) -> list[str]:
@@ -71,8 +84,9 @@ def _check_rows(store: IndexDir, manifest: dict, seg_ids: set[int]) -> list[str]
         # A writer died inside a SQLite transaction. Rolling its journal back is a write, so check a private copy
         # (where SQLite rolls it back) and leave the index as it is: its next reader or writer recovers it.
         with tempfile.TemporaryDirectory(prefix="simengine-verify-") as folder:
-            for name in (items_db.ITEMS_DB, journal.name):
-                shutil.copy2(store.root / name, Path(folder) / name)
+            shutil.copy2(store.root / items_db.ITEMS_DB, Path(folder) / items_db.ITEMS_DB)
+            with contextlib.suppress(FileNotFoundError):  # the writer finished meanwhile: nothing to roll back
+                shutil.copy2(journal, Path(folder) / journal.name)
             with contextlib.closing(items_db.connect(Path(folder))) as conn:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return _check_rows_in(Path(folder), manifest, seg_ids)
@@ -81,17 +95,11 @@ def _check_rows(store: IndexDir, manifest: dict, seg_ids: set[int]) -> list[str]
 
 def _check_rows_in(folder: Path, manifest: dict, seg_ids: set[int]) -> list[str]:
     version = manifest["version"]
-    try:
-        conn = items_db.connect(folder, read_only=True)
-        try:
-            if (status := conn.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
-                return [f"{items_db.ITEMS_DB}: {status}"]
-            live = set(items_db.live_ids(conn, version).tolist())
-            removed = set(items_db.removed_ids(conn, version).tolist())
-        finally:
-            conn.close()
-    except (sqlite3.Error, OSError) as exc:
-        return [f"{items_db.ITEMS_DB}: {exc}"]
+    with contextlib.closing(items_db.connect(folder, read_only=True)) as conn:
+        if (status := conn.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+            return [f"{items_db.ITEMS_DB}: {status}"]
+        live = set(items_db.live_ids(conn, version).tolist())
+        removed = set(items_db.removed_ids(conn, version).tolist())
     problems = []
     if missing := live - seg_ids:
         problems.append(f"{len(missing)} items have no vector (ids {sorted(missing)[:10]})")
@@ -105,12 +113,10 @@ def _check_rows_in(folder: Path, manifest: dict, seg_ids: set[int]) -> list[str]
 def _check_model(store: IndexDir, manifest: dict) -> list[str]:
     from simengine.model.bundle import bundle_hash, read_config
 
-    try:
-        config = read_config(store.model_dir)
-        if bundle_hash(store.model_dir) != manifest["model"]["hash"]:
-            return ["the model bundle's hash differs from the manifest's"]
-        if config["encoder"] != manifest["model"]["encoder"]:
-            return ["the model's encoder differs from the one recorded in the manifest"]
-    except (SimengineError, OSError, KeyError) as exc:
-        return [f"model: {exc}"]
+    folder = store.model_dir(manifest)
+    config = read_config(folder)
+    if bundle_hash(folder) != manifest["model"]["hash"]:
+        return ["the model bundle's hash differs from the manifest's"]
+    if config["encoder"] != manifest["model"].get("encoder"):
+        return ["the model's encoder differs from the one recorded in the manifest"]
     return []

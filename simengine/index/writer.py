@@ -4,13 +4,18 @@ A commit writes, in order: the new segment file, the SQLite rows stamped with th
 and last CURRENT. Until CURRENT names the new manifest nothing is visible; a writer that dies before that leaves
 leftovers that the next writer removes before it starts (`_recover`). A write costs time proportional to what it
 changes: new vectors go to a new segment, removals are stamps in SQLite filtered inside FAISS at search time.
+Rebuilding is a commit too: every live item is removed and the new collection added under new ids, so ids are
+never reused, readers move over at their next refresh, and a rebuild can never race a concurrent writer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,48 +24,40 @@ import numpy as np
 from simengine.errors import SimengineError
 from simengine.index import faiss_factory, items_db
 from simengine.index.lock import DEFAULT_TIMEOUT_S, WriterLock
-from simengine.index.store import FORMAT_VERSION, GRACE_S, IndexDir, now_iso
+from simengine.index.store import (
+    FORMAT_VERSION, GRACE_S, MANIFESTS, MODEL, SEGMENTS, TMP_SUFFIX, IndexDir, fsync_dir, now_iso,
+)
 
 log = logging.getLogger(__name__)
 
-# More segments than this and the ones after the first (the base) are merged into one at commit.
-MAX_SEGMENTS = 8
+MODELS = "models"  # bundles that replaced the first one (`model/`) in a rebuild, by hash
 
 
-def _write_segment(store: IndexDir, version: int, vectors: np.ndarray, ids: np.ndarray, kind: str,
-                   seed: int = 0) -> dict[str, Any]:
-    import faiss
-
-    name = store.new_segment_name(version)
-    path = store.segment_path(name)
-    path.parent.mkdir(exist_ok=True)
-    faiss.write_index(faiss_factory.build(vectors, ids, kind, seed), str(path))
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-    return store.segment_record(name, kind, ids)
-
-
-def new_index(folder: Path, vectors: np.ndarray, rows: list[dict[str, Any]], manifest: dict[str, Any],
-              index_type: str, seed: int = 0) -> None:
-    """Write version 1 of a new index into the empty directory `folder` (whose model/ is already in place)."""
-    store = IndexDir(folder)
-    (folder / "manifests").mkdir(parents=True)
-    ids = np.array([r["id"] for r in rows], np.int64)
-    kind = faiss_factory.choose_type(len(ids), index_type)
-    segment = _write_segment(store, 1, vectors, ids, kind, seed)
-    conn = items_db.connect(folder)
+def create_empty(folder: Path, model) -> None:
+    """Lay out an index with no items (version 0) in the new directory `folder`, holding a copy of `model`."""
+    folder.mkdir(parents=True)
+    for sub in (MANIFESTS, SEGMENTS):
+        (folder / sub).mkdir()
+    shutil.copytree(model.path, folder / MODEL)
+    conn = items_db.connect(folder, create=True)
     try:
         items_db.create(conn)
-        with conn:
-            items_db.insert(conn, rows, 1)
     finally:
         conn.close()
-    manifest = dict(manifest, format_version=FORMAT_VERSION, version=1, committed_at=now_iso(),
-                    committed_unix=time.time(), operation="build", index_type=index_type, next_id=int(ids.max()) + 1,
-                    compacted_at=1, segments=[segment],
-                    counts={"items": len(rows), "removed": 0, "vectors": len(rows)})
-    store.write_manifest(manifest)
-    store.point_current_at(1)
+    store = IndexDir(folder)
+    store.write_manifest({
+        "format_version": FORMAT_VERSION, "version": 0, "index_uuid": uuid.uuid4().hex, "created_at": now_iso(),
+        "committed_at": now_iso(), "committed_unix": time.time(), "operation": "create",
+        "model": _model_identity(model), "model_dir": MODEL, "dim": model.dim,
+        "metric": "inner_product (cosine on L2-normalised vectors)", "calibration": model.calibration.to_dict(),
+        "index_type": "auto", "next_id": 0, "compacted_at": 0, "segments": [],
+        "counts": {"items": 0, "removed": 0, "vectors": 0}, "build": {},
+    })
+    store.point_current_at(0)
+
+
+def _model_identity(model) -> dict[str, Any]:
+    return {"hash": model.hash} | {k: v for k, v in model.config.items() if k not in ("holdout_sha256", "calibration")}
 
 
 class IndexWriter:
@@ -86,9 +83,9 @@ class IndexWriter:
         self._added_rows: list[dict[str, Any]] = []
         self._removed: set[int] = set()
         self._next_id = int(self.base["next_id"])
-        self._calibration: dict[str, Any] | None = None
+        self._changes: dict[str, Any] = {}
         self._compact = False
-        self._written: list[str] = []
+        self._written: list[Path] = []
         self.committed: dict[str, Any] | None = None
         return self
 
@@ -116,8 +113,9 @@ class IndexWriter:
         """Stage rows (without ids) and their vectors; returns the ids given to them, never used before."""
         if len(vectors) != len(rows):
             raise ValueError(f"{len(vectors)} vectors for {len(rows)} rows")
-        if len(rows) and vectors.shape[1] != self.base["dim"]:
-            raise SimengineError(f"vectors of dim {vectors.shape[1]}, the index holds dim {self.base['dim']}")
+        dim = self._changes.get("dim", self.base["dim"])
+        if len(rows) and vectors.shape[1] != dim:
+            raise SimengineError(f"vectors of dim {vectors.shape[1]}, the index holds dim {dim}")
         ids = list(range(self._next_id, self._next_id + len(rows)))
         self._next_id += len(rows)
         self._added_rows.extend(dict(row, id=i) for row, i in zip(rows, ids))
@@ -131,47 +129,73 @@ class IndexWriter:
         self._removed.update(int(i) for i in ids)
 
     def set_calibration(self, calibration: dict[str, Any]) -> None:
-        self._calibration = calibration
+        self._changes["calibration"] = calibration
 
     def compact(self) -> None:
         """Rewrite every segment into one, without removed vectors, of the type the index's size calls for."""
         self._compact = True
 
+    def replace_all(self, vectors: np.ndarray, rows: Sequence[dict[str, Any]], model, calibration: dict[str, Any],
+                    index_type: str, build_info: dict[str, Any]) -> list[int]:
+        """Stage a new collection in place of the current one, embedded by `model` (which may differ from the
+        index's): every live item is removed, `rows` are added under new ids, into one segment of `index_type`."""
+        faiss_factory.choose_type(0, index_type)  # an unknown type fails here, before anything is written
+        self._removed.update(items_db.live_ids(self.conn, self.base["version"]).tolist())
+        model_dir = self.base["model_dir"]
+        if model.hash != self.base["model"]["hash"]:
+            model_dir = f"{MODELS}/{model.hash[:16]}"
+            if not (self.store.root / model_dir).is_dir():
+                shutil.copytree(model.path, self.store.root / model_dir)
+                self._written.append(self.store.root / model_dir)
+        self._changes.update(model=_model_identity(model), model_dir=model_dir, dim=model.dim, calibration=calibration,
+                             index_type=index_type, build=build_info)
+        self._compact = True
+        return self.add(vectors, rows)
+
     # --- commit -------------------------------------------------------------------------------------------------
 
     def commit(self, operation: str) -> dict[str, Any]:
-        version, store = self.version, self.store
+        version, policy = self.version, self._changes.get("index_type", self.base["index_type"])
         segments = list(self.base["segments"])
-        vectors = np.concatenate(self._added_vectors) if self._added_vectors else np.zeros((0, self.base["dim"]), np.float32)
-        if len(self._added_rows):
+        if self._added_rows:
+            vectors = np.concatenate(self._added_vectors)
             ids = np.array([r["id"] for r in self._added_rows], np.int64)
-            kind = faiss_factory.choose_type(len(ids), _delta_policy(self.base["index_type"]))
-            segments.append(self._track(_write_segment(store, version, vectors, ids, kind)))
+            kind = faiss_factory.choose_type(len(ids), policy if self._compact else _delta_policy(policy))
+            segments.append(self._write_segment(vectors, ids, kind))
+        items_db.insert(self.conn, self._added_rows, version)
         with self.conn:
-            items_db.insert(self.conn, self._added_rows, version)
             items_db.mark_removed(self.conn, sorted(self._removed), version)
         compacted_at = self.base["compacted_at"]
         if self._compact:
-            segments = self._merge(segments, self.base["index_type"])
+            segments = self._merge(segments, policy)
             compacted_at = version
-        elif len(segments) > MAX_SEGMENTS:
-            segments = segments[:1] + self._merge(segments[1:], _delta_policy(self.base["index_type"]))
+        else:
+            segments = self._merge_small_tail(segments, _delta_policy(policy))
         items = self.base["counts"]["items"] + len(self._added_rows) - len(self._removed)
         n_vectors = sum(s["vectors"] for s in segments)
-        manifest = dict(self.base, version=version, committed_at=now_iso(), committed_unix=time.time(),
+        manifest = dict(self.base, **self._changes, version=version, committed_at=now_iso(), committed_unix=time.time(),
                         operation=operation, next_id=self._next_id, compacted_at=compacted_at, segments=segments,
                         counts={"items": items, "removed": n_vectors - items, "vectors": n_vectors})
-        if self._calibration is not None:
-            manifest["calibration"] = self._calibration
-        store.write_manifest(manifest)
-        store.point_current_at(version)
+        self.store.write_manifest(manifest)
+        self.store.point_current_at(version)
         self.committed = manifest
-        self.collect_garbage()
+        try:
+            self.collect_garbage()
+        except (OSError, SimengineError, sqlite3.Error) as exc:  # the commit stands; the next write retries
+            log.warning("%s: version %d committed, cleaning old versions failed: %s", self.store.root, version, exc)
         return manifest
 
-    def _track(self, segment: dict[str, Any]) -> dict[str, Any]:
-        self._written.append(segment["file"])
-        return segment
+    def _write_segment(self, vectors: np.ndarray, ids: np.ndarray, kind: str) -> dict[str, Any]:
+        import faiss
+
+        name = self.store.new_segment_name(self.version)
+        path = self.store.segment_path(name)
+        self._written.append(path)
+        faiss.write_index(faiss_factory.build(vectors, ids, kind), str(path))
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        fsync_dir(path.parent)
+        return self.store.segment_record(name, kind, ids)
 
     def _merge(self, segments: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
         """One segment holding the live vectors of `segments` as of this version (cost: their size); none if empty."""
@@ -189,13 +213,24 @@ class IndexWriter:
             return []
         order = np.argsort(ids, kind="stable")
         ids, vectors = ids[order], np.concatenate(parts_vectors)[order]
-        kind = faiss_factory.choose_type(len(ids), policy)
-        return [self._track(_write_segment(self.store, self.version, vectors, ids, kind))]
+        return [self._write_segment(vectors, ids, faiss_factory.choose_type(len(ids), policy))]
+
+    def _merge_small_tail(self, segments: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
+        """Merge the newest segments with the ones before them while each of those is at most twice the size of what
+        follows it (never the base). Sizes then fall geometrically, so an index holds O(log n) segments and each
+        vector is rewritten O(log n) times: a write stays proportional to its change, amortised."""
+        tail = 1
+        while len(segments) - tail >= 2 and segments[-tail - 1]["vectors"] <= 2 * sum(
+                s["vectors"] for s in segments[-tail:]):
+            tail += 1
+        if tail == 1:
+            return segments
+        return segments[:-tail] + self._merge(segments[-tail:], policy)
 
     # --- recovery and garbage -----------------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Remove what a writer that died before its commit left behind: rows, manifests and segment files."""
+        """Remove what a writer that died before its commit left behind: rows and manifests (files: `collect_garbage`)."""
         live = self.base["version"]
         if touched := items_db.roll_back_after(self.conn, live):
             log.warning("%s: rolled back %d rows of an unfinished write", self.store.root, touched)
@@ -204,49 +239,56 @@ class IndexWriter:
                 self.store.manifest_path(v).unlink(missing_ok=True)
 
     def _undo(self) -> None:
-        for name in self._written:
-            self.store.segment_path(name).unlink(missing_ok=True)
+        if self.store.current_version() == self.version:
+            return  # CURRENT was replaced, so the version is committed, even if what followed was interrupted
+        for path in self._written:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         items_db.roll_back_after(self.conn, self.base["version"])
         self.store.manifest_path(self.version).unlink(missing_ok=True)
 
     def collect_garbage(self) -> dict[str, int]:
-        return collect_garbage_locked(self.store, self.conn, self.grace_s)
+        """Delete versions replaced more than `grace_s` ago, and the segment files, model bundles, rows and temporary
+        files that no kept version uses. Safe only here, under the writer lock."""
+        store, current = self.store, self.store.current_version()
+        versions = [v for v in store.manifest_versions() if v <= current]
+        manifests = {v: _read_or_none(store, v) for v in versions}
+        now, kept, dropped = time.time(), [], 0
+        replaced_at = now
+        for v in reversed(versions):  # newest first: each version was replaced when the next one was committed
+            manifest = manifests[v]
+            if v == current or (manifest is not None and now - replaced_at < self.grace_s):
+                kept.append(manifest)
+            else:
+                store.manifest_path(v).unlink(missing_ok=True)
+                dropped += 1
+            if manifest is not None:
+                replaced_at = manifest["committed_unix"]
+        kept = [m for m in kept if m is not None]
+        if not kept:
+            return {"versions": dropped, "segments": 0, "rows": 0}
+        used = {s["file"] for m in kept for s in m["segments"]}
+        segments = 0
+        for path in (store.root / SEGMENTS).glob("*"):
+            if path.name not in used:
+                path.unlink(missing_ok=True)
+                segments += 1
+        used_models = {m["model_dir"] for m in kept}
+        for path in [store.root / MODEL, *(store.root / MODELS).glob("*")]:
+            if path.is_dir() and path.relative_to(store.root).as_posix() not in used_models:
+                shutil.rmtree(path)
+        for path in [*store.root.glob(f".*{TMP_SUFFIX}"), *(store.root / MANIFESTS).glob(f".*{TMP_SUFFIX}")]:
+            path.unlink(missing_ok=True)
+        rows = items_db.purge_removed(self.conn, min(m["compacted_at"] for m in kept))
+        return {"versions": dropped, "segments": segments, "rows": rows}
+
+
+def _read_or_none(store: IndexDir, version: int) -> dict[str, Any] | None:
+    try:
+        return store.read_manifest(version)
+    except SimengineError:
+        return None
 
 
 def _delta_policy(policy: str) -> str:
     """Segments beside the base are too small to train IVF on; they follow the size rule instead."""
     return "auto" if policy == "ivf" else policy
-
-
-def collect_garbage_locked(store: IndexDir, conn, grace_s: float) -> dict[str, int]:
-    """Delete versions replaced more than `grace_s` ago, segment files no kept version lists, and rows no kept
-    version can see. Runs only under the writer lock."""
-    current = store.current_version()
-    versions = store.manifest_versions()
-    manifests = {}
-    for v in versions:
-        try:
-            manifests[v] = store.read_manifest(v)
-        except SimengineError:
-            manifests[v] = None
-    now = time.time()
-    kept, dropped = [current], 0
-    for v in versions:
-        if v >= current:
-            continue
-        later = [manifests[w] for w in versions if w > v and manifests[w] is not None]
-        replaced_at = later[0]["committed_unix"] if later else now
-        if manifests[v] is not None and now - replaced_at < grace_s:
-            kept.append(v)
-        else:
-            store.manifest_path(v).unlink(missing_ok=True)
-            dropped += 1
-    referenced = {s["file"] for v in kept if manifests.get(v) for s in manifests[v]["segments"]}
-    segments = 0
-    folder = store.root / "segments"
-    for path in folder.iterdir() if folder.is_dir() else []:
-        if path.name not in referenced:
-            path.unlink(missing_ok=True)
-            segments += 1
-    rows = items_db.purge_removed(conn, min(manifests[v]["compacted_at"] for v in kept if manifests.get(v)))
-    return {"versions": dropped, "segments": segments, "rows": rows}

@@ -16,9 +16,8 @@ from simengine.data.imagenette import class_name
 from simengine.errors import ImageLoadError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
-from simengine.index.build import require_model
 from simengine.index.reader import Index
-from simengine.index.store import resolve_index_dir
+from simengine.index.store import require_model, resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX
 from simengine.query.results import BatchResult, Neighbour, NeighboursResult, PairResult, TripletResult

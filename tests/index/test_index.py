@@ -16,7 +16,7 @@ from simengine.index.reader import Index
 from simengine.index.store import IndexDir, resolve_index_dir
 from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
 from simengine.index.verify import verify_index
-from simengine.index.writer import MAX_SEGMENTS, IndexWriter
+from simengine.index.writer import IndexWriter
 from store_workers import unit_rows
 
 
@@ -92,8 +92,6 @@ def test_removed_items_never_come_back_and_ids_are_not_reused(fixture_data, mode
 
 
 def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
-    import simengine.index.writer as writer_module
-
     before = snapshot_bytes(index_copy)
     real = IndexDir.point_current_at
 
@@ -111,17 +109,59 @@ def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
     assert idx.version == 1 and len(idx) == 32 and verify_index(index_copy) == []
     assert sorted(p.name for p in (index_copy / "segments").iterdir()) == [
         p.split("/")[-1] for p in before if p.startswith("segments/")]
-    assert writer_module.MAX_SEGMENTS == MAX_SEGMENTS
 
 
-def test_segments_merge_beyond_the_limit_and_compact(index_copy):
-    for n in range(MAX_SEGMENTS + 2):
+def test_an_interrupt_after_current_moved_keeps_the_commit(index_copy, monkeypatch):
+    import simengine.index.store as store_module
+
+    real = store_module.fsync_dir
+
+    def interrupted(folder):
+        real(folder)
+        if Path(folder) == index_copy:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "fsync_dir", interrupted)
+    vectors, rows = unit_rows(5, "x", 256, 0)
+    with pytest.raises(KeyboardInterrupt):
+        with IndexWriter(index_copy) as w:
+            w.add(vectors, rows)
+            w.commit("add 5")
+    monkeypatch.setattr(store_module, "fsync_dir", real)
+    idx = Index(index_copy)
+    assert idx.version == 2 and len(idx) == 37 and verify_index(index_copy) == []
+
+
+def test_rebuilding_in_place_is_a_new_version_with_new_ids(index_copy, fixture_data, model):
+    reader = Index(index_copy)
+    path, report = build_index(scan_split(fixture_data, "val"), model, index_copy)
+    assert path == index_copy and report.added == list(range(32, 44))
+    assert reader.refresh() and reader.version == 2 and len(reader) == 12
+    with pytest.raises(SimengineError, match="no item with id 0"):
+        reader.item(0)
+    assert reader.item(32)["split"] == "val" and reader.manifest["segments"][0]["id_min"] == 32
+    assert len(reader.manifest["segments"]) == 1 and verify_index(index_copy) == []
+
+
+def test_small_segments_merge_geometrically_never_into_the_base(index_copy, monkeypatch):
+    import math
+
+    from simengine.index import faiss_factory
+
+    written = []
+    real_build = faiss_factory.build
+    monkeypatch.setattr(faiss_factory, "build", lambda vectors, *a, **k: written.append(len(vectors)) or real_build(vectors, *a, **k))
+    adds = 48
+    for n in range(adds):
         vectors, rows = unit_rows(3, f"batch{n}", 256, n)
         with IndexWriter(index_copy) as w:
             w.add(vectors, rows)
             w.commit("add 3")
     idx = Index(index_copy)
-    assert len(idx.manifest["segments"]) <= MAX_SEGMENTS and len(idx) == 32 + 3 * (MAX_SEGMENTS + 2)
+    sizes = [s["vectors"] for s in idx.manifest["segments"]]
+    assert sizes[0] == 32 and len(sizes) <= 2 + math.log2(adds) and sum(sizes) == 32 + 3 * adds
+    assert all(a > b for a, b in zip(sizes[1:], sizes[2:]))  # falling sizes after the base
+    assert sum(written) <= 3 * adds * (1 + math.log(adds, 1.5))  # each vector rewritten O(log n) times
     target = idx.vectors([40])
     assert idx.search(target, 1)[1][0][0] == 40
     remove_items(index_copy, ["40", "0"])
@@ -138,7 +178,7 @@ def test_garbage_collection_keeps_recent_versions_and_files_in_use(index_copy):
     old_reader_files = set(first)
     assert old_reader_files <= {p.name for p in (index_copy / "segments").iterdir()}  # within the grace period
     done = collect_garbage(index_copy, grace_s=0)
-    assert done["versions"] == 2 and done["segments"] == 1 and done["rows"] == 1
+    assert done["versions"] == 3 and done["segments"] == 1 and done["rows"] == 1  # versions 0 (empty), 1 and 2
     assert not old_reader_files & {p.name for p in (index_copy / "segments").iterdir()}
     assert len(list((index_copy / "manifests").iterdir())) == 1 and verify_index(index_copy) == []
 
@@ -181,7 +221,7 @@ def test_format_1_is_refused_with_how_to_rebuild(tmp_path, built_index):
     os.symlink(old.name, tmp_path / "default")
     for call in (lambda: Index(tmp_path / "default"), lambda: resolve_index_dir(tmp_path / "default"),
                  lambda: IndexWriter(tmp_path / "default")):
-        with pytest.raises(IndexUnusableError, match="format 1 .* rebuild it with `simengine index build --out"):
+        with pytest.raises(IndexUnusableError, match="format 1 .* rebuild it with `simengine index build --out .* --model"):
             call()
     assert verify_index(tmp_path / "default")[0].startswith(f"{tmp_path / 'default'}: index format 1")
 

@@ -111,7 +111,8 @@ def test_a_long_lived_engine_follows_writes_and_a_rebuild(index_copy, fixture_da
     remove_items(index_copy, ["32"])
     with pytest.raises(SimengineError, match="no item with id 32"):
         engine.item(32)
-    build_index(scan_split(fixture_data, "val"), model, index_copy)  # another index at the same path
-    assert engine.info()["items"] == 12 and engine.index.version == 1
-    assert engine.item(0)["split"] == "val"
-    assert engine.neighbours(val["rocket"][0], k=1).neighbours[0].distance < 1e-4
+    build_index(scan_split(fixture_data, "val"), model, index_copy)  # a rebuild is the next version, new ids
+    assert engine.info()["items"] == 12 and engine.index.version == 4
+    assert engine.item(33)["split"] == "val"
+    nearest = engine.neighbours(val["rocket"][0], k=1).neighbours[0]
+    assert nearest.distance < 1e-4 and nearest.id > 32
