@@ -90,15 +90,11 @@ def data_fetch(name, dest):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 def data_sample(kind, data_dir, split, n, seed, out):
     """Write a balanced, seeded pairs or triplets CSV (img1,img2[,img3],label)."""
-    from simengine.data.folders import resolve_data_dir, scan_split
-    from simengine.data.evalsets import PRESETS, sample_eval_triplets, sample_pairs, sample_training_triplets, write_csv
+    from simengine.data.evalsets import sample_split_to_csv
+    from simengine.data.folders import resolve_data_dir
 
-    items = scan_split(resolve_data_dir(data_dir), split)
-    n = n or PRESETS["train" if kind == "train-triplets" else "test"]
-    draw = {"pairs": sample_pairs, "triplets": sample_eval_triplets, "train-triplets": sample_training_triplets}[kind]
-    samples = draw([i.label for i in items], n, seed)
-    write_csv(out, samples, [i.path for i in items])
-    click.echo(f"wrote {len(samples)} {kind} to {out}")
+    rows = sample_split_to_csv(resolve_data_dir(data_dir), split, kind, out, n, seed)
+    click.echo(f"wrote {rows} {kind} to {out}")
 
 
 # --- train ---------------------------------------------------------------------------------------------------------
@@ -184,7 +180,8 @@ def index():
 @_training_options
 @click.pass_context
 def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_far, backbone, weights, runtime, **train_kwargs):
-    """Embed a dataset split into a new index (replacing an older one of the same name once the new one is complete)."""
+    """Embed a dataset split into an index: a new one, or the next version of an existing one (new ids, old items
+    removed; readers and servers move over without a restart)."""
     from simengine.data.folders import resolve_data_dir
     from simengine.index.store import DEFAULT_ROOT
     from simengine.workflows import build_index_from_dataset

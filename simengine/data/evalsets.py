@@ -109,6 +109,24 @@ def sample_eval_triplets(labels: Sequence[str], n: int, seed: int = 0) -> list[S
     return _shuffled(samples, rng)
 
 
+SAMPLERS = {"pairs": sample_pairs, "triplets": sample_eval_triplets, "train-triplets": sample_training_triplets}
+
+
+def sample_split_to_csv(root: str | os.PathLike, split: str, kind: str, out: str | os.PathLike, n: int | None = None,
+                        seed: int = 0) -> int:
+    """Draw a balanced, seeded set of `kind` (pairs, triplets, train-triplets) from an ImageFolder split and write it
+    as CSV; returns the number of rows (by default the reference protocol's size)."""
+    from simengine.data.folders import scan_split
+
+    if kind not in SAMPLERS:
+        raise SimengineError(f"unknown set {kind!r}; choose one of {', '.join(SAMPLERS)}")
+    items = scan_split(root, split)
+    n = n or PRESETS["train" if kind == "train-triplets" else "test"]
+    samples = SAMPLERS[kind]([i.label for i in items], n, seed)
+    write_csv(out, samples, [i.path for i in items])
+    return len(samples)
+
+
 def write_csv(path: str | os.PathLike, samples: Sequence[Sample], paths: Sequence[str | os.PathLike]) -> None:
     """Write samples with image paths relative to the CSV's folder."""
     path = Path(path)
