@@ -37,7 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/latency.py --data $(DATA)
 	$(BIN)/python benchmarks/search_scale.py
 	$(BIN)/python benchmarks/load.py --data $(DATA)
-	$(BIN)/python benchmarks/index_write.py --model indexes/default/model
+	$(BIN)/python benchmarks/index_write.py --index indexes/default
 
 # Ablation of the backbone's input size, crop and pooling (about 30 min: it embeds the dataset four times).
 bench-ablation: install

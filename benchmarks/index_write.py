@@ -6,7 +6,7 @@ and a few SQLite rows. Each side starts from an index of N synthetic unit vector
 the model's dimension) and times --repeats adds of --adds new items; embedding is left out of both. The old code runs
 in a subprocess on `git archive b73283c`, so the two packages never share one interpreter.
 
-    python benchmarks/index_write.py --model indexes/default/model
+    python benchmarks/index_write.py --index indexes/default
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ def measure_after(model: Model, n: int, adds: int, repeats: int, index_type: str
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("indexes/default/model"), help="a model bundle directory")
+    parser.add_argument("--index", type=Path, default=Path("indexes/default"),
+                        help="an index whose model (its bundle) the synthetic indexes are built with")
     parser.add_argument("--sizes", default="10000,1000000", help="vectors in the index before the adds")
     parser.add_argument("--adds", type=int, default=100, help="items per add")
     parser.add_argument("--repeats", type=int, default=5, help="adds timed per size and side")
@@ -217,9 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default="index_write")
     args = parser.parse_args(argv)
 
+    from simengine.index.reader import Index
     from simengine.model.bundle import load_bundle
 
-    model = load_bundle(args.model)
+    model_dir = Index(args.index).model_dir
+    model = load_bundle(model_dir)
     if args.work_dir is not None:
         args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="index_write-", dir=args.work_dir))
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         for n in (int(s) for s in args.sizes.split(",")):
             size_dir = work / f"n{n}"
             try:
-                before = measure_before(old_root, args.model, n, args.adds, args.repeats, args.index_type,
+                before = measure_before(old_root, model_dir, n, args.adds, args.repeats, args.index_type,
                                         size_dir / "before", args.seed)
                 after = measure_after(model, n, args.adds, args.repeats, args.index_type, size_dir / "after", args.seed)
             finally:

@@ -70,7 +70,7 @@ def test_input_ablation_script(fixture_data, tmp_path):
 def test_index_write_script(built_index, tmp_path):
     import index_write
 
-    index_write.main(["--model", str(built_index / "model"), "--sizes", "300", "--adds", "5", "--repeats", "2",
+    index_write.main(["--index", str(built_index), "--sizes", "300", "--adds", "5", "--repeats", "2",
                       "--out", str(tmp_path)])
     data = _written(tmp_path, "index_write")
     assert [r["vectors"] for r in data["rows"]] == [300]

@@ -109,16 +109,22 @@ def build_index(
 
 
 def _check_replaceable(out: Path) -> None:
-    if out.is_symlink() or not out.exists():
+    """Nothing at `out`, an empty folder, or a format-1 index (which a build replaces); anything else is refused."""
+    target = out.resolve() if out.is_symlink() else out
+    if not out.exists() and not out.is_symlink():
         return
-    if not out.is_dir() or (any(out.iterdir()) and not ((out / CURRENT).is_file() or (out / V1_MANIFEST).is_file())):
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return
+    if not (target / V1_MANIFEST).is_file():
         raise SimengineError(f"{out} exists and is not an index; choose another --out")
 
 
 def _swap_in(staging: Path, out: Path) -> None:
     """Put the finished `staging` directory at `out`, where there is nothing yet, or a format-1 index: that one (a
     link to a hidden version directory) is moved aside and deleted once the new one is in place."""
-    if not (out.exists() or out.is_symlink()):
+    if (out / CURRENT).is_file():
+        raise SimengineError(f"another build created an index at {out} meanwhile; run again to rebuild it in place")
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
         try:
             os.rename(staging, out)
         except OSError as exc:

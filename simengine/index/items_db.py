@@ -35,6 +35,15 @@ def connect(folder: Path, read_only: bool = False, create: bool = False) -> sqli
     return conn
 
 
+def identity(folder: Path) -> tuple[int, int] | None:
+    """Which file `folder/items.db` is (device, inode): a connection stays with the file it opened."""
+    try:
+        st = (Path(folder) / ITEMS_DB).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def create(conn: sqlite3.Connection) -> None:
     import sqlite_utils
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +33,7 @@ class Index:
         self._order: list[str] = []
         self._token: tuple | None = None
         self.conn = items_db.connect(self.path)
+        self._db_identity = items_db.identity(self.path)
         self.refresh()
 
     # --- versions -----------------------------------------------------------------------------------------------
@@ -41,19 +44,20 @@ class Index:
         token = self.store.current_token()
         if token == self._token:
             return False
+        # Another directory put at this path (a restored backup, an rsync) has its own items.db: reconnect to it.
+        moved = self._db_identity != items_db.identity(self.path)
         failures = 0
         while True:
             version = self.store.current_version()
             try:
                 manifest = self.store.read_manifest(version)
-                if self.manifest and (manifest["version"], manifest["index_uuid"]) == (
-                        self.manifest["version"], self.manifest["index_uuid"]):
-                    changed = False
-                else:
-                    self._load(manifest)
-                    changed = True
+                same = self.manifest and not moved and (manifest["version"], manifest["index_uuid"]) == (
+                    self.manifest["version"], self.manifest["index_uuid"])
+                if not same:
+                    other = bool(self.manifest) and manifest["index_uuid"] != self.manifest["index_uuid"]
+                    self._load(manifest, reconnect=moved or other)
                 self._token = token
-                return changed
+                return not same
             except (FileNotFoundError, IndexUnusableError):
                 # Files of a version replaced long ago can vanish under a reader that was slow to open them;
                 # a newer version is then named by CURRENT. Anything else is a real problem.
@@ -61,24 +65,31 @@ class Index:
                 if failures == OPEN_ATTEMPTS or self.store.current_version() == version:
                     raise
 
-    def _load(self, manifest: dict[str, Any]) -> None:
+    def _load(self, manifest: dict[str, Any], reconnect: bool) -> None:
         """Open what `manifest` lists, then switch to it all at once (a failure leaves the old snapshot whole)."""
-        conn = self.conn
-        reuse = self._segments if manifest["index_uuid"] == self.manifest.get("index_uuid") else {}
-        if not reuse and self.manifest:
-            conn = items_db.connect(self.path)  # another index was put at this path (`rm -r` + `cp -r`, say)
+        conn, reuse = self.conn, self._segments
+        if reconnect:
+            conn, reuse = items_db.connect(self.path), {}
         try:
+            db_identity = items_db.identity(self.path)
             segments = {s["file"]: reuse.get(s["file"]) or self._open_segment(s, manifest["dim"])
                         for s in manifest["segments"]}
-            excluded = items_db.removed_ids(conn, manifest["version"])
-            calibration = Calibration.from_dict(manifest["calibration"])
+            try:
+                excluded = items_db.removed_ids(conn, manifest["version"])
+            except sqlite3.DatabaseError as exc:
+                raise IndexUnusableError(f"{self.path / items_db.ITEMS_DB}: {exc}; run `simengine index verify`") from None
+            try:
+                calibration = Calibration.from_dict(manifest["calibration"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise IndexUnusableError(f"{self.path}: the calibration of version {manifest['version']} is unreadable "
+                                         f"({exc!r}); run `simengine index calibrate`") from None
         except BaseException:
             if conn is not self.conn:
                 conn.close()
             raise
         if conn is not self.conn:
             self.conn.close()
-        self.conn, self._segments = conn, segments
+        self.conn, self._segments, self._db_identity = conn, segments, db_identity
         self._order = [s["file"] for s in manifest["segments"]]
         self._id_starts = [s["id_min"] for s in manifest["segments"]]
         self._selector = faiss_factory.excluding(excluded)
@@ -172,7 +183,7 @@ class Index:
     def info(self) -> dict[str, Any]:
         m = self.manifest
         cal = m["calibration"]
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        size = _disk_bytes(self.path)
         return {
             "path": str(self.path),
             "version": m["version"],
@@ -197,3 +208,13 @@ class Index:
             "committed_at": m["committed_at"],
             "last_operation": m["operation"],
         }
+
+
+def _disk_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`; a writer's temporary file may vanish while they are counted."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total

@@ -35,7 +35,7 @@ TMP_SUFFIX = ".tmp"
 # What a manifest must hold, with the types its readers rely on.
 MANIFEST_FIELDS = {"index_uuid": str, "model": dict, "model_dir": str, "dim": int, "calibration": dict, "next_id": int,
                    "segments": list, "counts": dict, "compacted_at": int, "index_type": str, "committed_unix": float}
-SEGMENT_FIELDS = {"file": str, "type": str, "vectors": int, "bytes": int, "sha256": str}
+SEGMENT_FIELDS = {"file": str, "type": str, "vectors": int, "bytes": int, "sha256": str, "id_min": int, "id_max": int}
 
 
 def manifest_name(version: int) -> str:
@@ -125,6 +125,9 @@ class IndexDir:
             for key, kind in fields.items():
                 if not isinstance(record.get(key), kind if kind is not float else (int, float)):
                     raise IndexUnusableError(f"{path}: {key!r} missing or not {kind.__name__}")
+        bounds = [(s["id_min"], s["id_max"]) for s in manifest["segments"]]
+        if any(lo > hi for lo, hi in bounds) or any(a[1] >= b[0] for a, b in zip(bounds, bounds[1:])):
+            raise IndexUnusableError(f"{path}: segment id ranges overlap or are out of order")  # lookups bisect them
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:

@@ -60,6 +60,7 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     if not kept:
         return report
     with IndexWriter(index_dir, timeout_s) as writer:
+        require_model(writer.base, model, index_dir)  # a rebuild with another model may have committed meanwhile
         # Another writer may have added some of these since the snapshot above.
         now_known = writer.live_ids_by_sha([i.sha256 for i in kept])
         fresh = [n for n, i in enumerate(kept) if i.sha256 not in now_known]

@@ -32,6 +32,7 @@ def verify_index(path: str | os.PathLike) -> list[str]:
     problems = _guarded("segments", _check_segments, store, manifest, seg_ids)
     problems += _guarded(items_db.ITEMS_DB, _check_rows, store, manifest, seg_ids)
     problems += _guarded("model", _check_model, store, manifest)
+    problems += _guarded("calibration", _check_calibration, manifest)
     return problems
 
 
@@ -119,4 +120,13 @@ def _check_model(store: IndexDir, manifest: dict) -> list[str]:
         return ["the model bundle's hash differs from the manifest's"]
     if config["encoder"] != manifest["model"].get("encoder"):
         return ["the model's encoder differs from the one recorded in the manifest"]
+    return []
+
+
+def _check_calibration(manifest: dict) -> list[str]:
+    from simengine.evaluation.decisions import Calibration
+
+    calibration = Calibration.from_dict(manifest["calibration"])
+    if calibration.default not in calibration.pair or calibration.default not in calibration.triplet:
+        return [f"calibration: the default rule {calibration.default!r} has no threshold"]
     return []

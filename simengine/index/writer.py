@@ -85,6 +85,7 @@ class IndexWriter:
         self._next_id = int(self.base["next_id"])
         self._changes: dict[str, Any] = {}
         self._compact = False
+        self._replacing = False
         self._written: list[Path] = []
         self.committed: dict[str, Any] | None = None
         return self
@@ -144,32 +145,49 @@ class IndexWriter:
         model_dir = self.base["model_dir"]
         if model.hash != self.base["model"]["hash"]:
             model_dir = f"{MODELS}/{model.hash[:16]}"
-            if not (self.store.root / model_dir).is_dir():
-                shutil.copytree(model.path, self.store.root / model_dir)
-                self._written.append(self.store.root / model_dir)
+            self._place_model(model, self.store.root / model_dir)
         self._changes.update(model=_model_identity(model), model_dir=model_dir, dim=model.dim, calibration=calibration,
                              index_type=index_type, build=build_info)
-        self._compact = True
+        self._replacing = True
         return self.add(vectors, rows)
+
+    def _place_model(self, model, target: Path) -> None:
+        """A complete copy of `model`'s bundle at `target`: copied beside, then renamed, so no crash leaves half."""
+        from simengine.model.bundle import bundle_hash
+
+        if target.is_dir():
+            try:
+                if bundle_hash(target) == model.hash:
+                    return
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass  # damaged: replaced below
+            shutil.rmtree(target)  # a bundle left damaged (an interrupted gc, say)
+        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}{TMP_SUFFIX}")
+        self._written.append(staging)
+        shutil.copytree(model.path, staging)
+        os.rename(staging, target)
+        self._written.append(target)
 
     # --- commit -------------------------------------------------------------------------------------------------
 
     def commit(self, operation: str) -> dict[str, Any]:
         version, policy = self.version, self._changes.get("index_type", self.base["index_type"])
-        segments = list(self.base["segments"])
-        if self._added_rows:
-            vectors = np.concatenate(self._added_vectors)
-            ids = np.array([r["id"] for r in self._added_rows], np.int64)
-            kind = faiss_factory.choose_type(len(ids), policy if self._compact else _delta_policy(policy))
-            segments.append(self._write_segment(vectors, ids, kind))
+        vectors = np.concatenate(self._added_vectors) if self._added_vectors else None
+        ids = np.array([r["id"] for r in self._added_rows], np.int64)
         items_db.insert(self.conn, self._added_rows, version)
         with self.conn:
             items_db.mark_removed(self.conn, sorted(self._removed), version)
         compacted_at = self.base["compacted_at"]
-        if self._compact:
-            segments = self._merge(segments, policy)
+        if self._replacing:  # every earlier item is removed: their segments are not even read
+            segments = [self._write_segment(vectors, ids, faiss_factory.choose_type(len(ids), policy))] if len(ids) else []
+            compacted_at = version
+        elif self._compact:
+            segments = self._merge(self.base["segments"], policy, staged=(ids, vectors))
             compacted_at = version
         else:
+            segments = list(self.base["segments"])
+            if len(ids):
+                segments.append(self._write_segment(vectors, ids, faiss_factory.choose_type(len(ids), _delta_policy(policy))))
             segments = self._merge_small_tail(segments, _delta_policy(policy))
         items = self.base["counts"]["items"] + len(self._added_rows) - len(self._removed)
         n_vectors = sum(s["vectors"] for s in segments)
@@ -197,12 +215,17 @@ class IndexWriter:
         fsync_dir(path.parent)
         return self.store.segment_record(name, kind, ids)
 
-    def _merge(self, segments: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
-        """One segment holding the live vectors of `segments` as of this version (cost: their size); none if empty."""
+    def _merge(self, segments: list[dict[str, Any]], policy: str,
+               staged: tuple[np.ndarray, np.ndarray | None] | None = None) -> list[dict[str, Any]]:
+        """One segment holding the live vectors of `segments` (and of `staged` (ids, vectors), not yet written) as of
+        this version (cost: their size); none if empty."""
         import faiss
 
         removed = items_db.removed_ids(self.conn, self.version)
         parts_ids, parts_vectors = [], []
+        if staged is not None and len(staged[0]):
+            parts_ids.append(staged[0])
+            parts_vectors.append(staged[1])
         for segment in segments:
             ids, vectors = faiss_factory.contents(faiss.read_index(str(self.store.segment_path(segment["file"]))))
             keep = ~np.isin(ids, removed)
@@ -273,11 +296,12 @@ class IndexWriter:
                 path.unlink(missing_ok=True)
                 segments += 1
         used_models = {m["model_dir"] for m in kept}
-        for path in [store.root / MODEL, *(store.root / MODELS).glob("*")]:
+        for path in [store.root / MODEL, *(store.root / MODELS).glob("[!.]*")]:
             if path.is_dir() and path.relative_to(store.root).as_posix() not in used_models:
                 shutil.rmtree(path)
-        for path in [*store.root.glob(f".*{TMP_SUFFIX}"), *(store.root / MANIFESTS).glob(f".*{TMP_SUFFIX}")]:
-            path.unlink(missing_ok=True)
+        for folder in (store.root, store.root / MANIFESTS, store.root / MODELS):
+            for path in folder.glob(f".*{TMP_SUFFIX}"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         rows = items_db.purge_removed(self.conn, min(m["compacted_at"] for m in kept))
         return {"versions": dropped, "segments": segments, "rows": rows}
 

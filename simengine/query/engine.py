@@ -27,16 +27,16 @@ class Engine:
     """Answers the three questions from an index and the model that embedded it, held side by side. Before each
     question the index moves to the newest committed version (a file read when nothing changed)."""
 
-    def __init__(self, index: Index, model: Model, mode: str | None = None):
+    def __init__(self, index: Index, model: Model, mode: str | None = None, runtime: str = "auto"):
         require_model(index.manifest, model, index.path)
         self.index, self.model = index, model
-        self._requested_mode = mode
+        self._requested_mode, self._runtime = mode, runtime
         self._check_mode()
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto") -> "Engine":
         index = Index(resolve_index_dir(index_dir))
-        return cls(index, load_bundle(index.model_dir, runtime), mode)
+        return cls(index, load_bundle(index.model_dir, runtime), mode, runtime)
 
     @property
     def calibration(self) -> Calibration:
@@ -54,10 +54,9 @@ class Engine:
     def refresh(self) -> bool:
         """Pick up a newer committed version of the index, if any (and its model, when it was rebuilt with another)."""
         changed = self.index.refresh()
-        if changed:
-            if self.index.manifest["model"]["hash"] != self.model.hash:
-                self.model = load_bundle(self.index.model_dir, self.model.runtime)
-            self._check_mode()
+        if self.index.manifest["model"]["hash"] != self.model.hash:  # checked every time: a failed load is retried
+            self.model = load_bundle(self.index.model_dir, self._runtime)
+        self._check_mode()
         return changed
 
     # --- the index ----------------------------------------------------------------------------------------------

@@ -305,3 +305,57 @@ def test_a_moved_index_works(index_copy, tmp_path, val):
     os.rename(index_copy, moved)
     assert add_images(moved, val["chelsea"][:1]).added == [32]
     assert verify_index(moved) == [] and Index(moved).item(32)["label"] == "chelsea"
+
+
+def _other_model(model, folder: Path):
+    """The same bundle under another hash (one calibration value changed), loaded."""
+    from simengine.model.bundle import load_bundle
+
+    shutil.copytree(model.path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["calibration"]["pair"]["distance"]["value"] += 0.01
+    (folder / "config.json").write_text(json.dumps(config))
+    other = load_bundle(folder)
+    assert other.hash != model.hash
+    return other
+
+
+def test_rebuilding_with_another_model_keeps_both_until_the_old_is_unused(index_copy, fixture_data, model, tmp_path, val):
+    from simengine.query.engine import Engine
+
+    other = _other_model(model, tmp_path / "other-model")
+    engine = Engine.open(index_copy)
+    damaged = index_copy / "models" / other.hash[:16]
+    damaged.mkdir(parents=True)
+    (damaged / "config.json").write_text("{half a copy")  # what an interrupted copy would leave
+    build_index(scan_split(fixture_data, "train"), other, index_copy)
+    manifest = json.loads(live_manifest(index_copy).read_text())
+    assert manifest["model_dir"] == f"models/{other.hash[:16]}" and manifest["model"]["hash"] == other.hash
+    assert (index_copy / "model").is_dir() and verify_index(index_copy) == []  # the old version may still be read
+    assert engine.pair(val["coffee"][0], val["coffee"][1]).same and engine.model.hash == other.hash
+    with pytest.raises(IndexUnusableError, match="built with model"):
+        add_images(index_copy, val["rocket"][:1], model=model)
+    collect_garbage(index_copy, grace_s=0)
+    assert not (index_copy / "model").exists() and verify_index(index_copy) == []
+
+
+def test_a_reader_follows_its_directory_replaced_by_a_copy(index_copy, tmp_path, val):
+    reader = Index(index_copy)
+    copy = tmp_path / "copy"
+    shutil.copytree(index_copy, copy)
+    add_images(copy, val["rocket"][:1])
+    os.rename(index_copy, tmp_path / "old")
+    os.rename(copy, index_copy)  # what a restore or an rsync does: another directory, same index, newer version
+    assert reader.refresh() and reader.version == 2
+    assert reader.item(32)["label"] == "rocket" and reader.search(reader.vectors([32]), 1)[1][0][0] == 32
+
+
+def test_a_build_never_replaces_what_is_not_an_index(tmp_path, fixture_data, model):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"keep me")
+    os.symlink(photos, tmp_path / "link")
+    for out in (photos, tmp_path / "link"):
+        with pytest.raises(SimengineError, match="not an index"):
+            build_index(scan_split(fixture_data, "val"), model, out)
+    assert (photos / "a.jpg").read_bytes() == b"keep me"
