@@ -25,13 +25,19 @@ def unit_rows(n: int, tag: str, dim: int, seed: int) -> tuple[np.ndarray, list[d
     return vectors, rows
 
 
+def commit_rows(index: Path, n: int, tag: str, seed: int, dim: int = 256) -> list[int]:
+    """Add n synthetic items as one version; returns their ids."""
+    vectors, rows = unit_rows(n, tag, dim, seed)
+    with IndexWriter(index, timeout_s=120) as writer:
+        ids = writer.add(vectors, rows)
+        writer.commit(f"add {n}")
+    return ids
+
+
 def write(index: Path, tag: str, batches: int, size: int, seed: int = 0) -> None:
     dim = Index(index).manifest["dim"]
     for batch in range(batches):
-        vectors, rows = unit_rows(size, tag, dim, seed * 100_000 + batch)
-        with IndexWriter(index, timeout_s=120) as writer:
-            ids = writer.add(vectors, rows)
-            writer.commit(f"add {size}")
+        ids = commit_rows(index, size, tag, seed * 100_000 + batch, dim)
         print("committed", " ".join(map(str, ids)), flush=True)
 
 

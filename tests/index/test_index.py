@@ -17,7 +17,7 @@ from simengine.index.store import IndexDir, resolve_index_dir
 from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
 from simengine.index.verify import verify_index
 from simengine.index.writer import IndexWriter
-from store_workers import unit_rows
+from store_workers import commit_rows
 
 
 def live_manifest(path: Path) -> Path:
@@ -99,11 +99,8 @@ def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(IndexDir, "point_current_at", crash)
-    vectors, rows = unit_rows(5, "x", 256, 0)
     with pytest.raises(OSError, match="disk full"):
-        with IndexWriter(index_copy) as w:
-            w.add(vectors, rows)
-            w.commit("add 5")
+        commit_rows(index_copy, 5, "x", 0)
     monkeypatch.setattr(IndexDir, "point_current_at", real)
     idx = Index(index_copy)
     assert idx.version == 1 and len(idx) == 32 and verify_index(index_copy) == []
@@ -122,11 +119,8 @@ def test_an_interrupt_after_current_moved_keeps_the_commit(index_copy, monkeypat
             raise KeyboardInterrupt
 
     monkeypatch.setattr(store_module, "fsync_dir", interrupted)
-    vectors, rows = unit_rows(5, "x", 256, 0)
     with pytest.raises(KeyboardInterrupt):
-        with IndexWriter(index_copy) as w:
-            w.add(vectors, rows)
-            w.commit("add 5")
+        commit_rows(index_copy, 5, "x", 0)
     monkeypatch.setattr(store_module, "fsync_dir", real)
     idx = Index(index_copy)
     assert idx.version == 2 and len(idx) == 37 and verify_index(index_copy) == []
@@ -153,10 +147,7 @@ def test_small_segments_merge_geometrically_never_into_the_base(index_copy, monk
     monkeypatch.setattr(faiss_factory, "build", lambda vectors, *a, **k: written.append(len(vectors)) or real_build(vectors, *a, **k))
     adds = 48
     for n in range(adds):
-        vectors, rows = unit_rows(3, f"batch{n}", 256, n)
-        with IndexWriter(index_copy) as w:
-            w.add(vectors, rows)
-            w.commit("add 3")
+        commit_rows(index_copy, 3, f"batch{n}", n)
     idx = Index(index_copy)
     sizes = [s["vectors"] for s in idx.manifest["segments"]]
     assert sizes[0] == 32 and len(sizes) <= 2 + math.log2(adds) and sum(sizes) == 32 + 3 * adds
