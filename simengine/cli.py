@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +25,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            _quiet_after_broken_pipe()
         except Exception as exc:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -31,6 +35,13 @@ class _Group(click.Group):
             prefix = "error" if isinstance(exc, SimengineError) else f"error ({type(exc).__name__})"
             click.echo(f"{prefix}: {exc}", err=True)
             sys.exit(1)
+
+
+def _quiet_after_broken_pipe() -> None:
+    """The reader of our output went away (`| head`): stop quietly, as Unix tools do (SIGPIPE's exit status), and
+    keep Python from complaining again when it flushes stdout at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:

@@ -99,3 +99,37 @@ def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):
     assert sum(int(line.rsplit(",", 1)[1]) for line in lines[1:]) == 10
     code, text = run("data", "sample", "triplets", "--data", tmp_path / "nowhere", "--out", out)
     assert code == 1 and "dataset not found" in text
+
+
+def test_a_closed_pipe_ends_quietly(built_index):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("simengine")
+    proc = subprocess.Popen([str(exe), "index", "info", "--index", str(built_index)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=os.environ.copy())
+    proc.stdout.close()  # the reader is gone before the first line is written, like `| head -0`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and stderr == ""
+
+
+def test_ids_beyond_int64_are_reported_rows_not_crashes(built_index, val, tmp_path):
+    huge = "id:99999999999999999999999"
+    code, out = run("query", "--index", built_index, huge, val["coffee"][0])
+    assert code == 1 and out.strip() == f"error: {huge}: no such item (ids are below 2**63)"
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(f"{huge},id:0,1\nid:9223372036854775807,id:0,0\nid:0,id:1,1\n")
+    code, out = run("query", "--index", built_index, "--json", "--pairs", csv)
+    data = json.loads(out)
+    assert code == 0 and [r["line"] for r in data["rows"]] == [3]
+    assert data["errors"] == [f"{csv}:1: {huge}: no such item (ids are below 2**63)",
+                              f"{csv}:2: no item with id 9223372036854775807 in {built_index}"]
+
+
+def test_a_csv_that_is_not_utf8_names_the_file(built_index, tmp_path):
+    csv = tmp_path / "latin1.csv"
+    csv.write_bytes("caf\xe9.jpg,b.jpg,1\n".encode("latin-1"))
+    code, out = run("query", "--index", built_index, "--pairs", csv)
+    assert code == 1 and out.strip() == f"error: {csv}: not UTF-8 text (byte 3 of the file)"

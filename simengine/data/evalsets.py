@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -143,10 +144,11 @@ def write_csv(path: str | os.PathLike, samples: Sequence[Sample], paths: Sequenc
 
 @dataclass(frozen=True)
 class CsvRow:
-    """One row of a pairs/triplets CSV: absolute image paths and the label if given."""
+    """One row of a pairs/triplets CSV: image paths (relative ones resolved against the CSV's folder) or `id:N`
+    references to indexed items, and the label if given."""
 
     line: int
-    images: tuple[Path, ...]
+    images: tuple[Path | str, ...]
     label: int | None
 
 
@@ -157,21 +159,24 @@ def read_csv(path: str | os.PathLike, width: int) -> tuple[list[CsvRow], list[st
         raise SimengineError(f"{path}: no such CSV file")
     base = path.parent
     rows, bad = [], []
-    with open(path, newline="") as fh:
-        for line_no, fields in enumerate(csv.reader(fh), start=1):
-            fields = [f.strip() for f in fields]
-            if not fields or not any(fields):
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM, as spreadsheets write it, is dropped
+    except UnicodeDecodeError as exc:
+        raise SimengineError(f"{path}: not UTF-8 text (byte {exc.start} of the file)") from None
+    for line_no, fields in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        fields = [f.strip() for f in fields]
+        if not fields or not any(fields):
+            continue
+        if line_no == 1 and fields[0].lower() == "img1":
+            continue
+        if len(fields) not in (width, width + 1):
+            bad.append(f"{path}:{line_no}: expected {width} image paths and an optional label, got {len(fields)} fields")
+            continue
+        label = None
+        if len(fields) == width + 1:
+            if fields[-1] not in ("0", "1"):
+                bad.append(f"{path}:{line_no}: label must be 0 or 1, got {fields[-1]!r}")
                 continue
-            if line_no == 1 and fields[0].lower() == "img1":
-                continue
-            if len(fields) not in (width, width + 1):
-                bad.append(f"{path}:{line_no}: expected {width} image paths and an optional label, got {len(fields)} fields")
-                continue
-            label = None
-            if len(fields) == width + 1:
-                if fields[-1] not in ("0", "1"):
-                    bad.append(f"{path}:{line_no}: label must be 0 or 1, got {fields[-1]!r}")
-                    continue
-                label = int(fields[-1])
-            rows.append(CsvRow(line_no, tuple(base / f for f in fields[:width]), label))
+            label = int(fields[-1])
+        rows.append(CsvRow(line_no, tuple(f if f.startswith("id:") else base / f for f in fields[:width]), label))
     return rows, bad

@@ -63,8 +63,8 @@ def _rows(cursor: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
 
 
 def get(conn: sqlite3.Connection, version: int, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Rows of the live items among `ids` at `version`."""
-    ids = [int(i) for i in ids]
+    """Rows of the live items among `ids` at `version` (ids outside int64, which no item has, are simply absent)."""
+    ids = [int(i) for i in ids if 0 <= int(i) < 2**63]
     out: dict[int, dict[str, Any]] = {}
     where, args = _live(version)
     for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit

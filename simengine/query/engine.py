@@ -19,7 +19,7 @@ from simengine.evaluation.metrics import classification_report
 from simengine.index.reader import Index
 from simengine.index.store import require_model, resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
-from simengine.query.refs import ID_PREFIX
+from simengine.query.refs import ID_PREFIX, parse_id
 from simengine.query.results import BatchResult, Neighbour, NeighboursResult, PairResult, TripletResult
 
 
@@ -87,11 +87,11 @@ class Engine:
         by_id = [r for r in unique if r.startswith(ID_PREFIX)]
         for ref in by_id:
             try:
-                item_id = int(ref[len(ID_PREFIX):])
+                item_id = parse_id(ref)
                 self.index.item(item_id)
                 vectors[ref] = self.index.vectors([item_id])[0]
-            except (ValueError, SimengineError) as exc:
-                errors[ref] = f"{ref}: {exc}" if isinstance(exc, ValueError) else str(exc)
+            except SimengineError as exc:
+                errors[ref] = str(exc)
         files = [r for r in unique if not r.startswith(ID_PREFIX)]
         if files:
             result = self.model.embed_paths(files)

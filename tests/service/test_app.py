@@ -76,6 +76,14 @@ def test_health_info_and_items(server, built_index):
     assert image.status_code == 200 and image.content == Path(item["path"]).read_bytes()
 
 
+def test_ids_beyond_int64_are_not_found(server):
+    for item_id in ("99999999999999999999999", "9223372036854775807"):
+        response = httpx.get(f"{server}/v1/items/{item_id}")
+        assert response.status_code == 404 and response.json()["error"]["message"] == f"no item with id {item_id}"
+    response = httpx.post(f"{server}/v1/search", data={"id": "99999999999999999999999"})
+    assert response.status_code == 404, response.text
+
+
 def test_pair_triplet_search_match_the_cli_json(server, val):
     pair = httpx.post(f"{server}/v1/pair", files=upload(val["coffee"][0], val["coffee"][1])).json()
     assert pair["same"] is True and pair["a"] == f"upload:{val['coffee'][0].name}"
