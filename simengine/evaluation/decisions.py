@@ -33,19 +33,40 @@ class Fusion:
 
 
 def fit_fusion(cosine: np.ndarray, logit: np.ndarray, labels: np.ndarray, l2: float = 1e-3, iters: int = 50) -> Fusion:
-    """Newton's method (IRLS) for a 3-parameter logistic regression, lightly L2-regularised."""
+    """Logistic regression on (cosine, pair-head logit) with both weights kept >= 0, lightly L2-regularised.
+
+    Non-negative weights make the fused score monotonic: a pair that is more similar by either signal is never
+    less likely the same. (Unconstrained, the two correlated signals fit a negative cosine weight, and a fish then
+    "matched" a uniform green image.) The problem is convex, so its optimum is the unconstrained optimum of one face
+    of the constraints: fit each subset of the two weights, keep the feasible fit with the lowest loss.
+    """
     x = np.column_stack([np.ones_like(cosine), cosine, logit]).astype(np.float64)
     y = np.asarray(labels, np.float64)
-    w = np.zeros(3)
+    best, best_loss = np.zeros(3), np.inf
+    for free in ([0, 1, 2], [0, 2], [0, 1], [0]):
+        w = np.zeros(3)
+        w[free] = _logistic_irls(x[:, free], y, l2, iters)
+        if (w[1:] < 0).any():
+            continue
+        p = np.clip(sigmoid(x @ w), 1e-12, 1 - 1e-12)
+        loss = -np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)) + 0.5 * l2 * w @ w
+        if loss < best_loss:
+            best, best_loss = w, loss
+    return Fusion(*map(float, best))
+
+
+def _logistic_irls(x: np.ndarray, y: np.ndarray, l2: float, iters: int) -> np.ndarray:
+    """Newton's method (IRLS) for an L2-regularised logistic regression."""
+    w = np.zeros(x.shape[1])
     for _ in range(iters):
         p = sigmoid(x @ w)
         grad = x.T @ (p - y) + l2 * w
-        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(3)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return Fusion(*map(float, w))
+    return w
 
 
 def pair_scores(mode: str, cosine: np.ndarray, logit: np.ndarray, fusion: Fusion | None) -> np.ndarray:
