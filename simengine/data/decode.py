@@ -6,6 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from simengine.errors import ImageLoadError
@@ -46,14 +47,30 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Flatten alpha onto white and convert any mode (L, P, CMYK, I;16, ...) to RGB."""
+    """Any mode Pillow opens, as 8-bit RGB: alpha flattened onto white, high bit depths scaled (Pillow's own convert
+    clips them: a 16-bit photo came out white); the rest (CMYK, LAB, YCbCr, palettes, ...) by Pillow's convert."""
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return _grey_to_8bit(img).convert("RGB")
     return img.convert("RGB")
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit greys scaled from 0..65535. 32-bit integer and float greys carry no range, so it is read from their
+    values: up to 1.0 (floats) is 0..1, up to 255 is 8-bit, up to 65535 is 16-bit, beyond that the maximum."""
+    values = np.asarray(img, dtype=np.float64)
+    values = np.where(np.isfinite(values), values, 0.0)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        peak = float(values.max(initial=0.0))
+        top = 1.0 if img.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int | None, int | None]:

@@ -109,3 +109,64 @@ def test_draft_decodes_large_jpeg_smaller_but_not_below_target(tmp_path):
     photo("astronaut").resize((2048, 2048)).save(path, quality=90)
     out = images.load_rgb(path, draft_size=(256, 256))
     assert 256 <= min(out.size) < 2048
+
+
+def _png16(path, rgb16: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB or RGBA PNG, written by hand (Pillow writes 8-bit colour PNGs only)."""
+    import struct
+    import zlib
+
+    height, width, channels = rgb16.shape
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(  # noqa: E731
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if channels == 3 else 6, 0, 0, 0)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _same_picture(tmp_path, case: str) -> tuple:
+    """(a file in an unusual mode, the 8-bit RGB reference of the same picture, tolerated mean difference)."""
+    from PIL import ImageCms
+
+    reference = photo("coffee").resize((96, 64))
+    grey = reference.convert("L")
+    g = np.asarray(grey)
+    path = tmp_path / f"{case}.{'jpg' if case == 'CMYK' else 'png' if case in ('I;16', 'RGB16', 'RGBA16', 'P+transparency') else 'tif'}"
+    if case == "I;16":
+        Image.fromarray(g.astype(np.uint16) * 257).save(path)
+        return path, grey.convert("RGB"), 0.5
+    if case in ("I 16-bit range", "I 8-bit range"):
+        Image.fromarray(g.astype(np.int32) * (257 if "16" in case else 1)).save(path)
+        return path, grey.convert("RGB"), 0.5
+    if case == "F":
+        Image.fromarray(g.astype(np.float32) / 255).save(path)
+        return path, grey.convert("RGB"), 0.5
+    if case in ("RGB16", "RGBA16"):
+        rgb = np.asarray(reference).astype(np.uint16) * 257
+        if case == "RGBA16":
+            rgb = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 65535, np.uint16)], axis=2)
+        _png16(path, rgb)
+        return path, reference, 0.5
+    if case == "LAB":
+        to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+        ImageCms.applyTransform(reference, to_lab).save(path)
+        return path, reference, 3.0
+    if case == "CMYK":
+        reference.convert("CMYK").save(path, quality=95)
+        return path, reference, 4.0
+    if case == "P+transparency":
+        palette = reference.convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
+        palette.info["transparency"] = 255  # an unused index: nothing becomes transparent
+        palette.save(path, transparency=255)
+        return path, palette.convert("RGB"), 0.5
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["I;16", "I 16-bit range", "I 8-bit range", "F", "RGB16", "RGBA16", "LAB", "CMYK",
+                                  "P+transparency"])
+def test_every_mode_decodes_to_the_same_picture(tmp_path, case):
+    path, reference, tolerance = _same_picture(tmp_path, case)
+    out = images.load_rgb(path)
+    diff = np.abs(np.asarray(out, np.float32) - np.asarray(reference, np.float32))
+    assert out.mode == "RGB" and out.size == reference.size
+    assert diff.mean() <= tolerance, f"{case}: mean difference {diff.mean():.2f} levels"
