@@ -133,3 +133,22 @@ def test_a_csv_that_is_not_utf8_names_the_file(built_index, tmp_path):
     csv.write_bytes("caf\xe9.jpg,b.jpg,1\n".encode("latin-1"))
     code, out = run("query", "--index", built_index, "--pairs", csv)
     assert code == 1 and out.strip() == f"error: {csv}: not UTF-8 text (byte 3 of the file)"
+
+
+def test_index_add_reports_each_bad_file_once_with_its_path(index_copy, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really")
+    os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
+    bad = [broken, tmp_path / "absent.jpg", tmp_path / "loop.jpg", tmp_path]
+    exe = Path(sys.executable).with_name("simengine")
+    result = subprocess.run([str(exe), "index", "add", "--index", str(index_copy), *map(str, bad)],
+                            capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    failures = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failures) == 4 and all(sum(f"failed: {p}:" in line for line in failures) == 1 for p in bad)
+    assert sum(str(broken) in line for line in result.stderr.splitlines()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -12,13 +13,24 @@ from PIL import Image, ImageOps
 from simengine.errors import ImageLoadError
 
 
+def not_a_file_reason(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be opened as an image file (no such file, a directory, a symlink loop, ...), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:  # a symlink loop, a name too long, a permission on a parent folder
+        return (exc.strerror or str(exc)).lower()
+    if stat.S_ISDIR(mode):
+        return "a directory, not an image file"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
 def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image as RGB, EXIF orientation applied; raise ImageLoadError with the reason."""
     path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: not a regular file")
+    if reason := not_a_file_reason(path):
+        raise ImageLoadError(f"{path}: {reason}")
     try:
         with warnings.catch_warnings():
             # Pillow raises past twice Image.MAX_IMAGE_PIXELS and only warns between 1x and 2x: refuse both.

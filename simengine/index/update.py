@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from simengine.data.decode import not_a_file_reason
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
@@ -44,8 +45,7 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     items = []
     for p in paths:
         path = Path(p)
-        if not path.is_file():
-            why = "a directory, not an image file" if path.is_dir() else "no such file"
+        if why := not_a_file_reason(path):
             report.failed.append((str(path), f"{path}: {why}"))
             continue
         item = Item.from_file(path, label, split)

@@ -38,7 +38,7 @@ def create_empty(folder: Path, model) -> None:
     folder.mkdir(parents=True)
     for sub in (MANIFESTS, SEGMENTS):
         (folder / sub).mkdir()
-    shutil.copytree(model.path, folder / MODEL)
+    _copy_bundle(model.path, folder / MODEL)
     conn = items_db.connect(folder, create=True)
     try:
         items_db.create(conn)
@@ -54,6 +54,15 @@ def create_empty(folder: Path, model) -> None:
         "counts": {"items": 0, "removed": 0, "vectors": 0}, "build": {},
     })
     store.point_current_at(0)
+
+
+def _copy_bundle(source: Path, target: Path) -> None:
+    """copytree, whose failures (a full disk, say) come as one list of every file's error: report the first, once."""
+    try:
+        shutil.copytree(source, target)
+    except shutil.Error as exc:
+        _, _, why = exc.args[0][0]
+        raise SimengineError(f"cannot copy the model bundle into {target}: {why}") from None
 
 
 def _model_identity(model) -> dict[str, Any]:
@@ -164,7 +173,7 @@ class IndexWriter:
             shutil.rmtree(target)  # a bundle left damaged (an interrupted gc, say)
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}{TMP_SUFFIX}")
         self._written.append(staging)
-        shutil.copytree(model.path, staging)
+        _copy_bundle(model.path, staging)
         os.rename(staging, target)
         self._written.append(target)
 

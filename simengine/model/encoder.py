@@ -112,7 +112,7 @@ class Encoder:
                 pending = self._submit(pool, paths, start + batch_size, batch_size)
                 good = [(i, x) for i, x in batch if isinstance(x, np.ndarray)]
                 for i, reason in ((i, x) for i, x in batch if not isinstance(x, np.ndarray)):
-                    log.warning("skipped %s", reason)
+                    log.debug("skipped %s", reason)  # returned to the caller, who reports it once
                     failed.append((i, str(paths[i]), reason))
                 if good:
                     vectors.append(self.forward(np.stack([x for _, x in good]), flip=flip))

@@ -46,11 +46,16 @@ def test_text_file_is_not_an_image(tmp_path):
         images.load_rgb(path)
 
 
-def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(ImageLoadError, match="no such file"):
-        images.load_rgb(tmp_path / "absent.jpg")
-    with pytest.raises(ImageLoadError, match="not a regular file"):
-        images.load_rgb(tmp_path)
+def test_missing_file_directory_fifo_and_symlink_loop(tmp_path):
+    import os
+
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    os.mkfifo(tmp_path / "fifo")
+    for name, reason in [("absent.jpg", "no such file"), (".", "a directory, not an image file"),
+                         ("loop", "too many levels of symbolic links"), ("fifo", "not a regular file")]:
+        with pytest.raises(ImageLoadError) as caught:
+            images.load_rgb(tmp_path / name)
+        assert str(caught.value) == f"{tmp_path / name}: {reason}"
 
 
 def test_unreadable_file(tmp_path, jpeg_bytes, monkeypatch):

@@ -350,3 +350,15 @@ def test_a_build_never_replaces_what_is_not_an_index(tmp_path, fixture_data, mod
         with pytest.raises(SimengineError, match="not an index"):
             build_index(scan_split(fixture_data, "val"), model, out)
     assert (photos / "a.jpg").read_bytes() == b"keep me"
+
+
+def test_a_full_disk_during_a_build_is_one_clear_error(tmp_path, fixture_data, model, monkeypatch):
+    import errno
+
+    def no_space(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", no_space)  # what copytree's copy2 calls
+    with pytest.raises(SimengineError, match=r"cannot copy the model bundle into .*No space left on device"):
+        build_index(scan_split(fixture_data, "val"), model, tmp_path / "idx")
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
