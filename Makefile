@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= $(firstword $(SIMENGINE_DATA) $(wildcard ../shared/data/imagenette2-160) data/imagenette2-160)
 VAL := $(DATA)/val
 
-.PHONY: install demo test bench bench-ablation clean-index
+.PHONY: install demo test fuzz bench bench-ablation clean-index
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fuzz tests with Hypothesis's long profile (5000 cases each); prints how many cases were tried.
+fuzz: install
+	$(BIN)/python -m pytest -q -m fuzz --hypothesis-profile=fuzz --hypothesis-show-statistics tests
 
 # The standard benchmark set; needs the index that `make demo` builds. Results land in benchmarks/results/.
 bench: install

@@ -11,6 +11,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures import make_dataset  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Fuzz tests: a bounded number of cases in `make test`, many in `make fuzz` (--hypothesis-profile=fuzz); at most
+# 5 s per case (a bound on time, like the RSS bound in test_preprocess).
+_FUZZ = dict(deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("default", max_examples=60, **_FUZZ)
+settings.register_profile("fuzz", max_examples=5000, **_FUZZ)
+settings.load_profile("default")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette2-160"
 
