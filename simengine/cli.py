@@ -404,16 +404,18 @@ def search(image, k, as_json, index_dir):
               "anyone who reaches the port can query the index and download indexed images.")
 @click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule.")
 @click.option("--max-upload-mb", type=float, default=10, show_default=True, help="Largest accepted upload per image.")
-@click.option("--max-pixels", type=int, default=40_000_000, show_default=True, help="Largest accepted image, in pixels.")
+@click.option("--max-pixels", type=int, default=None,
+              help="Largest accepted image, in pixels (default: 40,000,000, the limit of every command).")
 @click.option("--timeout", type=float, default=30, show_default=True, help="Seconds before a request gets 504.")
 @click.option("--max-pending", type=int, default=8, show_default=True, help="Requests in progress before new ones get 503.")
 def serve(index_dir, host, port, allow_remote, mode, max_upload_mb, max_pixels, timeout, max_pending):
     """Serve the index over HTTP: JSON API under /v1 (OpenAPI at /docs) and a web page at /."""
+    from simengine.data.decode import MAX_PIXELS
     from simengine.service.app import serve as run
 
     click.echo(f"serving on http://{host}:{port}/ (API docs at /docs)", err=True)
     run(index_dir, host, port, allow_remote, mode=mode, max_upload_bytes=int(max_upload_mb * 2**20),
-        max_pixels=max_pixels, timeout_s=timeout, max_pending=max_pending)
+        max_pixels=max_pixels or MAX_PIXELS, timeout_s=timeout, max_pending=max_pending)
 
 
 def _print_pair(r, as_json):

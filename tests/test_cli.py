@@ -152,3 +152,12 @@ def test_index_add_reports_each_bad_file_once_with_its_path(index_copy, tmp_path
     failures = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
     assert len(failures) == 4 and all(sum(f"failed: {p}:" in line for line in failures) == 1 for p in bad)
     assert sum(str(broken) in line for line in result.stderr.splitlines()) == 1
+
+
+def test_the_cli_and_the_service_share_the_pixel_limit(built_index, val, tmp_path):
+    from PIL import Image
+
+    huge = tmp_path / "huge.png"
+    Image.new("1", (7000, 7000)).save(huge, optimize=True)
+    code, out = run("query", "--index", built_index, huge, val["coffee"][0])
+    assert code == 1 and out.strip().endswith("image too large to decode safely (7000x7000 px, more than 40,000,000)")

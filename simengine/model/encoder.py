@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from simengine.errors import ImageLoadError, SimengineError
-from simengine.data.decode import load_rgb
+from simengine.data.decode import MAX_PIXELS, load_rgb
 from simengine.model.preprocess import Preprocess
 from simengine.model.runtimes import OnnxRuntime, Runtime, TorchRuntime, onnxruntime_version
 
@@ -37,6 +37,7 @@ class Encoder:
     def __init__(self, identity: dict[str, Any], runtime: Runtime, dim: int, torch_model=None):
         self.identity, self.runtime, self.dim, self.torch_model = identity, runtime, dim, torch_model
         self.preprocess = Preprocess(identity["data_config"])
+        self.max_pixels = MAX_PIXELS  # images larger than this are refused (ImageLoadError)
 
     @classmethod
     def load(
@@ -81,7 +82,7 @@ class Encoder:
     def load_image(self, path: str | os.PathLike) -> np.ndarray:
         """Decode and preprocess one file to a CHW float32 array (raises ImageLoadError)."""
         side = self.preprocess.resize_side
-        return self.preprocess(load_rgb(path, draft_size=(side, side)))
+        return self.preprocess(load_rgb(path, draft_size=(side, side), max_pixels=self.max_pixels))
 
     def forward(self, batch: np.ndarray, flip: bool = False) -> np.ndarray:
         """Features of a preprocessed NCHW batch; with flip, the mean over the image and its mirror."""

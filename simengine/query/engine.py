@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from simengine.data.decode import MAX_PIXELS
 from simengine.data.evalsets import read_csv
 from simengine.data.imagenette import class_name
 from simengine.errors import ImageLoadError, SimengineError
@@ -27,16 +28,20 @@ class Engine:
     """Answers the three questions from an index and the model that embedded it, held side by side. Before each
     question the index moves to the newest committed version (a file read when nothing changed)."""
 
-    def __init__(self, index: Index, model: Model, mode: str | None = None, runtime: str = "auto"):
+    def __init__(self, index: Index, model: Model, mode: str | None = None, runtime: str = "auto",
+                 max_pixels: int = MAX_PIXELS):
         require_model(index.manifest, model, index.path)
         self.index, self.model = index, model
-        self._requested_mode, self._runtime = mode, runtime
+        self._requested_mode, self._runtime, self.max_pixels = mode, runtime, max_pixels
+        model.encoder.max_pixels = max_pixels
         self._check_mode()
 
     @classmethod
-    def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto") -> "Engine":
+    def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto",
+             max_pixels: int = MAX_PIXELS) -> "Engine":
+        """The engine of an index (by default indexes/default); images over `max_pixels` are refused."""
         index = Index(resolve_index_dir(index_dir))
-        return cls(index, load_bundle(index.model_dir, runtime), mode, runtime)
+        return cls(index, load_bundle(index.model_dir, runtime), mode, runtime, max_pixels)
 
     @property
     def calibration(self) -> Calibration:
@@ -56,6 +61,7 @@ class Engine:
         changed = self.index.refresh()
         if self.index.manifest["model"]["hash"] != self.model.hash:  # checked every time: a failed load is retried
             self.model = load_bundle(self.index.model_dir, self._runtime)
+            self.model.encoder.max_pixels = self.max_pixels
         self._check_mode()
         return changed
 

@@ -15,16 +15,15 @@ from typing import Any, Callable
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from simengine.data.decode import MAX_PIXELS
 from simengine.errors import ImageLoadError, SimengineError
 from simengine.query.engine import Engine
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 10 * 2**20
-MAX_PIXELS = 40_000_000
 TIMEOUT_S = 30.0
 MAX_PENDING = 8
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -63,8 +62,7 @@ def create_app(
     max_pixels: int = MAX_PIXELS, timeout_s: float = TIMEOUT_S, max_pending: int = MAX_PENDING,
 ) -> FastAPI:
     """The HTTP app over one index; the model and index are loaded once, here."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    worker = EngineWorker(lambda: Engine.open(index_dir, mode), max_pending, timeout_s)
+    worker = EngineWorker(lambda: Engine.open(index_dir, mode, max_pixels=max_pixels), max_pending, timeout_s)
     app = FastAPI(title="simengine", version="1", description="Image similarity: pair, triplet and neighbour queries.")
     app.state.worker = worker
 

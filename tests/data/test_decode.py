@@ -175,3 +175,12 @@ def test_every_mode_decodes_to_the_same_picture(tmp_path, case):
     diff = np.abs(np.asarray(out, np.float32) - np.asarray(reference, np.float32))
     assert out.mode == "RGB" and out.size == reference.size
     assert diff.mean() <= tolerance, f"{case}: mean difference {diff.mean():.2f} levels"
+
+
+def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (7000, 7000)).save(path, optimize=True)  # 49 MP in 6 kB
+    assert path.stat().st_size < 20_000 and 7000 * 7000 > images.MAX_PIXELS
+    with pytest.raises(ImageLoadError, match=r"too large to decode safely \(7000x7000 px, more than 40,000,000\)"):
+        images.load_rgb(path)
+    assert images.load_rgb(path, max_pixels=50_000_000).size == (7000, 7000)

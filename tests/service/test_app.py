@@ -76,6 +76,14 @@ def test_health_info_and_items(server, built_index):
     assert image.status_code == 200 and image.content == Path(item["path"]).read_bytes()
 
 
+def test_images_over_the_pixel_limit_are_refused(server, val, tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (7000, 7000)).save(huge, optimize=True)  # 6 kB, under the upload limit
+    response = httpx.post(f"{server}/v1/pair", files=upload(huge, val["coffee"][0]))
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].endswith("image too large to decode safely (7000x7000 px, more than 40,000,000)")
+
+
 def test_ids_beyond_int64_are_not_found(server):
     for item_id in ("99999999999999999999999", "9223372036854775807"):
         response = httpx.get(f"{server}/v1/items/{item_id}")
