@@ -33,8 +33,13 @@ class _Group(click.Group):
             from simengine.errors import SimengineError
 
             prefix = "error" if isinstance(exc, SimengineError) else f"error ({type(exc).__name__})"
-            click.echo(f"{prefix}: {exc}", err=True)
+            click.echo(f"{prefix}: {one_line(str(exc))}", err=True)
             sys.exit(1)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped, so that a hostile file name cannot break a message into lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _quiet_after_broken_pipe() -> None:
@@ -207,7 +212,7 @@ def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_f
     if model_dir is None:
         _print_val_metrics(bundle)
     for _, reason in report.failed:
-        click.echo(f"skipped: {reason}", err=True)
+        click.echo(f"skipped: {one_line(reason)}", err=True)
     click.echo(f"index {path}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
                f"{len(report.failed)} failed")
 
@@ -233,9 +238,10 @@ def index_add(ctx, paths, label, as_json, index_dir, wait_s):
         _echo_json(report.to_dict())
     else:
         for path, existing in report.duplicates:
-            click.echo(f"duplicate skipped: {path}" + (f" (same as id {existing})" if existing >= 0 else ""), err=True)
+            click.echo(f"duplicate skipped: {one_line(path)}" + (f" (same as id {existing})" if existing >= 0 else ""),
+                       err=True)
         for path, reason in report.failed:
-            click.echo(f"failed: {reason}", err=True)
+            click.echo(f"failed: {one_line(reason)}", err=True)
         click.echo(f"added {len(report.added)}" + (f" (ids {report.added[0]}..{report.added[-1]})" if report.added else ""))
     if report.failed and not report.added:
         sys.exit(1)
@@ -461,7 +467,7 @@ def _print_batch(result, as_json):
         click.echo(f"line {row['line']}: prediction {row['prediction']}" +
                    ("" if row["label"] is None else f"  label {row['label']}"))
     for err in result.errors:
-        click.echo(f"skipped {err}", err=True)
+        click.echo(f"skipped {one_line(err)}", err=True)
     if result.report:
         rep = result.report
         click.echo(f"\n{result.kind}: accuracy {rep['accuracy']:.4f} on {rep['n']} labelled rows")

@@ -2,6 +2,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simengine.cli import cli
 
@@ -161,3 +163,36 @@ def test_the_cli_and_the_service_share_the_pixel_limit(built_index, val, tmp_pat
     Image.new("1", (7000, 7000)).save(huge, optimize=True)
     code, out = run("query", "--index", built_index, huge, val["coffee"][0])
     assert code == 1 and out.strip().endswith("image too large to decode safely (7000x7000 px, more than 40,000,000)")
+
+
+QUERY_OPTIONS = st.lists(st.sampled_from([["--json"], ["--k", "3"], ["--k", "0"], ["--k", "-2"], ["--k", "x"],
+                                          ["--mode", "fused"], ["--mode", "nope"], ["--pairs", "<junk>"]]), max_size=2)
+QUERY_REFS = st.one_of(st.sampled_from(["<coffee>", "<rocket>", "<junk>", "<tmp>", "<missing>", "id:0", "id:31",
+                                        "id:32", "id:-1", "id:", "id:99999999999999999999999", "id:1e3", "", "-"]),
+                       st.text(max_size=12).map(lambda s: s.replace("\x00", "")))
+
+
+@pytest.mark.fuzz
+@settings(max_examples=max(10, settings.default.max_examples // 3))
+@given(images=st.lists(QUERY_REFS, max_size=4), extra=QUERY_OPTIONS)
+def test_any_query_arguments_end_in_an_answer_or_one_clear_line(built_index, val, tmp_path_factory, images, extra):
+    """Fuzzed `simengine query` command lines: image paths, missing and odd paths, id references in and out of
+    range, --k values, CSV options. Every run ends with exit 0, or 1 with one `error: ...` line from simengine (never
+    an unexpected exception type), or 2 for click's own usage errors."""
+    tmp = tmp_path_factory.getbasetemp() / "cli-fuzz"
+    tmp.mkdir(exist_ok=True)
+    junk = tmp / "junk.jpg"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    names = {"<coffee>": val["coffee"][0], "<rocket>": val["rocket"][1], "<junk>": junk, "<tmp>": tmp,
+             "<missing>": tmp / "missing.jpg"}
+    args = [names.get(a, a) for option in extra for a in option] + ["--"] + [names.get(r, r) for r in images]
+    code, out = run("query", "--index", built_index, *args)
+    assert code in (0, 1, 2), out
+    if code == 1:
+        lines = out.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), out
+
+
+def test_a_file_name_with_line_breaks_stays_on_one_error_line(built_index, tmp_path):
+    code, out = run("query", "--index", built_index, str(tmp_path / "a\nb\r.jpg"), str(tmp_path / "c.jpg"))
+    assert code == 1 and out.strip() == f"error: {tmp_path}/a\\nb\\r.jpg: no such file"

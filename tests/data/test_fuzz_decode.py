@@ -25,7 +25,7 @@ FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 PREPROCESS = Preprocess({"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3,
                          "std": (0.5,) * 3, "crop_pct": 0.875})
 sizes = st.one_of(st.tuples(st.integers(1, 64), st.integers(1, 64)),
-                  st.tuples(st.integers(1, 3), st.integers(200, 3000)), st.tuples(st.integers(200, 3000), st.integers(1, 3)))
+                  st.tuples(st.integers(1, 3), st.integers(200, 40000)), st.tuples(st.integers(200, 40000), st.integers(1, 3)))
 
 
 @st.composite
@@ -86,3 +86,20 @@ def test_any_csv_gives_rows_and_messages_or_one_error(text, width, tmp_path_fact
         return
     assert all(len(r.images) == width and r.label in (None, 0, 1) for r in rows)
     assert all(message.startswith(f"{path}:") for message in bad)
+
+
+def test_the_image_fuzz_stays_within_a_memory_bound(tmp_path):
+    """The image fuzz again, in a child process whose address space is capped: any case that needs more memory
+    (as a 1 x 40000 strip once did, 11 GB) fails there with MemoryError."""
+    import os
+    import subprocess
+    import sys
+
+    cap = 3 * 2**30
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))\n"
+            "import pytest\n"
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--basetemp', {str(tmp_path / 'run')!r}, "
+            f"{__file__ + '::test_any_image_file_decodes_or_is_refused_clearly'!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            cwd=os.path.dirname(os.path.dirname(__file__)), env=os.environ.copy())
+    assert result.returncode == 0, result.stdout[-3000:]
