@@ -42,9 +42,10 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None,
             # Pillow raises past twice Image.MAX_IMAGE_PIXELS and only warns between 1x and 2x: refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels):
+                limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+                if img.width * img.height > limit:
                     raise ImageLoadError(f"{path}: image too large to decode safely ({img.width}x{img.height} px, "
-                                         f"more than {min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels):,})")
+                                         f"more than {limit:,})")
                 if draft_size is not None and img.format == "JPEG":
                     # JPEG DCT scaling: decode at 1/2, 1/4, 1/8 size when that still covers draft_size.
                     img.draft("RGB", draft_size)
