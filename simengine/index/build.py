@@ -90,18 +90,20 @@ def build_index(
     calibration = calibrate_index(rows, vectors, model, target_far, seed).to_dict()
     info = dict(build_info or {}, embed_and_build_seconds=round(time.time() - started, 1),
                 duplicates=len(report.duplicates), failed=len(report.failed))
-    if in_place:
-        with IndexWriter(out, timeout_s) as writer:
+
+    def commit_into(folder: Path) -> None:
+        with IndexWriter(folder, timeout_s) as writer:
             report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
             writer.commit("build")
+
+    if in_place:
+        commit_into(out)
         return out, report
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.building-{secrets.token_hex(3)}"
     try:
         create_empty(staging, model)
-        with IndexWriter(staging) as writer:
-            report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
-            writer.commit("build")
+        commit_into(staging)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ SCHEMA_VERSION = 2
 COLUMNS = ("id", "path", "label", "split", "sha256", "width", "height", "added_at")
 BUSY_TIMEOUT_MS = 30_000
 REMOVED_IDS = "SELECT id FROM items WHERE removed_version <= ?"
+MAX_ID = 2**63 - 1  # ids are SQLite integers and FAISS int64 labels
 
 
 def _live(version: int) -> tuple[str, list[int]]:
@@ -62,17 +63,20 @@ def _rows(cursor: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
     return [{k: row[k] for k in COLUMNS} for row in cursor]
 
 
+def _live_in(conn: sqlite3.Connection, version: int, select: str, column: str, values: list) -> Iterator[sqlite3.Row]:
+    """`SELECT select FROM items WHERE column IN values`, live at `version`, in chunks under SQLite's
+    bound-parameter limit."""
+    where, args = _live(version)
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        yield from conn.execute(f"SELECT {select} FROM items WHERE {column} IN ({marks}) AND {where}", chunk + args)
+
+
 def get(conn: sqlite3.Connection, version: int, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """Rows of the live items among `ids` at `version` (ids outside int64, which no item has, are simply absent)."""
-    ids = [int(i) for i in ids if 0 <= int(i) < 2**63]
-    out: dict[int, dict[str, Any]] = {}
-    where, args = _live(version)
-    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur = conn.execute(f"SELECT * FROM items WHERE id IN ({marks}) AND {where}", chunk + args)
-        out.update({row["id"]: row for row in _rows(cur)})
-    return out
+    ids = [int(i) for i in ids if 0 <= int(i) <= MAX_ID]
+    return {row["id"]: row for row in _rows(_live_in(conn, version, "*", "id", ids))}
 
 
 def live_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
@@ -88,15 +92,7 @@ def removed_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
 
 
 def live_ids_by_sha(conn: sqlite3.Connection, version: int, shas: Sequence[str]) -> dict[str, int]:
-    where, args = _live(version)
-    out: dict[str, int] = {}
-    shas = list(shas)
-    for start in range(0, len(shas), 500):
-        chunk = shas[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        cur = conn.execute(f"SELECT sha256, id FROM items WHERE sha256 IN ({marks}) AND {where}", chunk + args)
-        out.update({row["sha256"]: row["id"] for row in cur})
-    return out
+    return {row["sha256"]: row["id"] for row in _live_in(conn, version, "sha256, id", "sha256", list(shas))}
 
 
 def live_ids_by_path(conn: sqlite3.Connection, version: int, path: str) -> list[int]:

@@ -103,14 +103,14 @@ class Index:
         path = self.store.segment_path(record["file"])
         if not path.is_file():
             raise FileNotFoundError(path)
-        if path.stat().st_size != record["bytes"]:
-            raise IndexUnusableError(f"{path}: {path.stat().st_size} bytes, the manifest says {record['bytes']}; "
+        if (size := path.stat().st_size) != record["bytes"]:
+            raise IndexUnusableError(f"{path}: {size} bytes, the manifest says {record['bytes']}; "
                                      "run `simengine index verify`")
         try:
             segment = faiss.read_index(str(path))
         except RuntimeError:
             raise IndexUnusableError(f"{path}: corrupt FAISS file; run `simengine index verify`") from None
-        if (segment.ntotal != record["vectors"] or segment.d != dim):
+        if segment.ntotal != record["vectors"] or segment.d != dim:
             raise IndexUnusableError(f"{path}: {segment.ntotal} vectors of dim {segment.d}, the manifest says "
                                      f"{record['vectors']} of dim {dim}")
         return segment
@@ -147,8 +147,9 @@ class Index:
         out = np.zeros((len(ids), self.manifest["dim"]), np.float32)
         if len(ids) == 0:
             return out
-        if np.isin(ids, self._excluded).any():
-            raise SimengineError(f"item {ids[np.isin(ids, self._excluded)][0]} was removed from {self.path}")
+        removed = np.isin(ids, self._excluded)
+        if removed.any():
+            raise SimengineError(f"item {ids[removed][0]} was removed from {self.path}")
         where = np.array([bisect.bisect_right(self._id_starts, int(i)) - 1 for i in ids])
         for seg in set(where.tolist()):
             rows = np.flatnonzero(where == seg)

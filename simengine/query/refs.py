@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Sequence
 
 from simengine.errors import SimengineError
+from simengine.index.items_db import MAX_ID
 
 ID_PREFIX = "id:"
-MAX_ID = 2**63 - 1  # ids are SQLite integers and FAISS int64 labels
 
 
 def parse_id(ref: str) -> int:
