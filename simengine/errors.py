@@ -9,6 +9,10 @@ class ImageLoadError(SimengineError):
     """An image could not be read or decoded."""
 
 
+class UnsupportedImageError(ImageLoadError):
+    """The bytes are not an image in one of the formats accepted there (uploads to the service)."""
+
+
 class IndexUnusableError(SimengineError):
     """An index is missing, corrupt, or does not match its model."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -10,11 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from simengine.errors import ImageLoadError
+from simengine.errors import ImageLoadError, UnsupportedImageError
 
 # The largest image decoded (width x height), the same default in the CLI, the library and the service: a 40 MP
 # photo decodes to 120 MB of RGB. Pillow's own bomb limit (89 MP, errors beyond twice that) stays in force too.
 MAX_PIXELS = 40_000_000
+
+# What the HTTP service accepts and serves: the formats browsers and cameras produce. Pillow opens many more (EPS
+# even calls Ghostscript), which a server must not try on a stranger's bytes.
+WEB_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 
 
 def not_a_file_reason(path: str | os.PathLike) -> str | None:
@@ -30,21 +35,28 @@ def not_a_file_reason(path: str | os.PathLike) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
-def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None,
-             max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image as RGB, EXIF orientation applied; raise ImageLoadError with the reason (also for images of
-    more than `max_pixels`, checked from the header before any pixel is decoded)."""
-    path = Path(path)
-    if reason := not_a_file_reason(path):
-        raise ImageLoadError(f"{path}: {reason}")
+def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | None = None,
+             max_pixels: int = MAX_PIXELS, name: str | None = None,
+             formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Decode an image file, or the bytes of one (an upload, decoded from memory), as RGB with EXIF orientation
+    applied; raise ImageLoadError with the reason, prefixed by `name` (default: the path). Images of more than
+    `max_pixels` are refused from the header, before any pixel is decoded; with `formats`, only those Pillow
+    formats are tried (UnsupportedImageError otherwise)."""
+    if isinstance(source, bytes):
+        name, opened = name or "<bytes>", io.BytesIO(source)
+    else:
+        opened = Path(source)
+        name = name or str(opened)
+        if reason := not_a_file_reason(opened):
+            raise ImageLoadError(f"{name}: {reason}")
     try:
         with warnings.catch_warnings():
             # Pillow raises past twice Image.MAX_IMAGE_PIXELS and only warns between 1x and 2x: refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(opened, formats=formats) as img:
                 limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
                 if img.width * img.height > limit:
-                    raise ImageLoadError(f"{path}: image too large to decode safely ({img.width}x{img.height} px, "
+                    raise ImageLoadError(f"{name}: image too large to decode safely ({img.width}x{img.height} px, "
                                          f"more than {limit:,})")
                 if draft_size is not None and img.format == "JPEG":
                     # JPEG DCT scaling: decode at 1/2, 1/4, 1/8 size when that still covers draft_size.
@@ -55,13 +67,15 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None,
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{path}: image too large to decode safely ({exc})") from exc
+        raise ImageLoadError(f"{name}: image too large to decode safely ({exc})") from exc
     except PermissionError as exc:
-        raise ImageLoadError(f"{path}: unreadable ({exc.strerror})") from exc
+        raise ImageLoadError(f"{name}: unreadable ({exc.strerror})") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image") from exc
+        if formats is not None:
+            raise UnsupportedImageError(f"{name}: not an image in a supported format ({', '.join(formats)})") from exc
+        raise ImageLoadError(f"{name}: not an image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({exc})") from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -89,6 +103,16 @@ def _grey_to_8bit(img: Image.Image) -> Image.Image:
         peak = float(values.max(initial=0.0))
         top = 1.0 if img.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
     return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8))
+
+
+def image_format(path: str | os.PathLike, formats: tuple[str, ...] = WEB_FORMATS) -> str | None:
+    """The Pillow format name of an image file, read from its header (never from its name), when it is one of
+    `formats`; else None."""
+    try:
+        with Image.open(path, formats=formats) as img:
+            return img.format
+    except Exception:
+        return None
 
 
 def image_size(path: str | os.PathLike) -> tuple[int | None, int | None]:

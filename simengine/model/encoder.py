@@ -79,10 +79,13 @@ class Encoder:
     def name(self) -> str:
         return self.identity["backbone"]
 
-    def load_image(self, path: str | os.PathLike) -> np.ndarray:
-        """Decode and preprocess one file to a CHW float32 array (raises ImageLoadError)."""
+    def load_image(self, source: str | os.PathLike | bytes, name: str | None = None,
+                   formats: tuple[str, ...] | None = None) -> np.ndarray:
+        """Decode and preprocess one file, or the bytes of one, to a CHW float32 array (raises ImageLoadError; see
+        data.decode.load_rgb for `name` and `formats`)."""
         side = self.preprocess.resize_side
-        return self.preprocess(load_rgb(path, draft_size=(side, side), max_pixels=self.max_pixels))
+        return self.preprocess(load_rgb(source, draft_size=(side, side), max_pixels=self.max_pixels, name=name,
+                                        formats=formats))
 
     def forward(self, batch: np.ndarray, flip: bool = False) -> np.ndarray:
         """Features of a preprocessed NCHW batch; with flip, the mean over the image and its mirror."""

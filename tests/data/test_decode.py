@@ -184,3 +184,28 @@ def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path):
     with pytest.raises(ImageLoadError, match=r"too large to decode safely \(7000x7000 px, more than 40,000,000\)"):
         images.load_rgb(path)
     assert images.load_rgb(path, max_pixels=50_000_000).size == (7000, 7000)
+
+
+def test_bytes_decode_like_the_file_and_errors_carry_the_given_name(tmp_path, jpeg_bytes):
+    path = tmp_path / "ok.jpg"
+    path.write_bytes(jpeg_bytes)
+    from_file, from_memory = images.load_rgb(path, draft_size=(256, 256)), images.load_rgb(jpeg_bytes, draft_size=(256, 256))
+    assert np.array_equal(np.asarray(from_file), np.asarray(from_memory))
+    with pytest.raises(ImageLoadError, match=r"^upload:cut\.jpg: corrupt or truncated"):
+        images.load_rgb(jpeg_bytes[:400], name="upload:cut.jpg")
+
+
+def test_formats_restrict_what_is_tried_and_the_format_comes_from_the_header(tmp_path, jpeg_bytes):
+    from simengine.errors import UnsupportedImageError
+
+    ppm = io.BytesIO()
+    photo("coffee").save(ppm, format="PPM")  # Pillow decodes PPM, the service does not accept it
+    assert images.load_rgb(ppm.getvalue()).size == (600, 400)
+    with pytest.raises(UnsupportedImageError, match=r"^x\.ppm: not an image in a supported format \(JPEG, PNG"):
+        images.load_rgb(ppm.getvalue(), name="x.ppm", formats=images.WEB_FORMATS)
+    disguised = tmp_path / "page.html"  # a JPEG whatever its name says
+    disguised.write_bytes(jpeg_bytes)
+    (tmp_path / "page2.html").write_bytes(b"<script>alert(1)</script>")
+    (tmp_path / "x.ppm").write_bytes(ppm.getvalue())
+    assert images.image_format(disguised) == "JPEG"
+    assert images.image_format(tmp_path / "page2.html") is None and images.image_format(tmp_path / "x.ppm") is None
