@@ -13,6 +13,10 @@ class UnsupportedImageError(ImageLoadError):
     """The bytes are not an image in one of the formats accepted there (uploads to the service)."""
 
 
+class ModelChangedError(SimengineError):
+    """The index moved to another model between embedding a query image and answering; asking again works."""
+
+
 class IndexUnusableError(SimengineError):
     """An index is missing, corrupt, or does not match its model."""
 

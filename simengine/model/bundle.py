@@ -113,6 +113,10 @@ class Model:
         result.vectors = self.embed_features(result.vectors) if len(result.ok) else np.zeros((0, self.dim), np.float32)
         return result
 
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings of a preprocessed NCHW batch (rows made by `encoder.load_image`)."""
+        return self.embed_features(self.encoder.forward(batch, flip=self.flip))
+
     @property
     def dim(self) -> int:
         return int(self.config["heads"]["embedding"]["dim"])

@@ -14,13 +14,13 @@ import numpy as np
 from simengine.data.decode import MAX_PIXELS
 from simengine.data.evalsets import read_csv
 from simengine.data.imagenette import class_name
-from simengine.errors import ImageLoadError, SimengineError
+from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
 from simengine.index.reader import Index
 from simengine.index.store import require_model, resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
-from simengine.query.refs import ID_PREFIX, parse_id
+from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
 from simengine.query.results import BatchResult, Neighbour, NeighboursResult, PairResult, TripletResult
 
 
@@ -79,12 +79,23 @@ class Engine:
 
     # --- embedding ---------------------------------------------------------------------------------------------
 
-    def embed(self, refs: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
-        """Embeddings for image paths and `id:N` references; every distinct image is embedded once. Raises on a bad one."""
-        vectors, errors = self.embed_many(refs)
-        for ref, reason in errors.items():
-            raise (SimengineError if ref.startswith(ID_PREFIX) else ImageLoadError)(reason)
-        return vectors
+    def resolve(self, refs: Sequence[Ref]) -> list[tuple[str, np.ndarray]]:
+        """(name, embedding) for each reference: files are embedded (each distinct one once), `id:N` read from the
+        index, `Embedded` ones taken as they are. Raises on the first bad reference."""
+        named = [ref for ref in refs if not isinstance(ref, Embedded)]
+        vectors, errors = self.embed_many(named)
+        out = []
+        for ref in refs:
+            if isinstance(ref, Embedded):
+                if ref.model_hash != self.model.hash:
+                    raise ModelChangedError(f"{ref.name}: the index moved to another model while it was embedded; "
+                                            "ask again")
+                out.append((ref.name, ref.vector))
+            elif (key := str(ref)) in errors:
+                raise (SimengineError if key.startswith(ID_PREFIX) else ImageLoadError)(errors[key])
+            else:
+                out.append((key, vectors[key]))
+        return out
 
     def embed_many(self, refs: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Like `embed`, but bad references come back as {ref: reason} instead of raising."""
@@ -116,11 +127,11 @@ class Engine:
 
     # --- the three questions -----------------------------------------------------------------------------------
 
-    def pair(self, a: str | os.PathLike, b: str | os.PathLike) -> PairResult:
+    def pair(self, a: Ref, b: Ref) -> PairResult:
         """Are `a` and `b` the same class?"""
         self.refresh()
-        v = self.embed([a, b])
-        return self._pair_result(str(a), str(b), v[str(a)], v[str(b)])
+        (name_a, va), (name_b, vb) = self.resolve([a, b])
+        return self._pair_result(name_a, name_b, va, vb)
 
     def _pair_result(self, a: str, b: str, va: np.ndarray, vb: np.ndarray) -> PairResult:
         cos, logit, score = self._signals(va, vb)
@@ -132,12 +143,11 @@ class Engine:
             threshold=float(threshold), decision=self.mode,
         )
 
-    def triplet(self, a: str | os.PathLike, b: str | os.PathLike, c: str | os.PathLike) -> TripletResult:
+    def triplet(self, a: Ref, b: Ref, c: Ref) -> TripletResult:
         """Do at least two of `a`, `b`, `c` show the same class?"""
         self.refresh()
-        refs = [str(a), str(b), str(c)]
-        v = self.embed(refs)
-        return self._triplet_result(refs, [v[r] for r in refs])
+        names, vectors = zip(*self.resolve([a, b, c]))
+        return self._triplet_result(list(names), list(vectors))
 
     def _triplet_result(self, refs: list[str], vs: list[np.ndarray]) -> TripletResult:
         threshold = self.calibration.triplet[self.mode].value
@@ -152,13 +162,12 @@ class Engine:
                 matching.append([i, j])
         return TripletResult(refs, bool(matching), matching, pairs, float(threshold), self.mode)
 
-    def neighbours(self, image: str | os.PathLike, k: int = 5) -> NeighboursResult:
+    def neighbours(self, image: Ref, k: int = 5) -> NeighboursResult:
         """The k nearest indexed items, each verified by the pair head, and a class vote among the verified."""
         if k < 1:
             raise SimengineError("k must be at least 1")
         self.refresh()
-        ref = str(image)
-        q = self.embed([ref])[ref]
+        [(ref, q)] = self.resolve([image])
         sims, ids = self.index.search(q[None, :], k)
         ids, sims = ids[0][ids[0] >= 0], sims[0][ids[0] >= 0]
         rows = self.index.items(ids)

@@ -1,14 +1,31 @@
-"""References to images in a question: a file path, or `id:N` for an indexed item."""
+"""References to images in a question: a file path, `id:N` for an indexed item, or an image embedded already."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
+
+import numpy as np
 
 from simengine.errors import SimengineError
 from simengine.index.items_db import MAX_ID
 
 ID_PREFIX = "id:"
+
+
+@dataclass(frozen=True, eq=False)
+class Embedded:
+    """An image embedded before the question reached the engine (the service embeds uploads from many requests
+    together): the name results show for it, its embedding, and the hash of the model that made it."""
+
+    name: str
+    vector: np.ndarray
+    model_hash: str
+
+
+Ref = Union[str, os.PathLike, Embedded]
 
 
 def parse_id(ref: str) -> int:

@@ -35,6 +35,24 @@ def test_triplet_names_the_matching_pair(engine, val):
     assert not engine.triplet(val["rocket"][0], val["coffee"][1], val["chelsea"][2]).any_match
 
 
+def test_images_embedded_elsewhere_answer_like_their_files(engine, val):
+    import numpy as np
+
+    from simengine.errors import ModelChangedError
+    from simengine.query.refs import Embedded
+
+    files = [val["coffee"][0], val["coffee"][1], val["rocket"][0]]
+    batch = np.stack([engine.model.encoder.load_image(f.read_bytes()) for f in files])
+    embedded = [Embedded(f"upload:{f.name}", v, engine.model.hash) for f, v in zip(files, engine.model.embed_batch(batch))]
+    by_file, by_vector = engine.triplet(*files).to_dict(), engine.triplet(*embedded).to_dict()
+    assert by_vector["images"] == [e.name for e in embedded] and by_vector["matching_pairs"] == by_file["matching_pairs"]
+    for p, q in zip(by_file["pairs"], by_vector["pairs"]):
+        assert q["distance"] == pytest.approx(p["distance"], abs=1e-5)
+    assert engine.neighbours(embedded[2], k=2).neighbours[0].id == engine.neighbours(files[2], k=2).neighbours[0].id
+    with pytest.raises(ModelChangedError, match="another model"):
+        engine.pair(Embedded("upload:x.jpg", embedded[0].vector, "0" * 64), "id:0")
+
+
 def test_indexed_image_is_its_own_nearest_neighbour(engine, fixture_data):
     target = sorted((fixture_data / "train" / "astronaut").glob("*.jpg"))[2]
     r = engine.neighbours(target, k=3)
