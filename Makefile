@@ -40,7 +40,7 @@ bench: install
 	$(BIN)/python benchmarks/accuracy.py --data $(DATA) --backbone tf_efficientnet_lite2 --name accuracy_lite2
 	$(BIN)/python benchmarks/latency.py --data $(DATA)
 	$(BIN)/python benchmarks/search_scale.py
-	$(BIN)/python benchmarks/load.py --data $(DATA)
+	$(BIN)/python benchmarks/load.py --data $(DATA) --total-requests 10000
 	$(BIN)/python benchmarks/index_write.py --index indexes/default
 
 # Ablation of the backbone's input size, crop and pooling (about 30 min: it embeds the dataset four times).

@@ -406,22 +406,39 @@ def search(image, k, as_json, index_dir):
 @_index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host. WARNING: the API has no authentication; "
-              "anyone who reaches the port can query the index and download indexed images.")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host; needs an API key (--api-key-file "
+              "or $SIMENGINE_API_KEY) unless --no-auth.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the API key (at least 16 characters); else $SIMENGINE_API_KEY. With a key, /v1 and "
+                   "/metrics need 'Authorization: Bearer KEY' or 'X-API-Key: KEY', on loopback too.")
+@click.option("--no-auth", is_flag=True, help="Serve beyond loopback without an API key: anyone who reaches the port "
+              "can query the index and download indexed images.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests for this Host name (repeatable; '*.example.com' patterns, '*' for any). "
+                   "Loopback names and the --host address are always answered.")
 @click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule.")
 @click.option("--max-upload-mb", type=float, default=10, show_default=True, help="Largest accepted upload per image.")
 @click.option("--max-pixels", type=int, default=None,
               help="Largest accepted image, in pixels (default: 40,000,000, the limit of every command).")
 @click.option("--timeout", type=float, default=30, show_default=True, help="Seconds before a request gets 504.")
-@click.option("--max-pending", type=int, default=8, show_default=True, help="Requests in progress before new ones get 503.")
-def serve(index_dir, host, port, allow_remote, mode, max_upload_mb, max_pixels, timeout, max_pending):
-    """Serve the index over HTTP: JSON API under /v1 (OpenAPI at /docs) and a web page at /."""
+@click.option("--max-pending", type=int, default=128, show_default=True,
+              help="API requests in progress before new ones get 503 with Retry-After.")
+@click.option("--max-batch", type=int, default=32, show_default=True,
+              help="Most images embedded in one batch (uploads of concurrent requests are batched together).")
+@click.option("--max-wait-ms", type=float, default=4, show_default=True,
+              help="How long a batch waits for more images before it runs.")
+def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_hosts, mode, max_upload_mb, max_pixels,
+          timeout, max_pending, max_batch, max_wait_ms):
+    """Serve the index over HTTP: JSON API under /v1 (docs at /docs), Prometheus metrics at /metrics, a web page
+    at /. Stops on Ctrl-C or SIGTERM after finishing the requests in flight."""
     from simengine.data.decode import MAX_PIXELS
-    from simengine.service.app import serve as run
+    from simengine.service.app import ServiceLimits, serve as run
+    from simengine.service.security import read_api_key
 
-    click.echo(f"serving on http://{host}:{port}/ (API docs at /docs)", err=True)
-    run(index_dir, host, port, allow_remote, mode=mode, max_upload_bytes=int(max_upload_mb * 2**20),
-        max_pixels=max_pixels or MAX_PIXELS, timeout_s=timeout, max_pending=max_pending)
+    limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels or MAX_PIXELS,
+                           timeout_s=timeout, max_pending=max_pending, max_batch_size=max_batch,
+                           max_wait_s=max_wait_ms / 1000)
+    run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits)
 
 
 def _print_pair(r, as_json):

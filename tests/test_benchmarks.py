@@ -52,9 +52,12 @@ def test_search_scale_script(built_index, tmp_path):
 def test_load_script(fixture_data, built_index, tmp_path):
     import load
 
-    load.main(["--index", str(built_index), "--data", str(fixture_data), "--clients", "2", "--seconds", "2", "--out", str(tmp_path)])
+    load.main(["--index", str(built_index), "--data", str(fixture_data), "--clients", "4", "--seconds", "2",
+               "--total-requests", "40", "--rss-every", "10", "--out", str(tmp_path)])
     data = _written(tmp_path, "load")
-    assert data["ok"] > 0 and data["server_peak_rss_mb"] > 0
+    assert data["timed_ok"] > 0 and data["errors"] == 0 and data["total_requests"] >= 40
+    assert data["encoder"]["forward_best"] > 0 and data["ratio_to_forward_best"] > 0
+    assert data["server_peak_rss_mb"] > 0 and len(data["rss_samples"]) >= 4 and data["mean_batch_size"] >= 1
 
 
 def test_input_ablation_script(fixture_data, tmp_path):

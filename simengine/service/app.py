@@ -1,107 +1,136 @@
-"""`simengine serve`: the query layer over HTTP (JSON under /v1, OpenAPI at /docs) and a web page at /."""
+"""`simengine serve`: the query layer over HTTP (JSON under /v1, OpenAPI at /openapi.json and /docs, Prometheus
+metrics at /metrics) and a web page at /.
+
+A request's uploads are decoded from memory in a thread pool and embedded in dynamic batches with those of every
+other request in flight (service.embedding); the question itself is answered on the engine's own thread, where its
+SQLite connection lives. Middlewares (service.security, service.telemetry) refuse what must be refused before the
+body is read, and give every response its security headers and request id.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from simengine.data.decode import MAX_PIXELS
-from simengine.errors import ImageLoadError, SimengineError
+from simengine.data.decode import MAX_PIXELS, image_format
+from simengine.errors import ImageLoadError, ModelChangedError, SimengineError, UnsupportedImageError
 from simengine.query.engine import Engine
+from simengine.service.batching import QueueFull
+from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
+from simengine.service.security import (LOOPBACK_HOSTS, ApiKeyGuard, BodyLimit, ConcurrencyLimit, SecurityHeaders,
+                                        allowed_hosts, check_exposure)
+from simengine.service.telemetry import Metrics, RequestIdFilter, Telemetry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("simengine.service")
 
-MAX_UPLOAD_BYTES = 10 * 2**20
-TIMEOUT_S = 30.0
-MAX_PENDING = 8
-MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 STATIC = Path(__file__).parent / "static"
+MULTIPART_OVERHEAD = 2**20  # headers, boundaries and form fields around the uploads of one request
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one server accepts. In-flight memory is bounded by max_pending x max_body_bytes."""
+
+    max_upload_bytes: int = 10 * 2**20  # per image
+    max_pixels: int = MAX_PIXELS  # per image, checked from its header
+    timeout_s: float = 30.0  # per request, then 504
+    max_pending: int = 128  # API requests in progress, then 503 + Retry-After (a burst of 64 fits)
+    max_batch_size: int = MAX_BATCH_SIZE  # images per embedding batch
+    max_wait_s: float = MAX_WAIT_S  # how long a batch waits for more images
+
+    def __post_init__(self):
+        for name in ("max_upload_bytes", "max_pixels", "timeout_s", "max_pending", "max_batch_size"):
+            if getattr(self, name) <= 0:
+                raise SimengineError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_wait_s < 0:
+            raise SimengineError(f"max_wait_s must not be negative, got {self.max_wait_s}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return 3 * self.max_upload_bytes + MULTIPART_OVERHEAD
 
 
 class EngineWorker:
-    """Runs every engine call on one dedicated thread (the engine's SQLite connection lives there), with a bounded
-    number of requests waiting; beyond it callers get 503 instead of queueing without limit."""
+    """Runs every engine call on one dedicated thread (the engine's SQLite connection lives there)."""
 
-    def __init__(self, open_engine: Callable[[], Engine], max_pending: int, timeout_s: float):
+    def __init__(self, open_engine: Callable[[], Engine]):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="simengine-engine")
         self.engine: Engine = self.pool.submit(open_engine).result()
-        self.max_pending, self.timeout_s, self.pending = max_pending, timeout_s, 0
 
-    async def call(self, fn, *args):
-        if self.pending >= self.max_pending:
-            raise HTTPException(503, f"busy: {self.pending} requests in progress, try again shortly")
-        self.pending += 1
-        try:
-            future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-            return await asyncio.wait_for(future, self.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"the request took longer than {self.timeout_s:.0f} s") from None
-        finally:
-            self.pending -= 1
+    async def call(self, fn: Callable, *args):
+        return await in_thread(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
-def sniff(data: bytes) -> bool:
-    """Whether the bytes start like an image format simengine decodes."""
-    return data.startswith(MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = None,
+               limits: ServiceLimits = ServiceLimits(), api_key: str | None = None,
+               hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS) -> FastAPI:
+    """The HTTP app over one index (the model and index are loaded here, once). `api_key` protects /v1 and
+    /metrics; `hosts` are the Host names answered."""
+    # Starlette spools an upload to a temporary file past this size; keep every accepted body in memory.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_body_bytes)
+    worker = EngineWorker(lambda: Engine.open(index_dir, mode, max_pixels=limits.max_pixels))
+    metrics = Metrics()
+    embedder = UploadEmbedder(limits.max_batch_size, limits.max_wait_s, max_queued=max(3 * limits.max_pending, limits.max_batch_size),
+                              on_batch=metrics.observe_batch)
+    metrics.queue_depth.set_function(lambda: embedder.batcher.depth)
+    metrics.index_version.set_function(lambda: worker.engine.index.version)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        embedder.close()  # uvicorn has finished the requests in flight by now
+        worker.close()
 
-def create_app(
-    index_dir: str | os.PathLike | None = None, mode: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_PIXELS, timeout_s: float = TIMEOUT_S, max_pending: int = MAX_PENDING,
-) -> FastAPI:
-    """The HTTP app over one index; the model and index are loaded once, here."""
-    worker = EngineWorker(lambda: Engine.open(index_dir, mode, max_pixels=max_pixels), max_pending, timeout_s)
-    app = FastAPI(title="simengine", version="1", description="Image similarity: pair, triplet and neighbour queries.")
-    app.state.worker = worker
+    app = FastAPI(title="simengine", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Image similarity: pair, triplet and neighbour queries. With an API key set, send "
+                              "`Authorization: Bearer KEY` (or `X-API-Key: KEY`) to /v1 and /metrics.")
+    app.state.worker, app.state.embedder, app.state.metrics = worker, embedder, metrics
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ConcurrencyLimit, max_requests=limits.max_pending, gauge=metrics.in_progress)
+    app.add_middleware(ApiKeyGuard, api_key=api_key)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)
+    app.add_middleware(Telemetry, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static/swagger", StaticFiles(directory=_swagger_assets()), name="swagger")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"error": {"status": exc.status_code, "message": exc.detail}}, status_code=exc.status_code)
+        return JSONResponse({"error": {"status": exc.status_code, "message": exc.detail}}, status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": {"status": 422, "message": message}}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"error": {"status": 500, "message": "internal error"}}, status_code=500)
-
-    async def refs_from(uploads: list[UploadFile], ids: list[int], folder: str) -> tuple[list[str], dict[str, str]]:
-        """Uploads saved under `folder` (names chosen here, never by the client) and id:N refs; ref -> display name."""
-        refs, names = [], {}
-        for n, upload in enumerate(uploads):
-            data = await upload.read(max_upload_bytes + 1)
-            if len(data) > max_upload_bytes:
-                raise HTTPException(413, f"{upload.filename}: larger than {max_upload_bytes // 2**20} MB")
-            if upload.content_type and not (upload.content_type.startswith("image/")
-                                            or upload.content_type == "application/octet-stream"):
-                raise HTTPException(415, f"{upload.filename}: content type {upload.content_type} is not an image")
-            if not sniff(data):
-                raise HTTPException(415, f"{upload.filename}: not a supported image (JPEG, PNG, GIF, BMP, TIFF, WebP)")
-            path = os.path.join(folder, f"upload{n}")
-            with open(path, "wb") as fh:
-                fh.write(data)
-            refs.append(path)
-            names[path] = "upload:" + re.sub(r"[^\w.\- ]", "_", upload.filename or f"image{n}")
-        for item_id in ids:
-            await item(item_id)
-            refs.append(f"id:{item_id}")
-            names[f"id:{item_id}"] = f"id:{item_id}"
-        return refs, names
+    async def read_upload(upload: UploadFile, n: int) -> tuple[str, bytes]:
+        """(display name, bytes) of one upload; the name is the client's, made safe, and only ever shown. Its
+        declared content type is not trusted either way: the decoder decides (service.embedding)."""
+        name = "upload:" + re.sub(r"[^\w.\- ]", "_", upload.filename or f"image{n}")[:200]
+        data = await upload.read(limits.max_upload_bytes + 1)
+        if len(data) > limits.max_upload_bytes:
+            raise HTTPException(413, f"{name}: larger than {limits.max_upload_bytes / 2**20:g} MB")
+        return name, data
 
     async def item(item_id: int) -> dict[str, Any]:
         try:
@@ -109,27 +138,31 @@ def create_app(
         except SimengineError:
             raise HTTPException(404, f"no item with id {item_id}") from None
 
-    def relabel(obj: Any, names: dict[str, str]) -> Any:
-        if isinstance(obj, str):
-            return names.get(obj, obj)
-        if isinstance(obj, list):
-            return [relabel(x, names) for x in obj]
-        if isinstance(obj, dict):
-            return {k: relabel(v, names) for k, v in obj.items()}
-        return obj
+    async def answer(question: Callable, want: int, uploads: list[UploadFile], ids: list[int]) -> dict:
+        if len(uploads) + len(ids) != want:
+            raise HTTPException(400, f"give exactly {want} images (uploads in 'images' and/or indexed 'ids'), "
+                                     f"got {len(uploads) + len(ids)}")
+        for item_id in ids:
+            await item(item_id)
+        files = [await read_upload(upload, n) for n, upload in enumerate(uploads)]
+        try:
+            return await asyncio.wait_for(embed_and_ask(question, files, ids), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the request took longer than {limits.timeout_s:g} s") from None
 
-    async def answer(fn, want: int, images: list[UploadFile], ids: list[int]) -> dict:
-        if len(images) + len(ids) != want:
-            raise HTTPException(400, f"give exactly {want} images (uploads in 'images' and/or indexed 'ids'), got {len(images) + len(ids)}")
-        with tempfile.TemporaryDirectory(prefix="simengine-serve-") as folder:
-            refs, names = await refs_from(images, ids, folder)
-            try:
-                result = await worker.call(fn, *refs)
-            except ImageLoadError as exc:
-                raise HTTPException(422, relabel_message(str(exc), names)) from None
-            except SimengineError as exc:
-                raise HTTPException(400, relabel_message(str(exc), names)) from None
-        return relabel(result.to_dict(), names)
+    async def embed_and_ask(question: Callable, files: list[tuple[str, bytes]], ids: list[int]) -> dict:
+        try:
+            embedded = await embedder.embed(worker.engine.model, files) if files else []
+            result = await worker.call(question, *embedded, *(f"id:{i}" for i in ids))
+        except UnsupportedImageError as exc:
+            raise HTTPException(415, str(exc)) from None
+        except ImageLoadError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except (QueueFull, ModelChangedError) as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return result.to_dict()
 
     @app.post("/v1/pair", responses={200: {"content": {"application/json": {"example": PAIR_EXAMPLE}}}})
     async def pair(images: list[UploadFile] = File(default=[]), ids: list[int] = Form(default=[])) -> dict:
@@ -153,13 +186,17 @@ def create_app(
         """Metadata of an indexed item."""
         return await item(item_id)
 
-    @app.get("/v1/items/{item_id}/image")
+    @app.get("/v1/items/{item_id}/image", responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
     async def get_item_image(item_id: int):
-        """The bytes of an indexed image (only paths recorded in the index are ever served)."""
+        """The bytes of an indexed image, with the content type of the format read from the file itself (only
+        paths recorded in the index, and only JPEG, PNG, GIF, BMP, TIFF and WebP files, are ever served)."""
         path = Path((await item(item_id))["path"])
-        if not path.is_file():
-            raise HTTPException(404, f"the image of item {item_id} is no longer on disk")
-        return FileResponse(path)
+        found = await asyncio.to_thread(image_format, path)
+        if found is None:
+            on_disk = await asyncio.to_thread(path.is_file)
+            raise HTTPException(404, f"the image of item {item_id} is no longer on disk" if not on_disk else
+                                f"the file of item {item_id} is not an image served over HTTP")
+        return FileResponse(path, media_type=Image.MIME[found])
 
     @app.get("/v1/info")
     async def info() -> dict:
@@ -170,36 +207,55 @@ def create_app(
     async def healthz() -> dict:
         return {"status": "ok", "items": len(worker.engine.index), "version": worker.engine.index.version}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return (STATIC / "index.html").read_text()
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
 
     return app
 
 
-def relabel_message(message: str, names: dict[str, str]) -> str:
-    """Replace server-side temp paths in an error message by the names the client gave."""
-    for path, name in names.items():
-        message = message.replace(path, name)
-    return message
+def _swagger_assets() -> Path:
+    """Swagger UI's files, bundled by the fastapi-offline package: the docs page works with no internet."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(index_dir=None, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False, **limits) -> None:
-    """Run the app with uvicorn; a non-loopback host needs allow_remote (the API has no authentication)."""
+def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8000,
+          allow_remote: bool = False, api_key: str | None = None, no_auth: bool = False,
+          extra_hosts: list[str] | tuple[str, ...] = (), mode: str | None = None,
+          limits: ServiceLimits = ServiceLimits()) -> None:
+    """Run the app with uvicorn until SIGINT/SIGTERM, then finish the requests in flight. Beyond loopback it needs
+    allow_remote, and an API key unless no_auth."""
     import uvicorn
 
-    if not is_loopback(host) and not allow_remote:
-        raise SimengineError(f"refusing to listen on {host}: the API has no authentication; pass --allow-remote to do it anyway")
-    uvicorn.run(create_app(index_dir, **limits), host=host, port=port, log_level="warning")
+    check_exposure(host, allow_remote, api_key, no_auth)
+    app = create_app(index_dir, mode, limits, api_key, allowed_hosts(host, extra_hosts))
+    _log_request_ids()
+    shown = f"[{host}]" if ":" in host else host
+    log.info("serving on http://%s:%d/ (API docs at /docs, metrics at /metrics%s)", shown, port,
+             ", API key required" if api_key else "")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
+                timeout_graceful_shutdown=int(limits.timeout_s) + 5)
+
+
+def _log_request_ids() -> None:
+    """simengine's log lines, while serving, carry the time and the request id they belong to."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(message)s"))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger("simengine")
+    root.handlers, root.propagate = [handler], False
 
 
 PAIR_EXAMPLE = {"a": "upload:a.jpg", "b": "id:12", "same": True, "distance": 0.0965, "distance_threshold": 0.6515,

@@ -61,7 +61,7 @@ class DynamicBatcher(Generic[T, R]):
         """Refuse new items, finish the queued ones, stop the thread."""
         with self._changed:
             self._closed = True
-            self._changed.notify()
+            self._changed.notify_all()
         self._thread.join(timeout_s)
 
     def _next_batch(self) -> list[tuple[float, T, Future]] | None:

@@ -1,6 +1,5 @@
 """The HTTP service, against a real server process on loopback, and its web page in headless Chromium."""
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -16,9 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simengine.service.app import EngineWorker, is_loopback
+from simengine.service.security import is_loopback
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
 def free_port() -> int:
@@ -27,14 +29,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(str):
+    """The URL of a running server, with its process and the file its log goes to."""
+
+    proc: subprocess.Popen
+    log: Path
+
+
 @contextlib.contextmanager
-def running_server(index: Path, *args: str):
-    """`simengine serve` on a free loopback port, stopped on exit."""
+def running_server(index: Path, *args: str, env: dict | None = None, host: str = "127.0.0.1"):
+    """`simengine serve` on a free port, its log in a file (a pipe nobody reads would fill and stall it), stopped
+    on exit."""
     port = free_port()
     exe = Path(sys.executable).with_name("simengine")
-    proc = subprocess.Popen([str(exe), "serve", "--index", str(index), "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
+    log = index.parent / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(exe), "serve", "--index", str(index), "--host", host, "--port", str(port), *args],
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    url = Server(f"http://127.0.0.1:{port}")
+    url.proc, url.log = proc, log
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -43,7 +56,7 @@ def running_server(index: Path, *args: str):
                     break
             except httpx.TransportError:
                 if proc.poll() is not None:
-                    pytest.fail(f"server exited: {proc.stdout.read()}")
+                    pytest.fail(f"server exited: {log.read_text()}")
                 time.sleep(0.3)
         else:
             pytest.fail("server did not start in 90 s")
@@ -51,7 +64,7 @@ def running_server(index: Path, *args: str):
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
 
@@ -116,7 +129,7 @@ def test_error_cases(server, val, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(noise)
     assert "larger than" in error(httpx.post(f"{server}/v1/pair", files=upload(noise, val["coffee"][0])), 413)
     text = [("images", ("notes.jpg", b"hello, not an image", "image/jpeg")), *upload(val["coffee"][0])]
-    assert "not a supported image" in error(httpx.post(f"{server}/v1/pair", files=text), 415)
+    assert "upload:notes.jpg: not an image in a supported format" in error(httpx.post(f"{server}/v1/pair", files=text), 415)
     html = [("images", ("x.html", b"<html></html>", "text/html")), *upload(val["coffee"][0])]
     assert "not an image" in error(httpx.post(f"{server}/v1/pair", files=html), 415)
     broken = [("images", ("bad.jpg", val["coffee"][0].read_bytes()[:400], "image/jpeg")), *upload(val["coffee"][0])]
@@ -131,18 +144,114 @@ def test_error_cases(server, val, tmp_path):
         assert response.status_code in (404, 422) and "root:" not in response.text
 
 
-def test_concurrent_requests(server, val):
-    results = []
+def test_64_concurrent_requests_are_all_answered_and_batched_together(server, val):
+    before = metric(server, "simengine_embed_batch_size_count")
+    results, start = [], threading.Barrier(64)
 
-    def one():
-        results.append(httpx.post(f"{server}/v1/pair", files=upload(val["coffee"][0], val["rocket"][0]), timeout=60).status_code)
+    def one(n):
+        files = upload(val["coffee"][n % 3], val["rocket"][n % 3])
+        start.wait()
+        results.append(httpx.post(f"{server}/v1/pair", files=files, timeout=120).status_code)
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(64)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [200] * 6
+    assert sorted(results) == [200] * 64
+    batches = metric(server, "simengine_embed_batch_size_count") - before
+    assert batches < 64, f"128 images in {batches} batches: requests were not batched together"
+
+
+def metric(url: str, name: str, labels: str = "", headers: dict | None = None) -> float:
+    """One sample from the server's /metrics (0 when absent)."""
+    for line in httpx.get(f"{url}/metrics", headers=headers).text.splitlines():
+        if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_images_and_batches(server, val):
+    route = '{method="POST",route="/v1/pair",status="200"}'
+    requests, images = metric(server, "simengine_http_requests_total", route), metric(server, "simengine_images_embedded_total")
+    for _ in range(3):
+        assert httpx.post(f"{server}/v1/pair", files=upload(val["coffee"][0], val["rocket"][0])).status_code == 200
+    httpx.get(f"{server}/v1/items/999")
+    assert metric(server, "simengine_http_requests_total", route) == requests + 3
+    assert metric(server, "simengine_images_embedded_total") == images + 6
+    assert metric(server, "simengine_http_requests_total", '{method="GET",route="/v1/items/{item_id}",status="404"}') >= 1
+    text = httpx.get(f"{server}/metrics").text
+    for family in ("simengine_http_request_duration_seconds_bucket", "simengine_embed_batch_size_bucket",
+                   "simengine_embed_queue_depth", "simengine_images_per_second", "simengine_http_requests_in_progress",
+                   "simengine_index_version"):
+        assert family in text
+    assert metric(server, "simengine_images_per_second") > 0
+
+
+def test_every_response_has_a_request_id_and_it_reaches_the_log(server):
+    generated = httpx.get(f"{server}/healthz").headers["x-request-id"]
+    assert len(generated) == 32 and generated != httpx.get(f"{server}/healthz").headers["x-request-id"]
+    response = httpx.get(f"{server}/v1/items/999", headers={"X-Request-ID": "trace-42.a"})
+    assert response.headers["x-request-id"] == "trace-42.a"
+    hostile = httpx.get(f"{server}/healthz", headers={"X-Request-ID": "a b\tc<script>"}).headers["x-request-id"]
+    assert len(hostile) == 32 and "<" not in hostile  # replaced, never echoed
+    deadline = time.monotonic() + 5
+    while "[trace-42.a] GET /v1/items/999 404" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "[trace-42.a] GET /v1/items/999 404" in server.log.read_text()
+
+
+def test_security_headers_on_every_kind_of_response(server):
+    for path in ("/", "/healthz", "/v1/items/3/image", "/v1/items/999", "/static/app.js", "/docs", "/nowhere"):
+        headers = httpx.get(f"{server}{path}").headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert "script-src" not in headers["content-security-policy"]  # default-src 'self': no inline script
+    page = httpx.get(server).text
+    assert "<script>" not in page and "style=" not in page and 'src="/static/app.js"' in page
+
+
+def test_a_foreign_host_is_refused(server):
+    assert httpx.get(f"{server}/healthz", headers={"Host": "attacker.example"}).status_code == 400
+    assert httpx.get(f"{server}/v1/info", headers={"Host": "attacker.example:80"}).status_code == 400
+    for name in ("localhost", "127.0.0.1", "[::1]"):
+        port = server.rsplit(":", 1)[1]
+        assert httpx.get(f"{server}/healthz", headers={"Host": f"{name}:{port}"}).status_code == 200, name
+
+
+def raw_request(url: str, head: bytes, body_chunks, timeout: float = 30) -> tuple[bytes, int]:
+    """Send a request over a plain socket, body chunk by chunk, stopping once the server has answered; return
+    (the start of the answer, body bytes sent)."""
+    import select
+
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in body_chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        return sock.recv(4096), sent
+
+
+def test_the_body_limit_is_enforced_without_reading_the_body(server):
+    declared = (b"POST /v1/pair HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                b"Content-Length: 300000000\r\n\r\n")
+    answer, sent = raw_request(server, declared, [])
+    assert answer.startswith(b"HTTP/1.1 413") and b"request body larger than" in answer
+    chunked = (b"POST /v1/pair HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+    block = b"--x\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.jpg\"\r\n\r\n" + b"\0" * 65536
+    chunks = (b"%x\r\n%s\r\n" % (len(block), block) for _ in range(4000))  # 262 MB if all were sent
+    answer, sent = raw_request(server, chunked, chunks)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 50 * 2**20, f"{sent} bytes were sent before the 413"
 
 
 def test_openapi_schema_and_its_examples(server, val):
@@ -156,42 +265,91 @@ def test_openapi_schema_and_its_examples(server, val):
     assert set(search_example) == set(real) and set(search_example["neighbours"][0]) == set(real["neighbours"][0])
 
 
-def test_worker_answers_503_when_full_and_504_when_slow():
-    from fastapi import HTTPException
-
-    async def scenario():
-        worker = EngineWorker(lambda: None, max_pending=1, timeout_s=0.3)
-        slow = asyncio.ensure_future(worker.call(time.sleep, 0.2))
-        await asyncio.sleep(0.05)
-        with pytest.raises(HTTPException) as busy:
-            await worker.call(time.sleep, 0)
-        await slow
-        with pytest.raises(HTTPException) as late:
-            await worker.call(time.sleep, 0.6)
-        return busy.value.status_code, late.value.status_code
-
-    assert asyncio.run(scenario()) == (503, 504)
-
-
-def test_binding_defaults_to_loopback():
+def test_binding_beyond_loopback_needs_a_key_or_an_explicit_no_auth(built_index, tmp_path):
     from simengine.errors import SimengineError
-    from simengine.service.app import serve
+    from simengine.service.security import check_exposure
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
     with pytest.raises(SimengineError, match="--allow-remote"):
-        serve(None, host="0.0.0.0")
+        check_exposure("0.0.0.0", allow_remote=False, api_key="k" * 16, no_auth=False)
+    with pytest.raises(SimengineError, match="without an API key"):
+        check_exposure("0.0.0.0", allow_remote=True, api_key=None, no_auth=False)
+    check_exposure("0.0.0.0", allow_remote=True, api_key=None, no_auth=True)
+    check_exposure("0.0.0.0", allow_remote=True, api_key="k" * 16, no_auth=False)
+    exe = Path(sys.executable).with_name("simengine")
+    env = {k: v for k, v in os.environ.items() if k != "SIMENGINE_API_KEY"}
+    for args, expected in ((["--host", "0.0.0.0"], "--allow-remote"),
+                           (["--host", "0.0.0.0", "--allow-remote"], "without an API key")):
+        done = subprocess.run([str(exe), "serve", "--index", str(built_index), *args], capture_output=True,
+                              text=True, timeout=60, env=env)
+        assert done.returncode == 1 and expected in done.stderr and "serving on" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    short = tmp_path / "key"
+    short.write_text("tooshort\n")
+    done = subprocess.run([str(exe), "serve", "--index", str(built_index), "--api-key-file", str(short)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "at least 16 characters" in done.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_with_an_api_key_the_api_needs_it_and_the_page_does_not(built_index, val):
+    key = "correct horse battery staple"
+    with running_server(built_index, "--allow-remote", host="0.0.0.0", env={"SIMENGINE_API_KEY": key}) as url:
+        for path in ("/v1/info", "/v1/items/3", "/metrics"):
+            response = httpx.get(f"{url}{path}")
+            assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer"), path
+            assert httpx.get(f"{url}{path}", headers={"Authorization": "Bearer wrong key, same length.."}).status_code == 401
+            assert httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {key}"}).status_code == 200, path
+            assert httpx.get(f"{url}{path}", headers={"X-API-Key": key}).status_code == 200, path
+        files = upload(val["coffee"][0], val["coffee"][1])
+        assert httpx.post(f"{url}/v1/pair", files=files).status_code == 401
+        assert httpx.post(f"{url}/v1/pair", files=files, headers={"X-API-Key": key}).json()["same"] is True
+        for path in ("/", "/healthz", "/static/app.js", "/docs"):
+            assert httpx.get(f"{url}{path}").status_code == 200, path
+
+
+def test_shutdown_finishes_the_requests_in_flight(built_index, val):
+    import signal
+
+    # Batches wait up to 3 s for more images, so the 16 requests (48 images) are all in flight at once.
+    with running_server(built_index, "--max-wait-ms", "3000", "--max-batch", "64") as url:
+        bodies = [upload(val["coffee"][n % 3], val["rocket"][n % 3], val["chelsea"][n % 3]) for n in range(16)]
+        results = []
+
+        def one(files):
+            try:
+                results.append(httpx.post(f"{url}/v1/triplet", files=files, timeout=60).status_code)
+            except httpx.TransportError as exc:
+                results.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=one, args=(files,)) for files in bodies]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while metric(url, "simengine_http_requests_in_progress") < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        in_flight = metric(url, "simengine_http_requests_in_progress")
+        url.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        # uvicorn re-raises the signal once it has shut down, so the exit status says "terminated by SIGTERM"
+        assert url.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert in_flight == 16 and sorted(map(str, results)) == ["200"] * 16, (in_flight, results)
+
+
+def browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+
+
+@needs_chromium
 def test_web_page_in_headless_chromium(server, val):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
+        chromium = browser(p)
+        page = chromium.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
+        violations = []
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(server)
         page.set_input_files("#files", str(val["astronaut"][0]))
         page.fill("#k", "4")
@@ -199,6 +357,7 @@ def test_web_page_in_headless_chromium(server, val):
         page.keyboard.press("Enter")  # keyboard alone
         expect(page.locator("#results figure")).to_have_count(4, timeout=30_000)
         expect(page.locator("#answer")).to_contain_text("astronaut")
+        expect(page.locator("#results figure img[src^='blob:']")).to_have_count(4, timeout=30_000)
         page.click("#clear")
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
         page.click("#go")
@@ -206,7 +365,8 @@ def test_web_page_in_headless_chromium(server, val):
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["rocket"][1]), str(val["coffee"][2])])
         page.click("#go")
         expect(page.locator("#answer")).to_contain_text("YES (1–3)", timeout=30_000)
-        browser.close()
+        chromium.close()
+    assert violations == []
 
 
 def test_a_running_server_sees_adds_and_removes(index_copy, val):
@@ -232,3 +392,82 @@ def test_a_running_server_sees_adds_and_removes(index_copy, val):
         found = httpx.post(f"{url}/v1/search", params={"k": 3}, files=upload(val["rocket"][0], field="image")).json()
         assert 32 not in [n["id"] for n in found["neighbours"]]
         assert httpx.get(f"{url}/v1/info").json()["version"] == 3
+
+
+@needs_chromium
+def test_api_docs_work_offline_under_the_csp(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        chromium = browser(p)
+        page = chromium.new_page()
+        foreign, violations = [], []
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server)
+                   else (foreign.append(route.request.url), route.abort()))
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(f"{server}/docs")
+        expect(page.locator(".opblock-summary-path", has_text="/v1/pair")).to_have_count(1, timeout=30_000)
+        chromium.close()
+    assert foreign == [] and violations == []
+
+
+@needs_chromium
+def test_no_markup_from_file_names_labels_or_indexed_files_ever_runs(index_copy, val, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+    from playwright.sync_api import expect, sync_playwright
+
+    from simengine.index.update import add_images
+
+    evil_label = "<img src=x onerror=alert('label')>"
+    disguised = tmp_path / "x.html"  # a valid PNG whose text chunk is a script, indexed under a name browsers render
+    script = PngInfo()
+    script.add_text("comment", "<html><script>alert('file')</script></html>")
+    Image.open(val["rocket"][0]).save(disguised, format="PNG", pnginfo=script)
+    [item_id] = add_images(index_copy, [disguised], label=evil_label).added
+    bad_upload = tmp_path / "<img src=x onerror=alert('name')>.jpg"
+    bad_upload.write_bytes(b"<script>alert('body')</script>")
+    with running_server(index_copy) as url, sync_playwright() as p:
+        chromium = browser(p)
+        page = chromium.new_page()
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.set_input_files("#files", [str(bad_upload), str(val["coffee"][0])])
+        expect(page.locator("#chosen")).to_contain_text("<img src=x onerror=alert('name')>.jpg")  # shown as text
+        page.click("#go")
+        expect(page.locator("#answer")).to_contain_text("not an image", timeout=30_000)
+        page.click("#clear")
+        page.set_input_files("#files", str(disguised))
+        page.fill("#k", "1")  # its own item alone: the predicted class is the label
+        page.click("#go")
+        expect(page.locator("#results figure").first).to_contain_text(evil_label, timeout=30_000)
+        expect(page.locator("#answer")).to_contain_text(evil_label)
+        served = httpx.get(f"{url}/v1/items/{item_id}/image")
+        assert served.headers["content-type"] == "image/png" and served.headers["x-content-type-options"] == "nosniff"
+        page.goto(f"{url}/v1/items/{item_id}/image")
+        disguised.write_text("<html><script>alert('swapped')</script></html>")  # the file changes after indexing
+        swapped = httpx.get(f"{url}/v1/items/{item_id}/image")
+        assert swapped.status_code == 404 and "not an image served" in swapped.json()["error"]["message"]
+        page.goto(f"{url}/v1/items/{item_id}/image")
+        page.wait_for_timeout(500)
+        chromium.close()
+    assert dialogs == []
+
+
+def test_a_request_past_the_timeout_gets_504(built_index, val):
+    import asyncio
+
+    from simengine.service.app import ServiceLimits, create_app
+
+    app = create_app(built_index, limits=ServiceLimits(timeout_s=1e-6))
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as client:
+            return await client.post("/v1/pair", files=upload(val["coffee"][0], val["rocket"][0]))
+
+    try:
+        response = asyncio.run(ask())
+    finally:
+        app.state.embedder.close()
+        app.state.worker.close()
+    assert response.status_code == 504 and "longer than" in error(response, 504)

@@ -1,0 +1,183 @@
+"""What keeps the service safe to expose: who may call it (an API key, compared in constant time), which Host names
+it answers (against DNS rebinding; Starlette's TrustedHostMiddleware enforces the list made here), how much a
+request may send and how many may be in progress, and the headers that keep browsers strict."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from simengine.errors import SimengineError
+
+API_KEY_ENV = "SIMENGINE_API_KEY"
+MIN_KEY_LENGTH = 16
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers carry them (IPv6 in brackets)
+# Only same-origin scripts, styles and images (blob: for the page's previews of chosen files, data: for the icons
+# inside Swagger UI's stylesheet); nothing may frame the page, no plugins, no <base> tricks.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+                           "frame-ancestors 'none'; form-action 'self'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(bind_host: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The Host names answered: loopback names, the address listened on when it is a specific one, and `extra`
+    (names or `*.example.com` patterns; `*` answers any)."""
+    bound = [] if bind_host in ("0.0.0.0", "::", "") else [bind_host]
+    bracketed = [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in (*bound, *extra)]
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, *bracketed]))
+
+
+def read_api_key(key_file: str | os.PathLike | None) -> str | None:
+    """The API key from `key_file`, else from $SIMENGINE_API_KEY, else None; a short one is refused."""
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise SimengineError(f"{key_file}: cannot read the API key ({exc.strerror or exc})") from None
+        source = str(key_file)
+    else:
+        key, source = os.environ.get(API_KEY_ENV, "").strip(), f"${API_KEY_ENV}"
+        if not key:
+            return None
+    if len(key) < MIN_KEY_LENGTH:
+        raise SimengineError(f"{source}: an API key needs at least {MIN_KEY_LENGTH} characters")
+    return key
+
+
+def check_exposure(host: str, allow_remote: bool, api_key: str | None, no_auth: bool) -> None:
+    """Refuse, before anything starts, to listen beyond loopback without --allow-remote, or without a key unless
+    --no-auth says so explicitly."""
+    if is_loopback(host):
+        return
+    if not allow_remote:
+        raise SimengineError(f"refusing to listen on {host}: pass --allow-remote (with an API key) to serve beyond "
+                             "this machine")
+    if api_key is None and not no_auth:
+        raise SimengineError(f"refusing to listen on {host} without an API key: give --api-key-file FILE or "
+                             f"${API_KEY_ENV}, or --no-auth to serve without one")
+
+
+async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """The service's JSON error, sent by a middleware (the app's own handlers never see these requests)."""
+    body = json.dumps({"error": {"status": status, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
+
+
+class SecurityHeaders:
+    """ASGI middleware: the strict headers on every response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+
+class ApiKeyGuard:
+    """ASGI middleware: with a key set, every path under `protected` prefixes needs `Authorization: Bearer KEY` or
+    `X-API-Key: KEY` (the page, its assets, the docs and /healthz stay open: they hold no data)."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, protected: tuple[str, ...] = ("/v1/", "/metrics")):
+        self.app, self.protected = app, protected
+        self.key = api_key.encode() if api_key else None
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = _header(scope, b"x-api-key")
+        if given is None and (auth := _header(scope, b"authorization") or "").lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given.encode("latin-1"), self.key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.key is None or scope["type"] != "http" or not scope["path"].startswith(self.protected)
+                or self._authorised(scope)):
+            return await self.app(scope, receive, send)
+        await send_error(send, 401, "an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                       [(b"www-authenticate", b'Bearer realm="simengine"')])
+
+
+class BodyLimit:
+    """ASGI middleware: a request body may be at most `max_bytes`. A larger Content-Length is refused (413) before
+    any of the body is read; a body without one is counted as it streams in and refused when it passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        limit_text = f"request body larger than {self.max_bytes / 2**20:.1f} MB"
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await send_error(send, 413 if declared.isdigit() else 400,
+                                  limit_text if declared.isdigit() else "bad Content-Length",
+                                  [(b"connection", b"close")])
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, limit_text, headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `max_requests` API requests in progress; beyond that, 503 with Retry-After at once,
+    before the body is read. `gauge` (a Prometheus Gauge) follows the count."""
+
+    def __init__(self, app: ASGIApp, max_requests: int, gauge=None, prefix: str = "/v1/"):
+        self.app, self.max_requests, self.gauge, self.prefix = app, max_requests, gauge, prefix
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        if self.in_progress >= self.max_requests:
+            return await send_error(send, 503, f"busy: {self.in_progress} requests in progress, try again shortly",
+                                  [(b"retry-after", b"1")])
+        self.in_progress += 1
+        if self.gauge is not None:
+            self.gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+            if self.gauge is not None:
+                self.gauge.dec()
