@@ -98,7 +98,8 @@ class Engine:
         return out
 
     def embed_many(self, refs: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Like `embed`, but bad references come back as {ref: reason} instead of raising."""
+        """Embeddings of paths and `id:N` references by reference ({ref: vector}), and {ref: reason} for the bad ones
+        (each distinct image is embedded once)."""
         unique = list(dict.fromkeys(str(r) for r in refs))
         vectors, errors = {}, {}
         by_id = [r for r in unique if r.startswith(ID_PREFIX)]

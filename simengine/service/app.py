@@ -29,7 +29,8 @@ from starlette.formparsers import MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from simengine.data.decode import MAX_PIXELS, image_format
-from simengine.errors import ImageLoadError, ModelChangedError, SimengineError, UnsupportedImageError
+from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, ModelChangedError, SimengineError,
+                              UnsupportedImageError)
 from simengine.query.engine import Engine
 from simengine.service.batching import QueueFull
 from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
@@ -49,7 +50,7 @@ class ServiceLimits:
 
     max_upload_bytes: int = 10 * 2**20  # per image
     max_pixels: int = MAX_PIXELS  # per image, checked from its header
-    timeout_s: float = 30.0  # per request, then 504
+    timeout_s: float = 30.0  # for a request's body to arrive (then 408), and again for its answer (then 504)
     max_pending: int = 128  # API requests in progress, then 503 + Retry-After (a burst of 64 fits)
     max_batch_size: int = MAX_BATCH_SIZE  # images per embedding batch
     max_wait_s: float = MAX_WAIT_S  # how long a batch waits for more images
@@ -104,7 +105,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
                   description="Image similarity: pair, triplet and neighbour queries. With an API key set, send "
                               "`Authorization: Bearer KEY` (or `X-API-Key: KEY`) to /v1 and /metrics.")
     app.state.worker, app.state.embedder, app.state.metrics = worker, embedder, metrics
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.timeout_s)
     app.add_middleware(ConcurrencyLimit, max_requests=limits.max_pending, gauge=metrics.in_progress)
     app.add_middleware(ApiKeyGuard, api_key=api_key)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)
@@ -132,9 +133,19 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
             raise HTTPException(413, f"{name}: larger than {limits.max_upload_bytes / 2**20:g} MB")
         return name, data
 
+    async def ask_engine(fn: Callable, *args):
+        """`fn(*args)` on the engine's thread; an index or model that cannot be read is the server's problem (503,
+        details in its log only), not the client's."""
+        try:
+            return await worker.call(fn, *args)
+        except (IndexUnusableError, BundleError) as exc:
+            log.error("the index cannot be served: %s", exc)
+            raise HTTPException(503, "the index is unavailable right now; see the server's log",
+                                headers={"Retry-After": "5"}) from None
+
     async def item(item_id: int) -> dict[str, Any]:
         try:
-            return await worker.call(worker.engine.item, item_id)
+            return await ask_engine(worker.engine.item, item_id)
         except SimengineError:
             raise HTTPException(404, f"no item with id {item_id}") from None
 
@@ -153,7 +164,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     async def embed_and_ask(question: Callable, files: list[tuple[str, bytes]], ids: list[int]) -> dict:
         try:
             embedded = await embedder.embed(worker.engine.model, files) if files else []
-            result = await worker.call(question, *embedded, *(f"id:{i}" for i in ids))
+            result = await ask_engine(question, *embedded, *(f"id:{i}" for i in ids))
         except UnsupportedImageError as exc:
             raise HTTPException(415, str(exc)) from None
         except ImageLoadError as exc:
@@ -196,12 +207,12 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
             on_disk = await asyncio.to_thread(path.is_file)
             raise HTTPException(404, f"the image of item {item_id} is no longer on disk" if not on_disk else
                                 f"the file of item {item_id} is not an image served over HTTP")
-        return FileResponse(path, media_type=Image.MIME[found])
+        return FileResponse(path, media_type=mime_type(found))
 
     @app.get("/v1/info")
     async def info() -> dict:
         """Summary of the index: counts, classes, backbone, thresholds."""
-        return await worker.call(worker.engine.info)
+        return await ask_engine(worker.engine.info)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -224,6 +235,12 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     return app
 
 
+def mime_type(pillow_format: str) -> str:
+    """The content type of a Pillow format (one of data.decode.WEB_FORMATS, which Pillow registers as it opens them);
+    a JPEG with extra pictures, as phones write for HDR, opens as MPO and is served as the JPEG it is."""
+    return "image/jpeg" if pillow_format == "MPO" else Image.MIME[pillow_format]
+
+
 def _swagger_assets() -> Path:
     """Swagger UI's files, bundled by the fastapi-offline package: the docs page works with no internet."""
     import fastapi_offline
@@ -240,8 +257,12 @@ def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", p
     import uvicorn
 
     check_exposure(host, allow_remote, api_key, no_auth)
-    app = create_app(index_dir, mode, limits, api_key, allowed_hosts(host, extra_hosts))
+    hosts = allowed_hosts(host, extra_hosts)
+    app = create_app(index_dir, mode, limits, api_key, hosts)
     _log_request_ids()
+    if host in ("0.0.0.0", "::") and not extra_hosts:
+        log.warning("listening on all interfaces, but answering only the Host names %s: add --allowed-host NAME "
+                    "for each name or address clients use", ", ".join(hosts))
     shown = f"[{host}]" if ":" in host else host
     log.info("serving on http://%s:%d/ (API docs at /docs, metrics at /metrics%s)", shown, port,
              ", API key required" if api_key else "")

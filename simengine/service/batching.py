@@ -4,6 +4,7 @@ images cost one forward pass of twenty instead of ten of two."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -12,6 +13,7 @@ from typing import Callable, Generic, Sequence, TypeVar
 
 from simengine.errors import SimengineError
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -95,4 +97,7 @@ class DynamicBatcher(Generic[T, R]):
                 for (_, future), result in zip(live, results):
                     future.set_result(result)
             if self.on_batch is not None:
-                self.on_batch(len(live), time.perf_counter() - start)
+                try:
+                    self.on_batch(len(live), time.perf_counter() - start)
+                except Exception:  # a metrics hook must never stop the batcher
+                    log.exception("on_batch failed")

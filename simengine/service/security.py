@@ -4,6 +4,7 @@ request may send and how many may be in progress, and the headers that keep brow
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -43,6 +44,11 @@ def is_loopback(host: str) -> bool:
 def allowed_hosts(bind_host: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The Host names answered: loopback names, the address listened on when it is a specific one, and `extra`
     (names or `*.example.com` patterns; `*` answers any)."""
+    for name in extra:
+        if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
+            raise SimengineError(f"--allowed-host {name}: a pattern is '*.example.com' (or '*' for any name)")
+        if not name or "/" in name or name.count(":") == 1:
+            raise SimengineError(f"--allowed-host {name}: give a host name or address, without scheme or port")
     bound = [] if bind_host in ("0.0.0.0", "::", "") else [bind_host]
     bracketed = [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in (*bound, *extra)]
     return list(dict.fromkeys([*LOOPBACK_HOSTS, *bracketed]))
@@ -68,6 +74,8 @@ def read_api_key(key_file: str | os.PathLike | None) -> str | None:
 def check_exposure(host: str, allow_remote: bool, api_key: str | None, no_auth: bool) -> None:
     """Refuse, before anything starts, to listen beyond loopback without --allow-remote, or without a key unless
     --no-auth says so explicitly."""
+    if api_key is not None and no_auth:
+        raise SimengineError(f"--no-auth and an API key (--api-key-file or ${API_KEY_ENV}) contradict each other")
     if is_loopback(host):
         return
     if not allow_remote:
@@ -87,7 +95,7 @@ async def send_error(send: Send, status: int, message: str, headers: list[tuple[
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def request_header(scope: Scope, name: bytes) -> str | None:
     return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
 
 
@@ -115,8 +123,8 @@ class ApiKeyGuard:
         self.key = api_key.encode() if api_key else None
 
     def _authorised(self, scope: Scope) -> bool:
-        given = _header(scope, b"x-api-key")
-        if given is None and (auth := _header(scope, b"authorization") or "").lower().startswith("bearer "):
+        given = request_header(scope, b"x-api-key")
+        if given is None and (auth := request_header(scope, b"authorization") or "").lower().startswith("bearer "):
             given = auth[7:].strip()
         return given is not None and hmac.compare_digest(given.encode("latin-1"), self.key)
 
@@ -129,30 +137,39 @@ class ApiKeyGuard:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body may be at most `max_bytes`. A larger Content-Length is refused (413) before
-    any of the body is read; a body without one is counted as it streams in and refused when it passes the limit."""
+    """ASGI middleware: a request body may be at most `max_bytes`, and must have arrived within `timeout_s`. A larger
+    Content-Length is refused (413) before any of the body is read; a body without one is counted as it streams in
+    and refused when it passes the limit; a slower one gets 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = _header(scope, b"content-length")
+        declared = request_header(scope, b"content-length")
         limit_text = f"request body larger than {self.max_bytes / 2**20:.1f} MB"
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await send_error(send, 413 if declared.isdigit() else 400,
                                   limit_text if declared.isdigit() else "bad Content-Length",
                                   [(b"connection", b"close")])
-        received = 0
+        loop = asyncio.get_running_loop()
+        received, complete, deadline = 0, False, loop.time() + self.timeout_s
 
         async def counted() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # later receives wait for a disconnect: no deadline there
+                return await receive()
+            try:  # a client sending its body slowly must not hold a request slot for ever
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body took longer than {self.timeout_s:g} s to arrive",
+                                    headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPException(413, limit_text, headers={"Connection": "close"})
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, counted, send)

@@ -14,13 +14,14 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from simengine.service.security import send_error
+from simengine.service.security import request_header, send_error
 
 log = logging.getLogger("simengine.service")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 # A client's own X-Request-ID is kept when it is this tame (it ends up in log lines); otherwise one is made.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -36,13 +37,17 @@ class RateMeter:
     def add(self, n: int) -> None:
         with self._lock:
             self._events.append((time.monotonic(), n))
+            self._forget_old()
 
     def rate(self) -> float:
         with self._lock:
-            horizon = time.monotonic() - self.window_s
-            while self._events and self._events[0][0] < horizon:
-                self._events.popleft()
+            self._forget_old()
             return sum(n for _, n in self._events) / self.window_s
+
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - self.window_s
+        while self._events and self._events[0][0] < horizon:
+            self._events.popleft()
 
 
 class Metrics:
@@ -95,8 +100,10 @@ class Telemetry:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        given = request_header(scope, b"x-request-id") or ""
         request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        # Label values come from a fixed set: a client must not be able to mint new metric series.
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
         token = REQUEST_ID.set(request_id)
         status, start = None, time.perf_counter()
 
@@ -117,7 +124,7 @@ class Telemetry:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
             status = status or 499  # the client went away before any answer (as nginx logs it)
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000)
+            log.info("%s %r %d %.1f ms", method, scope["path"], status, seconds * 1000)  # %r: no forged lines
             REQUEST_ID.reset(token)

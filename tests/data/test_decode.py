@@ -208,4 +208,10 @@ def test_formats_restrict_what_is_tried_and_the_format_comes_from_the_header(tmp
     (tmp_path / "page2.html").write_bytes(b"<script>alert(1)</script>")
     (tmp_path / "x.ppm").write_bytes(ppm.getvalue())
     assert images.image_format(disguised) == "JPEG"
+    mpo = tmp_path / "phone.jpg"  # a JPEG with a second picture inside, as phones write them
+    photo("coffee").save(mpo, format="MPO", save_all=True, append_images=[photo("coffee").resize((60, 40))])
+    assert images.image_format(mpo) == "MPO" and images.load_rgb(mpo).size == (600, 400)
+    from simengine.service.app import mime_type
+
+    assert mime_type(images.image_format(mpo)) == "image/jpeg"  # served as what browsers show
     assert images.image_format(tmp_path / "page2.html") is None and images.image_format(tmp_path / "x.ppm") is None

@@ -85,6 +85,15 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
     batcher.close()
 
 
+def test_a_failing_metrics_hook_does_not_stop_the_batcher():
+    def hook(size, seconds):
+        raise RuntimeError("metrics are down")
+
+    batcher = DynamicBatcher(Recorder(), max_batch_size=2, max_wait_s=0, on_batch=hook)
+    assert batcher.submit([1])[0].result(5) == 2 and batcher.submit([2])[0].result(5) == 4
+    batcher.close()
+
+
 def test_cancelled_items_are_not_run_and_close_finishes_the_queue():
     run = Recorder()
     run.gate.clear()

@@ -64,6 +64,19 @@ def test_the_body_limit_refuses_a_declared_or_a_streamed_body_past_it():
     assert declared.status_code == 413 and "larger than" in declared.json()["error"]["message"]
     assert streamed.status_code == 413
 
+    async def slowly():
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            yield b"z"
+
+    async def slow_client():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(BodyLimit(app, 1000, timeout_s=0.2)),
+                                     base_url="http://t") as client:
+            return await client.post("/up", content=slowly())
+
+    late = run(slow_client())
+    assert late.status_code == 408 and "took longer than 0.2 s" in late.text
+
 
 def test_api_key_sources(tmp_path, monkeypatch):
     monkeypatch.delenv("SIMENGINE_API_KEY", raising=False)
@@ -80,8 +93,48 @@ def test_api_key_sources(tmp_path, monkeypatch):
         read_api_key(tmp_path / "missing")
 
 
+def test_metric_labels_and_the_rate_window_stay_bounded():
+    import time
+
+    from simengine.service.telemetry import Metrics, RateMeter, Telemetry
+
+    metrics = Metrics()
+
+    async def ok(request: Request):
+        return JSONResponse({})
+
+    app = Telemetry(Starlette(routes=[Route("/x", ok)]), metrics)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            for n in range(5):
+                await client.request(f"MADEUP{n}", "/x")
+            await client.get("/x")
+
+    run(scenario())
+    sample = metrics.registry.get_sample_value
+    assert sample("simengine_http_requests_total", {"method": "other", "route": "/x", "status": "405"}) == 5
+    assert sample("simengine_http_requests_total", {"method": "GET", "route": "/x", "status": "200"}) == 1
+    meter = RateMeter(window_s=0.05)
+    for _ in range(100):
+        meter.add(1)
+    time.sleep(0.06)
+    meter.add(3)
+    assert len(meter._events) == 1 and meter.rate() == pytest.approx(3 / 0.05)
+
+
 def test_allowed_hosts_add_the_bound_address_and_bracket_ipv6():
     assert allowed_hosts("127.0.0.1") == ["localhost", "127.0.0.1", "[::1]"]
     assert allowed_hosts("0.0.0.0", ["search.example.com", "*.lan"]) == [
         "localhost", "127.0.0.1", "[::1]", "search.example.com", "*.lan"]
     assert allowed_hosts("192.168.1.5")[-1] == "192.168.1.5" and allowed_hosts("fe80::1")[-1] == "[fe80::1]"
+    for bad in ("foo*", "*example.com", "example.com:8080", "http://example.com", ""):
+        with pytest.raises(SimengineError, match="--allowed-host"):
+            allowed_hosts("127.0.0.1", [bad])
+
+
+def test_no_auth_and_a_key_contradict_each_other():
+    from simengine.service.security import check_exposure
+
+    with pytest.raises(SimengineError, match="contradict"):
+        check_exposure("127.0.0.1", allow_remote=False, api_key="k" * 16, no_auth=True)
