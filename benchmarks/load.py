@@ -175,6 +175,7 @@ def main(argv=None) -> dict:
             t.start()
         for t in threads:
             t.join()
+        timer.join()
         elapsed_all = time.monotonic() - started
         peak = rss_mb(server.pid, "VmHWM")
         batches = scrape(port, "simengine_embed_batch_size_")
