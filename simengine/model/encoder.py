@@ -81,11 +81,17 @@ class Encoder:
 
     def load_image(self, source: str | os.PathLike | bytes, name: str | None = None,
                    formats: tuple[str, ...] | None = None) -> np.ndarray:
-        """Decode and preprocess one file, or the bytes of one, to a CHW float32 array (raises ImageLoadError; see
-        data.decode.load_rgb for `name` and `formats`)."""
+        """Decode and preprocess one file, or the bytes of one, to a CHW float32 array. Every failure is an
+        ImageLoadError naming the image (see data.decode.load_rgb for `name` and `formats`)."""
         side = self.preprocess.resize_side
-        return self.preprocess(load_rgb(source, draft_size=(side, side), max_pixels=self.max_pixels, name=name,
-                                        formats=formats))
+        try:
+            return self.preprocess(load_rgb(source, draft_size=(side, side), max_pixels=self.max_pixels, name=name,
+                                            formats=formats))
+        except ImageLoadError:
+            raise
+        except Exception as exc:  # an odd image failing in preprocessing is the image's problem, not the batch's
+            shown = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+            raise ImageLoadError(f"{shown}: cannot preprocess ({exc})") from exc
 
     def forward(self, batch: np.ndarray, flip: bool = False) -> np.ndarray:
         """Features of a preprocessed NCHW batch; with flip, the mean over the image and its mirror."""
@@ -133,8 +139,6 @@ class Encoder:
             return self.load_image(path)
         except ImageLoadError as exc:
             return str(exc)
-        except Exception as exc:  # an odd image failing in preprocessing must not end the batch
-            return f"{path}: cannot preprocess ({exc})"
 
 
 def cached_onnx_path(identity: dict[str, Any]) -> Path:

@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 
 from simengine.data.decode import WEB_FORMATS
-from simengine.errors import ImageLoadError
 from simengine.model.bundle import Model
 from simengine.query.refs import Embedded
 from simengine.service.batching import DynamicBatcher
@@ -41,8 +40,8 @@ class UploadEmbedder:
 
     async def embed(self, model: Model, uploads: list[tuple[str, bytes]]) -> list[Embedded]:
         """Embeddings of (name, bytes) uploads by `model`; a bad image raises ImageLoadError naming it."""
-        arrays = await asyncio.gather(*(in_thread(self.decode_pool, decode_upload, model, name, data)
-                                        for name, data in uploads))
+        arrays = await asyncio.gather(*(in_thread(self.decode_pool, model.encoder.load_image, data, name=name,
+                                                  formats=WEB_FORMATS) for name, data in uploads))
         futures = self.batcher.submit([(model, array) for array in arrays])
         vectors = await asyncio.gather(*map(asyncio.wrap_future, futures))
         return [Embedded(name, vector, model.hash) for (name, _), vector in zip(uploads, vectors)]
@@ -51,16 +50,6 @@ class UploadEmbedder:
         """Finish what is queued, then stop."""
         self.batcher.close()
         self.decode_pool.shutdown()
-
-
-def decode_upload(model: Model, name: str, data: bytes) -> np.ndarray:
-    """One upload, decoded and preprocessed for `model`; any failure is an ImageLoadError naming the upload."""
-    try:
-        return model.encoder.load_image(data, name=name, formats=WEB_FORMATS)
-    except ImageLoadError:
-        raise
-    except Exception as exc:  # an odd image failing in preprocessing is the image's problem, not the server's
-        raise ImageLoadError(f"{name}: cannot preprocess ({exc})") from exc
 
 
 def embed_batch(items: list[tuple[Model, np.ndarray]]) -> list[np.ndarray]:

@@ -25,6 +25,20 @@ def test_batch_reports_bad_files_and_embeds_the_rest(encoder, files):
     assert np.isfinite(result.vectors).all()
 
 
+def test_a_failure_inside_preprocessing_is_an_image_load_error_naming_the_image(encoder, files, monkeypatch):
+    from simengine.errors import ImageLoadError
+
+    def broken(img):
+        raise IndexError("odd shape")
+
+    monkeypatch.setattr(type(encoder.preprocess), "__call__", lambda self, img: broken(img))
+    with pytest.raises(ImageLoadError, match=r"^upload:a\.jpg: cannot preprocess \(odd shape\)$"):
+        encoder.load_image(files[0].read_bytes(), name="upload:a.jpg")
+    result = encoder.embed_paths(files[:2])
+    assert result.ok == [] and [reason for _, _, reason in result.failed] == [
+        f"{files[0]}: cannot preprocess (odd shape)", f"{files[1]}: cannot preprocess (odd shape)"]
+
+
 def test_onnx_runtime_agrees_with_torch(encoder, files):
     assert encoder.runtime.name == "onnxruntime"
     torch_encoder = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime="torch")
