@@ -35,7 +35,7 @@ from simengine.query.engine import Engine
 from simengine.service.batching import QueueFull
 from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
 from simengine.service.security import (LOOPBACK_HOSTS, ApiKeyGuard, BodyLimit, ConcurrencyLimit, SecurityHeaders,
-                                        allowed_hosts, check_exposure)
+                                        allowed_hosts, check_exposure, error_body)
 from simengine.service.telemetry import Metrics, RequestIdFilter, Telemetry
 
 log = logging.getLogger("simengine.service")
@@ -90,8 +90,9 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_body_bytes)
     worker = EngineWorker(lambda: Engine.open(index_dir, mode, max_pixels=limits.max_pixels))
     metrics = Metrics()
-    embedder = UploadEmbedder(limits.max_batch_size, limits.max_wait_s, max_queued=max(3 * limits.max_pending, limits.max_batch_size),
-                              on_batch=metrics.observe_batch)
+    # Up to three images per admitted request: the batcher's own bound is never the one that refuses first.
+    max_queued = max(3 * limits.max_pending, limits.max_batch_size)
+    embedder = UploadEmbedder(limits.max_batch_size, limits.max_wait_s, max_queued, on_batch=metrics.observe_batch)
     metrics.queue_depth.set_function(lambda: embedder.batcher.depth)
     metrics.index_version.set_function(lambda: worker.engine.index.version)
 
@@ -116,13 +117,12 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"error": {"status": exc.status_code, "message": exc.detail}}, status_code=exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse(error_body(exc.status_code, exc.detail), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": {"status": 422, "message": message}}, status_code=422)
+        return JSONResponse(error_body(422, message), status_code=422)
 
     async def read_upload(upload: UploadFile, n: int) -> tuple[str, bytes]:
         """(display name, bytes) of one upload; the name is the client's, made safe, and only ever shown. Its

@@ -86,9 +86,14 @@ def check_exposure(host: str, allow_remote: bool, api_key: str | None, no_auth: 
                              f"${API_KEY_ENV}, or --no-auth to serve without one")
 
 
+def error_body(status: int, message: str) -> dict:
+    """The JSON body of every error the service answers."""
+    return {"error": {"status": status, "message": message}}
+
+
 async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     """The service's JSON error, sent by a middleware (the app's own handlers never see these requests)."""
-    body = json.dumps({"error": {"status": status, "message": message}}).encode()
+    body = json.dumps(error_body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
@@ -133,7 +138,7 @@ class ApiKeyGuard:
                 or self._authorised(scope)):
             return await self.app(scope, receive, send)
         await send_error(send, 401, "an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                       [(b"www-authenticate", b'Bearer realm="simengine"')])
+                         [(b"www-authenticate", b'Bearer realm="simengine"')])
 
 
 class BodyLimit:
@@ -149,10 +154,10 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = request_header(scope, b"content-length")
         limit_text = f"request body larger than {self.max_bytes / 2**20:.1f} MB"
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await send_error(send, 413 if declared.isdigit() else 400,
-                                  limit_text if declared.isdigit() else "bad Content-Length",
-                                  [(b"connection", b"close")])
+        if declared is not None and not declared.isdigit():
+            return await send_error(send, 400, "bad Content-Length", [(b"connection", b"close")])
+        if declared is not None and int(declared) > self.max_bytes:
+            return await send_error(send, 413, limit_text, [(b"connection", b"close")])
         loop = asyncio.get_running_loop()
         received, complete, deadline = 0, False, loop.time() + self.timeout_s
 
@@ -188,7 +193,7 @@ class ConcurrencyLimit:
             return await self.app(scope, receive, send)
         if self.in_progress >= self.max_requests:
             return await send_error(send, 503, f"busy: {self.in_progress} requests in progress, try again shortly",
-                                  [(b"retry-after", b"1")])
+                                    [(b"retry-after", b"1")])
         self.in_progress += 1
         if self.gauge is not None:
             self.gauge.inc()
