@@ -22,6 +22,7 @@ from simengine.index.store import CURRENT, V1_MANIFEST, now_iso
 from simengine.index.writer import IndexWriter, create_empty
 from simengine.model.bundle import Model
 
+
 @dataclass
 class AddReport:
     """What a build or add did: new ids, duplicates skipped (path, existing id or -1), failures (path, reason)."""
