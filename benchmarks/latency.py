@@ -140,10 +140,10 @@ def cold_cli(index: Path, a: Path, b: Path, runs: int) -> dict:
 
 def index_build_time(data: str, index: Path, split: str) -> dict:
     """Wall time of `simengine index build` with the index's model, features already cached (warm) ."""
-    from simengine.workflows import build_index_from_dataset
+    from simengine.workflows import build_index_from_source
 
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, (path, report, _) = timed(build_index_from_dataset, data, Path(tmp) / "bench", [split], index / "model")
+        seconds, (path, report, _) = timed(build_index_from_source, data, Path(tmp) / "bench", [split], index / "model")
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"split": split, "items": len(report.added), "warm_seconds": seconds, "size_mb": size / 2**20}
 

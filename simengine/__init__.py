@@ -5,7 +5,7 @@ The public face, imported lazily so that `import simengine` stays light (and nev
     Engine                          answer pair, triplet and neighbour questions (query/)
     Index, verify_index             read an index snapshot; check one without writing (index/)
     build_index, add_images, remove_items, recalibrate_index, compact_index, collect_garbage
-    build_index_from_dataset        the whole `simengine index build` job
+    build_index_from_source        the whole `simengine index build` job
     load_bundle, Encoder            the model (model/)
     train_model                     train both heads into a bundle (training/, imports torch)
 """
@@ -27,7 +27,7 @@ _EXPORTS = {
     "recalibrate_index": "simengine.index.update",
     "compact_index": "simengine.index.update",
     "collect_garbage": "simengine.index.update",
-    "build_index_from_dataset": "simengine.workflows",
+    "build_index_from_source": "simengine.workflows",
     "load_bundle": "simengine.model.bundle",
     "Encoder": "simengine.model.encoder",
     "train_model": "simengine.training.pipeline",

@@ -185,30 +185,62 @@ def index():
     """Build and maintain indexes (FAISS vectors, SQLite metadata, calibrated thresholds)."""
 
 
+_source_options = [
+    click.option("--labels", type=click.Choice(["auto", "folders", "table", "none"]), default="auto", show_default=True,
+                 help="Where classes come from: auto (a table's label column, an ImageFolder's class folders, else "
+                      "none), folders (each file's folder name), table (the label column), none."),
+    click.option("--path-column", default="path", show_default=True, help="The column of a CSV/parquet table that "
+                 "holds image paths (relative ones start at the table's folder)."),
+]
+
+
+def _with_source_options(f):
+    for option in reversed(_source_options):
+        f = option(f)
+    return f
+
+
 @index.command("build")
-@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
-@click.option("--split", default="train", show_default=True, help="Split(s) to index, comma-separated (e.g. train,val).")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model bundle; trained first when omitted.")
+@click.argument("source", required=False, type=click.Path())
+@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root, as SOURCE (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
+@click.option("--split", default="train", show_default=True, help="Split(s) of an ImageFolder dataset to index, comma-separated (e.g. train,val).")
+@_with_source_options
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model bundle; trained first when omitted (needs an ImageFolder dataset).")
 @click.option("--name", default=None, help="Index name under indexes/ (default: default).")
 @click.option("--out", type=click.Path(), default=None, help="Index path (instead of --name).")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True)
 @click.option("--target-far", type=float, default=None, help="Calibrate for this false-accept rate instead of best accuracy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_training_options
 @click.pass_context
-def index_build(ctx, data_dir, split, model_dir, name, out, index_type, target_far, backbone, weights, runtime, **train_kwargs):
-    """Embed a dataset split into an index: a new one, or the next version of an existing one (new ids, old items
-    removed; readers and servers move over without a restart)."""
+def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, name, out, index_type, target_far, as_json,
+                backbone, weights, runtime, **train_kwargs):
+    """Embed a collection into an index: a new one, or the next version of an existing one (new ids, old items
+    removed; readers and servers move over without a restart).
+
+    \b
+    SOURCE is one of:
+      an ImageFolder dataset   root/train/<class>/*.jpg (labels from the class folders; --split picks splits)
+      any folder               searched recursively for images; hidden files skipped; unlabelled unless --labels folders
+      a text file              one image path per line
+      a CSV/TSV/parquet table  a path column, an optional label column, other columns kept as metadata (for --where)
+    """
     from simengine.data.folders import resolve_data_dir
     from simengine.index.store import DEFAULT_ROOT
-    from simengine.workflows import build_index_from_dataset
+    from simengine.workflows import build_index_from_source
 
     if name and out:
         raise click.UsageError("give --name or --out, not both")
+    if source and data_dir:
+        raise click.UsageError("give SOURCE or --data, not both")
     out = Path(out) if out else DEFAULT_ROOT / (name or "default")
     train_options, finetune = (None, None) if model_dir else _train_options(**train_kwargs)
-    path, report, bundle = build_index_from_dataset(
-        resolve_data_dir(data_dir), out, [s.strip() for s in split.split(",")], model_dir, index_type, target_far,
-        runtime, train_options, finetune, backbone, weights, _progress(ctx))
+    path, report, bundle = build_index_from_source(
+        source or resolve_data_dir(data_dir), out, [s.strip() for s in split.split(",")], model_dir, index_type,
+        target_far, runtime, train_options, finetune, backbone, weights, _progress(ctx), labels, path_column)
+    if as_json:
+        _echo_json({"index": str(path), **report.to_dict()})
+        return
     if model_dir is None:
         _print_val_metrics(bundle)
     for _, reason in report.failed:
@@ -258,6 +290,37 @@ def index_remove(refs, index_dir, wait_s):
 
     ids = remove_items(resolve_index_dir(index_dir), refs, timeout_s=wait_s)
     click.echo(f"removed {len(ids)}: ids {', '.join(map(str, ids))}")
+
+
+@index.command("sync")
+@click.argument("source", required=False, type=click.Path())
+@_with_source_options
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_index_option
+@_wait_option
+@click.pass_context
+def index_sync(ctx, source, labels, path_column, dry_run, as_json, index_dir, wait_s):
+    """Make the index equal to SOURCE (default: the source it was built from): add new files, re-embed changed ones
+    (by content hash, label or metadata), remove those that are gone; one new version, none if nothing changed.
+    Safe to run from cron: it waits for other writers (--wait) and exits 1 on failure."""
+    from simengine.index.store import resolve_index_dir
+    from simengine.index.sync import sync_index
+
+    report = sync_index(resolve_index_dir(index_dir), source, None if labels == "auto" and source is None else labels,
+                        path_column if source else None, dry_run, progress=_progress(ctx), timeout_s=wait_s)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    for path, reason in report.failed:
+        click.echo(f"failed: {one_line(reason)}", err=True)
+    verb = "would " if dry_run else ""
+    for kind, entries in (("add", report.added), ("re-embed", report.changed), ("remove", report.removed)):
+        for entry in entries:
+            click.echo(f"{verb}{kind}: {one_line(entry['path'])}")
+    where = "nothing written (dry run)" if dry_run else f"version {report.version}" if report.version else "no change"
+    click.echo(f"sync {report.source}: {len(report.added)} added, {len(report.changed)} changed, "
+               f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.failed)} failed; {where}")
 
 
 @index.command("info")
@@ -340,21 +403,42 @@ def index_gc(index_dir, wait_s, grace_s):
 
 # --- query ---------------------------------------------------------------------------------------------------------
 
+def _filter_options(f):
+    f = click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+                     help="A value for :NAME in --where (repeatable); always bound, never pasted into the SQL.")(f)
+    return click.option("--where", default=None, metavar="SQL",
+                        help="Only neighbours whose columns satisfy this SQL condition, e.g. \"label = :l AND "
+                             "width > 200\" (columns: label, path, width, height, split, added_at and the source "
+                             "table's metadata).")(f)
+
+
+def _bound(params: tuple[str, ...]) -> dict[str, str]:
+    bound = {}
+    for param in params:
+        name, sep, value = param.partition("=")
+        if not sep or not name.isidentifier():
+            raise click.UsageError(f"--param {param!r}: expected NAME=VALUE")
+        bound[name] = value
+    return bound
+
+
 @cli.command()
 @click.argument("images", nargs=-1)
 @click.option("--k", type=int, default=None, help="Nearest neighbours of one image.")
 @click.option("--pairs", "pairs_csv", type=click.Path(), help="CSV of img1,img2[,label] to answer in batch.")
 @click.option("--triplets", "triplets_csv", type=click.Path(), help="CSV of img1,img2,img3[,label] to answer in batch.")
 @click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule (default: the index's calibrated best).")
+@_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_index_option
-def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
+def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, index_dir):
     """Ask about images (paths, or id:N for indexed items).
 
     \b
     simengine query a.jpg b.jpg         same class?
     simengine query a.jpg b.jpg c.jpg   do at least two share a class?
     simengine query a.jpg --k 5         nearest neighbours, verified by the pair head
+    simengine query a.jpg --k 5 --where "label = :l" --param l=n01440764
     simengine query --pairs set.csv     batch mode, with a classification report if labelled
     """
     from simengine.errors import SimengineError
@@ -374,6 +458,8 @@ def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
         if k is not None and len(images) != 1:
             raise SimengineError("--k takes exactly one image")
         parse_refs(images)
+    if (where or params) and k is None:
+        raise SimengineError("--where and --param filter nearest neighbours: give one image with --k")
     engine = Engine.open(index_dir, mode)
     if batch:
         for csv_path, width in ((pairs_csv, 2), (triplets_csv, 3)):
@@ -381,7 +467,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
                 _print_batch(engine.score_csv(csv_path, width), as_json)
         return
     if k is not None:
-        _print_neighbours(engine.neighbours(images[0], k), as_json)
+        _print_neighbours(engine.neighbours(images[0], k, where, _bound(params)), as_json)
     elif len(images) == 2:
         _print_pair(engine.pair(*images), as_json)
     else:
@@ -391,15 +477,16 @@ def query(images, k, pairs_csv, triplets_csv, mode, as_json, index_dir):
 @cli.command()
 @click.argument("image")
 @click.option("--k", type=int, default=5, show_default=True)
+@_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_index_option
-def search(image, k, as_json, index_dir):
+def search(image, k, where, params, as_json, index_dir):
     """Nearest neighbours of IMAGE (a path or id:N), verified by the pair head."""
     from simengine.query.engine import Engine
     from simengine.query.refs import parse_refs
 
     parse_refs([image])
-    _print_neighbours(Engine.open(index_dir).neighbours(image, k), as_json)
+    _print_neighbours(Engine.open(index_dir).neighbours(image, k, where, _bound(params)), as_json)
 
 
 @cli.command()

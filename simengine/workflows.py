@@ -8,34 +8,45 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from simengine.errors import SimengineError
 from simengine.index.build import AddReport, build_index
 from simengine.index.store import DEFAULT_ROOT
 
 log = logging.getLogger(__name__)
 
 
-def build_index_from_dataset(
-    data_dir: str | os.PathLike, out: str | os.PathLike = DEFAULT_ROOT / "default", splits: Sequence[str] = ("train",),
+def build_index_from_source(
+    source: str | os.PathLike, out: str | os.PathLike = DEFAULT_ROOT / "default", splits: Sequence[str] = ("train",),
     model_dir: str | os.PathLike | None = None, index_type: str = "auto", target_far: float | None = None,
     runtime: str = "auto", train_options=None, finetune_options=None, backbone: str | None = None,
-    weights: str | os.PathLike | None = None, progress: bool = False,
+    weights: str | os.PathLike | None = None, progress: bool = False, labels: str = "auto", path_column: str = "path",
 ) -> tuple[Path, AddReport, Path]:
-    """Index the given splits of an ImageFolder dataset; without `model_dir`, train a model into `<out>-model` first.
-    Returns (index path, report, model bundle path)."""
-    from simengine.data.folders import scan_split
+    """Index a collection: an ImageFolder dataset (its `splits`), a folder tree, a text file of paths, or a CSV /
+    parquet table (see `data.sources.scan_source`). Without `model_dir`, a model is trained into `<out>-model`
+    first, which needs an ImageFolder dataset. Returns (index path, report, model bundle path)."""
+    from simengine.data.sources import is_image_folder, scan_source
     from simengine.model.bundle import load_bundle
 
-    out, data_dir = Path(out), Path(data_dir)
+    out, source = Path(out), Path(source)
     if model_dir is None:
+        if not (source.is_dir() and is_image_folder(source)):
+            raise SimengineError(f"{source} is not an ImageFolder dataset (train/<class>/...), so no model can be "
+                                 "trained on it: give --model DIR (e.g. indexes/default-model, which `make demo` "
+                                 "trains on Imagenette)")
         from simengine.training.fit import TrainOptions
         from simengine.training.pipeline import train_model
 
         model_dir = out.parent / f"{out.name}-model"
         log.info("no model given: training one first, into %s", model_dir)
-        train_model(data_dir, model_dir, train_options or TrainOptions(), backbone, weights, finetune_options,
+        train_model(source, model_dir, train_options or TrainOptions(), backbone, weights, finetune_options,
                     runtime, progress)
+    collection = scan_source(source, labels, splits, path_column, progress)
+    if not collection.items:
+        raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
+                                                             if collection.skipped else ""))
     model = load_bundle(model_dir, runtime)
-    items = [item for split in splits for item in scan_split(data_dir, split)]
-    index, report = build_index(items, model, out, index_type, target_far, progress,
-                                build_info={"data": str(data_dir.resolve()), "split": ",".join(splits)})
+    build_info = {"source": str(source.resolve()), "source_kind": collection.kind, "labels": labels,
+                  "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None}
+    index, report = build_index(collection.items, model, out, index_type, target_far, progress, build_info=build_info)
+    report.failed[:0] = collection.skipped
     return index, report, Path(model_dir)

@@ -196,3 +196,45 @@ def test_any_query_arguments_end_in_an_answer_or_one_clear_line(built_index, val
 def test_a_file_name_with_line_breaks_stays_on_one_error_line(built_index, tmp_path):
     code, out = run("query", "--index", built_index, str(tmp_path / "a\nb\r.jpg"), str(tmp_path / "c.jpg"))
     assert code == 1 and out.strip() == f"error: {tmp_path}/a\\nb\\r.jpg: no such file"
+
+
+def test_cli_unlabelled_folder_build_filter_query_and_sync(fixture_data, bundle_dir, val, tmp_path):
+    """A plain folder (nested, unlabelled) indexed with one command, then pair, triplet, neighbours, a filtered
+    search and a sync; thresholds are the model's, and `index info` says they are an estimate."""
+    import shutil
+
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    for name in ("coffee", "chelsea", "rocket"):
+        for path in sorted((fixture_data / "train" / name).glob("*.jpg"))[:3]:
+            shutil.copy(path, folder / path.name)
+    (folder / "readme.txt").write_text("not an image")
+    index = tmp_path / "index"
+    code, out = run("-q", "index", "build", tmp_path / "photos", "--model", bundle_dir, "--out", index, "--json")
+    assert code == 0 and len(json.loads(out)["added"]) == 9
+    code, out = run("index", "info", "--index", index, "--json")
+    info = json.loads(out)
+    assert info["thresholds_estimated"] is True and info["classes"] == {"null": 9}
+    code, out = run("query", "--index", index, val["coffee"][0], val["coffee"][1])
+    assert code == 0 and "same class: YES" in out
+    code, out = run("query", "--index", index, "--json", val["coffee"][0], val["rocket"][0], val["coffee"][2])
+    assert code == 0 and json.loads(out)["matching_pairs"] == [[0, 2]]
+    code, out = run("query", "--index", index, "--json", "--k", "3", val["rocket"][0], "--where", "path LIKE :p",
+                    "--param", "p=%chelsea%")
+    found = json.loads(out)["neighbours"]
+    assert code == 0 and len(found) == 3 and all("chelsea" in n["path"] for n in found)
+    code, out = run("query", "--index", index, val["rocket"][0], val["rocket"][1], "--where", "1 = 1")
+    assert code == 1 and "--k" in out
+    (folder / "coffee_00.jpg").unlink()
+    code, out = run("index", "sync", "--index", index, "--dry-run")
+    assert code == 0 and "would remove" in out and "nothing written" in out
+    code, out = run("-q", "index", "sync", "--index", index, "--json")
+    assert code == 0 and len(json.loads(out)["removed"]) == 1 and json.loads(out)["version"] == 2
+
+
+def test_cli_build_without_model_on_a_plain_folder_says_what_to_do(tmp_path, val):
+    import shutil
+
+    shutil.copy(val["coffee"][0], tmp_path / "a.jpg")
+    code, out = run("index", "build", tmp_path, "--out", tmp_path / "index")
+    assert code == 1 and "--model" in out and len(out.strip().splitlines()) == 1

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from simengine.data.imagenette import DEFAULT_DATA, class_name
 from simengine.errors import SimengineError
 from simengine.hashing import sha256_file
 
+# An item's row in an index; a source's other columns are its metadata.
+ROW_COLUMNS = ("id", "path", "label", "split", "sha256", "width", "height", "added_at")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image: where it is, its class if known, the split it came from, and its content hash."""
+    """One image: where it is, its class if known, the split it came from, its content hash, and the metadata its
+    source gave it (a table's other columns)."""
 
     path: Path
     label: str | None
     split: str | None
     sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def class_name(self) -> str | None:

@@ -65,7 +65,7 @@ def item_rows(items: Sequence[Item]) -> list[dict[str, Any]]:
     rows = []
     for item in items:
         width, height = image_size(item.path)
-        rows.append({"path": str(Path(item.path).absolute()), "label": item.label, "split": item.split, "sha256": item.sha256,
+        rows.append({**item.metadata, "path": str(Path(item.path).absolute()), "label": item.label, "split": item.split, "sha256": item.sha256,
                      "width": width, "height": height, "added_at": now_iso()})
     return rows
 

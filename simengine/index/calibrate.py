@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Sequence
 
@@ -12,6 +13,9 @@ from simengine.model.bundle import Model
 
 log = logging.getLogger(__name__)
 
+# What an index's calibration says when its items could not calibrate it.
+UNCALIBRATED = ("the model bundle's thresholds: this collection has too few labels to calibrate on, so 'same class' "
+                "here is an estimate carried over from the model's training classes")
 MIN_HOLDOUT = 30  # fewer held-out items than this and calibration falls back to all indexed items
 
 
@@ -29,6 +33,6 @@ def calibrate_index(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model: 
         held, source = labelled, "all indexed items (may overlap training data)"
     if len(held) < 6 or len({rows[n]["label"] for n in held}) < 3:
         log.warning("too few labelled items to calibrate; keeping the model's own calibration")
-        return model.calibration
+        return dataclasses.replace(model.calibration, source=f"{UNCALIBRATED} ({model.calibration.source})")
     return calibrate_decisions(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, source,
                                target_far=target_far, seed=seed)

@@ -15,6 +15,7 @@ FLAT_MAX = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH_MAX = 2048
 IVF_NPROBE = 16
 
 
@@ -88,20 +89,39 @@ def excluding(ids: np.ndarray):
     return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64)))
 
 
-def search(index, queries: np.ndarray, k: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, ids), the ids rejected by `selector` never considered; -1 pads rows with fewer than k hits."""
+def only(ids: np.ndarray):
+    """A FAISS selector that accepts only `ids`."""
     import faiss
 
+    return faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64))
+
+
+def search(index, queries: np.ndarray, k: int, selector=None, selected_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids), the ids rejected by `selector` never considered; -1 pads rows with fewer than k hits.
+    When the selector lets through only `selected_fraction` of the items, HNSW and IVF look further in proportion
+    (within a cap), since most of what they visit is then filtered out."""
+    import faiss
+
+    widen = 1 / max(selected_fraction, 1e-6)
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
     if isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+        params = faiss.SearchParametersHNSW(efSearch=int(min(max(HNSW_EF_SEARCH, k) * widen, HNSW_EF_SEARCH_MAX)))
     elif isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(nprobe=inner.nprobe)
+        params = faiss.SearchParametersIVF(nprobe=int(min(inner.nprobe * widen, inner.nlist)))
     else:
         params = faiss.SearchParameters()
     if selector is not None:
         params.sel = selector
     return index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the k best of `vectors` by inner product, computed exactly."""
+    import faiss
+
+    sims, rows = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32), k,
+                           metric=faiss.METRIC_INNER_PRODUCT)
+    return sims, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
 
 def contents(index) -> tuple[np.ndarray, np.ndarray]:

@@ -7,19 +7,26 @@ serves every version a reader may hold, and a write touches only the rows it cha
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from simengine.errors import IndexUnusableError
+from simengine.data.folders import ROW_COLUMNS
+from simengine.errors import IndexUnusableError, SimengineError
 
 ITEMS_DB = "items.db"
 SCHEMA_VERSION = 2
-COLUMNS = ("id", "path", "label", "split", "sha256", "width", "height", "added_at")
+VERSION_STAMPS = ("added_version", "removed_version")
 BUSY_TIMEOUT_MS = 30_000
 REMOVED_IDS = "SELECT id FROM items WHERE removed_version <= ?"
 MAX_ID = 2**63 - 1  # ids are SQLite integers and FAISS int64 labels
+FILTER_TIMEOUT_S = 10.0
+# A filter may call SQL functions, but none that reads files or builds huge values.
+DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "randomblob",
+                              "zeroblob"})
+VERSION_PARAMETER = "_simengine_version"
 
 
 def _live(version: int) -> tuple[str, list[int]]:
@@ -35,6 +42,17 @@ def connect(folder: Path, read_only: bool = False, create: bool = False) -> sqli
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a row that its source table brought."""
+    return {k: v for k, v in row.items() if k not in ROW_COLUMNS and k not in VERSION_STAMPS}
+
+
+def metadata_columns(conn: sqlite3.Connection) -> list[str]:
+    """Columns that source tables added to the items table."""
+    names = [r["name"] for r in conn.execute("SELECT name FROM pragma_table_info('items')")]
+    return [n for n in names if n not in ROW_COLUMNS and n not in VERSION_STAMPS]
 
 
 def identity(folder: Path) -> tuple[int, int] | None:
@@ -60,7 +78,8 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def _rows(cursor: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
-    return [{k: row[k] for k in COLUMNS} for row in cursor]
+    """Rows as dicts: the fixed columns and any metadata columns a table brought, without the version stamps."""
+    return [{k: row[k] for k in row.keys() if k not in VERSION_STAMPS} for row in cursor]
 
 
 def _live_in(conn: sqlite3.Connection, version: int, select: str, column: str, values: list) -> Iterator[sqlite3.Row]:
@@ -77,6 +96,50 @@ def get(conn: sqlite3.Connection, version: int, ids: Sequence[int]) -> dict[int,
     """Rows of the live items among `ids` at `version` (ids outside int64, which no item has, are simply absent)."""
     ids = [int(i) for i in ids if 0 <= int(i) <= MAX_ID]
     return {row["id"]: row for row in _rows(_live_in(conn, version, "*", "id", ids))}
+
+
+def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[str, Any] | None = None,
+              timeout_s: float = FILTER_TIMEOUT_S) -> np.ndarray:
+    """Ids of the live items at `version` for which the SQL condition `where` holds, e.g. "label = :l AND width >
+    200" with params {"l": "n01440764"}. Values only ever come as bound parameters. The condition may read only the
+    items table and may run for at most `timeout_s`; anything else (writes, PRAGMA, ATTACH, other tables) is refused."""
+    params = dict(params or {})
+    if VERSION_PARAMETER in params:
+        raise SimengineError(f"the parameter name {VERSION_PARAMETER!r} is reserved")
+    if bad := [k for k, v in params.items() if not isinstance(v, (str, int, float, bytes, type(None)))]:
+        raise SimengineError(f"parameter {bad[0]!r}: only text, numbers, bytes or None can be bound")
+    live = _live(version)[0].replace("?", f":{VERSION_PARAMETER}")
+    sql = f"SELECT id FROM (SELECT * FROM items WHERE {live}) WHERE ({where}\n)"
+    deadline = time.monotonic() + timeout_s
+    conn.set_authorizer(_filter_authorizer)
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        ids = [r[0] for r in conn.execute(sql, {**params, VERSION_PARAMETER: version})]
+    except sqlite3.Error as exc:
+        reason = f"took longer than {timeout_s:g} s" if "interrupted" in str(exc) else " ".join(str(exc).split())
+        raise SimengineError(f"--where {where!r}: {reason}") from None
+    except sqlite3.Warning as exc:  # several statements, say
+        raise SimengineError(f"--where {where!r}: {exc}") from None
+    finally:
+        conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+    return np.unique(np.array(ids, np.int64))
+
+
+def _filter_authorizer(action: int, arg1: str | None, arg2: str | None, database: str | None, source: str | None) -> int:
+    if action == sqlite3.SQLITE_SELECT:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_READ and arg1 == "items":
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() not in DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def live_rows(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
+    """Every live row at `version`."""
+    where, args = _live(version)
+    return _rows(conn.execute(f"SELECT * FROM items WHERE {where}", args))
 
 
 def live_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
@@ -115,7 +178,9 @@ def labelled(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
 def insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], version: int) -> None:
     import sqlite_utils
 
-    sqlite_utils.Database(conn)["items"].insert_all(({**row, "added_version": version} for row in rows), batch_size=1000)
+    # alter: a table's metadata columns become columns of their own, so --where filters can use them
+    sqlite_utils.Database(conn)["items"].insert_all(({**row, "added_version": version} for row in rows), batch_size=1000,
+                                                    alter=True)
 
 
 def mark_removed(conn: sqlite3.Connection, ids: Sequence[int], version: int) -> None:

@@ -14,9 +14,11 @@ import numpy as np
 from simengine.errors import IndexUnusableError, SimengineError
 from simengine.evaluation.decisions import Calibration
 from simengine.index import faiss_factory, items_db
+from simengine.index.calibrate import UNCALIBRATED
 from simengine.index.store import IndexDir
 
 OPEN_ATTEMPTS = 3
+EXACT_FILTER_MAX = 20_000  # a filter selecting at most this many items is searched exactly (20 MB at 256-d)
 
 
 class Index:
@@ -130,6 +132,12 @@ class Index:
     def close(self) -> None:
         self.conn.close()
 
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- reading ------------------------------------------------------------------------------------------------
 
     def item(self, item_id: int) -> dict[str, Any]:
@@ -161,25 +169,44 @@ class Index:
                 raise SimengineError(f"no vector for id {int(ids[rows][0])} in {self.path}") from None
         return out
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, ids) of the k nearest live items per query, best first; removed items never appear."""
+    def search(self, queries: np.ndarray, k: int, where: str | None = None,
+               params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids) of the k nearest live items per query, best first; removed items never appear.
+        `where` (an SQL condition over the items' columns, values bound from `params`) restricts the search to the
+        items it selects before searching, never by filtering a short list afterwards."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        k_eff = min(k, len(self))
-        if k_eff == 0:
+        if where is None:
+            return self._search(queries, min(k, len(self)), self._selector)
+        allowed = self.ids_where(where, params)
+        k_eff = min(k, len(allowed))
+        if 0 < len(allowed) <= EXACT_FILTER_MAX:
+            # Graph and list searches lose recall when most of what they visit is filtered out; a few vectors are
+            # cheaper to compare exactly anyway.
+            return faiss_factory.exact_search(queries, self.vectors(allowed), allowed, k_eff)
+        return self._search(queries, k_eff, faiss_factory.only(allowed), len(allowed) / max(len(self), 1))
+
+    def _search(self, queries: np.ndarray, k: int, selector, selected_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         sims, ids = [], []
         for name in self._order:
             segment = self._segments[name]
             if segment.ntotal:
-                s, i = faiss_factory.search(segment, queries, min(k_eff, segment.ntotal), self._selector)
+                s, i = faiss_factory.search(segment, queries, min(k, segment.ntotal), selector, selected_fraction)
                 sims.append(s)
                 ids.append(i)
         sims, ids = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
         sims = np.where(ids >= 0, sims, -np.inf)
-        best = np.argsort(-sims, axis=1, kind="stable")[:, :k_eff]
+        best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         out_s, out_i = np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
         out_i[~np.isfinite(out_s)] = -1
         return out_s.astype(np.float32), out_i.astype(np.int64)
+
+    def ids_where(self, where: str, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Live ids of this version selected by an SQL condition (see `items_db.ids_where`)."""
+        ids = items_db.ids_where(self.conn, self.version, where, params)
+        # Only this snapshot's live items, whatever the condition's text does to the SQL around it.
+        return ids[~np.isin(ids, self._excluded) & (ids < self.manifest["next_id"])]
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
@@ -193,6 +220,7 @@ class Index:
             "segments": len(m["segments"]),
             "next_id": m["next_id"],
             "classes": items_db.label_counts(self.conn, self.version),
+            "metadata_columns": items_db.metadata_columns(self.conn),
             "backbone": m["model"]["encoder"]["backbone"],
             "weights": m["model"]["encoder"]["weights_source"],
             "model_hash": m["model"]["hash"],
@@ -204,6 +232,7 @@ class Index:
             "triplet_threshold": cal["triplet"][cal["default"]]["value"],
             "calibration_cv_accuracy": cal["pair"][cal["default"]]["cv_accuracy"],
             "calibrated_on": cal["source"],
+            "thresholds_estimated": cal["source"].startswith(UNCALIBRATED),
             "size_bytes": size,
             "created_at": m["created_at"],
             "committed_at": m["committed_at"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from simengine.data.imagenette import class_name
 from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
+from simengine.index import items_db
 from simengine.index.reader import Index
 from simengine.index.store import require_model, resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
@@ -163,13 +164,16 @@ class Engine:
                 matching.append([i, j])
         return TripletResult(refs, bool(matching), matching, pairs, float(threshold), self.mode)
 
-    def neighbours(self, image: Ref, k: int = 5) -> NeighboursResult:
-        """The k nearest indexed items, each verified by the pair head, and a class vote among the verified."""
+    def neighbours(self, image: Ref, k: int = 5, where: str | None = None,
+                   params: dict[str, Any] | None = None) -> NeighboursResult:
+        """The k nearest indexed items, each verified by the pair head, and a class vote among the verified. `where`
+        restricts them to the items an SQL condition over their columns selects, e.g. "label = :l AND width > 200"
+        with `params={"l": "n01440764"}` (values are always bound, never spliced into the SQL)."""
         if k < 1:
             raise SimengineError("k must be at least 1")
         self.refresh()
         [(ref, q)] = self.resolve([image])
-        sims, ids = self.index.search(q[None, :], k)
+        sims, ids = self.index.search(q[None, :], k, where, params)
         ids, sims = ids[0][ids[0] >= 0], sims[0][ids[0] >= 0]
         rows = self.index.items(ids)
         found = []
@@ -184,6 +188,7 @@ class Engine:
                     class_name=class_name(row["label"]) if row["label"] else None,
                     distance=float(1 - sims[n]), head_probability=float(head[n]),
                     verified=bool(score[n] >= threshold),
+                    metadata=items_db.metadata_of(row),
                 ))
         votes = Counter(n.label for n in found if n.verified and n.label is not None)
         verified = sum(1 for n in found if n.verified)

@@ -43,6 +43,7 @@ class Neighbour(_Result):
     distance: float
     head_probability: float
     verified: bool
+    metadata: dict[str, Any] = field(default_factory=dict)  # the columns its source table gave it
 
 
 @dataclass
