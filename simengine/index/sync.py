@@ -1,0 +1,141 @@
+"""Keeping an index equal to its source: add new files, re-embed changed ones, remove those that are gone.
+
+The index mirrors the source: an item whose path the source no longer names is removed. A file counts as changed
+when its content hash, its label or its metadata differ from its row. The plan is made again under the writer
+lock, from the version the commit builds on, so a sync never undoes a concurrent write; embedding happens before
+the lock is taken (the feature cache makes re-embedding an unchanged picture cheap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simengine.data.folders import Item
+from simengine.data.sources import scan_source
+from simengine.errors import SimengineError
+from simengine.index import items_db
+from simengine.index.build import AddReport, embed_items, item_rows, unique_by_content
+from simengine.index.lock import DEFAULT_TIMEOUT_S
+from simengine.index.store import IndexDir, require_model
+from simengine.index.writer import IndexWriter
+from simengine.model.bundle import Model, load_bundle
+
+
+@dataclass
+class SyncPlan:
+    """What a sync does: items to add (new paths), to replace (changed: item and old id), rows to remove (gone),
+    and how many stay."""
+
+    new: list[Item] = field(default_factory=list)
+    changed: list[tuple[Item, int]] = field(default_factory=list)
+    gone: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: int = 0
+
+
+@dataclass
+class SyncReport:
+    """What a sync did (or, with `dry_run`, would do): paths and ids added, changed and removed."""
+
+    source: str
+    dry_run: bool
+    added: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: int = 0
+    duplicates: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "dry_run": self.dry_run, "added": self.added, "changed": self.changed,
+                "removed": self.removed, "unchanged": self.unchanged, "version": self.version,
+                "duplicates": [{"path": p, "existing_id": i} for p, i in self.duplicates],
+                "failed": [{"path": p, "reason": r} for p, r in self.failed]}
+
+
+def plan_sync(items: list[Item], rows: list[dict[str, Any]]) -> SyncPlan:
+    """Compare a source's items with an index's live rows, by path."""
+    by_path = {row["path"]: row for row in rows}
+    plan = SyncPlan()
+    present = set()
+    for item in items:
+        path = str(Path(item.path).absolute())
+        present.add(path)
+        row = by_path.get(path)
+        if row is None:
+            plan.new.append(item)
+        elif (row["sha256"], row["label"], _set(items_db.metadata_of(row))) != (item.sha256, item.label,
+                                                                              _set(item.metadata)):
+            plan.changed.append((item, row["id"]))
+        else:
+            plan.unchanged += 1
+    plan.gone = [{"path": path, "id": row["id"]} for path, row in by_path.items() if path not in present]
+    return plan
+
+
+def _set(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata without empty values (a row has every column any table brought, NULL where it had none)."""
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = None, labels: str | None = None,
+               path_column: str | None = None, dry_run: bool = False, model: Model | None = None,
+               progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> SyncReport:
+    """Make the index hold exactly the images `source` names (by default the source it was built from, with the same
+    label and path-column settings), as one new version; nothing is written when nothing changed or on `dry_run`.
+    A changed file whose new content cannot be embedded is removed and reported as failed."""
+    index_dir = Path(index_dir)
+    store = IndexDir(index_dir)
+    manifest = store.read_manifest(store.current_version())
+    built = manifest.get("build") or {}
+    source = source or built.get("source")
+    if source is None:
+        raise SimengineError(f"{index_dir}: no source recorded for this index; give SOURCE")
+    collection = scan_source(source, labels or built.get("labels") or "auto", (built.get("split") or "train").split(","),
+                             path_column or built.get("path_column") or "path", progress)
+    report = SyncReport(source=str(Path(source).resolve()), dry_run=dry_run, failed=list(collection.skipped))
+    with contextlib.closing(items_db.connect(index_dir, read_only=True)) as conn:
+        plan = plan_sync(collection.items, items_db.live_rows(conn, manifest["version"]))
+    if dry_run:
+        _describe(report, plan, {})
+        return report
+    model = model or load_bundle(store.model_dir(manifest))
+    require_model(manifest, model, index_dir)
+    seen = AddReport()
+    vectors, embedded, failed = embed_items(model, unique_by_content(_to_embed(plan), seen), progress)
+    report.failed.extend(failed)
+    report.duplicates.extend(seen.duplicates)
+    vector_of = {item.sha256: vectors[n] for n, item in enumerate(embedded)}
+    with IndexWriter(index_dir, timeout_s) as writer:
+        require_model(writer.base, model, index_dir)
+        plan = plan_sync(collection.items, items_db.live_rows(writer.conn, writer.base["version"]))
+        replaced = [old for _, old in plan.changed]
+        writer.remove(sorted(replaced + [row["id"] for row in plan.gone]))
+        ready = unique_by_content([item for item in _to_embed(plan) if item.sha256 in vector_of], AddReport())
+        known = writer.live_ids_by_sha([item.sha256 for item in ready])
+        report.duplicates.extend((str(item.path), known[item.sha256]) for item in ready if item.sha256 in known)
+        fresh = [item for item in ready if item.sha256 not in known]
+        ids = writer.add(np.stack([vector_of[item.sha256] for item in fresh]), item_rows(fresh)) if fresh else []
+        _describe(report, plan, {str(item.path): i for item, i in zip(fresh, ids)})
+        if fresh or replaced or plan.gone:
+            changes = f"+{len(report.added)} ~{len(replaced)} -{len(plan.gone)}"
+            report.version = writer.commit(f"sync {changes}")["version"]
+    return report
+
+
+def _to_embed(plan: SyncPlan) -> list[Item]:
+    return plan.new + [item for item, _ in plan.changed]
+
+
+def _describe(report: SyncReport, plan: SyncPlan, new_ids: dict[str, int]) -> None:
+    report.added = [{"path": str(item.path), "id": new_ids.get(str(item.path))} for item in plan.new
+                    if report.dry_run or str(item.path) in new_ids]
+    report.changed = [{"path": str(item.path), "old_id": old, "new_id": new_ids.get(str(item.path))}
+                      for item, old in plan.changed]
+    report.removed, report.unchanged = plan.gone, plan.unchanged

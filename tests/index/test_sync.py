@@ -1,0 +1,83 @@
+"""`sync_index`: new files added, changed ones re-embedded, gone ones removed; idempotent; dry runs write nothing."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from simengine.data.sources import scan_source
+from simengine.index.build import build_index
+from simengine.index.reader import Index
+from simengine.index.store import IndexDir
+from simengine.index.sync import sync_index
+from simengine.workflows import build_index_from_source
+
+
+@pytest.fixture
+def folder_index(fixture_data, bundle_dir, tmp_path):
+    """An unlabelled folder of 6 photos (nested) and its index, built the way `index build FOLDER` builds it."""
+    folder = tmp_path / "photos"
+    for n, name in enumerate(("coffee", "chelsea", "astronaut")):
+        (folder / name).mkdir(parents=True)
+        for i in range(2):
+            shutil.copy(fixture_data / "train" / name / f"{name}_{i:02d}.jpg", folder / name / f"{n}{i}.jpg")
+    index, report, _ = build_index_from_source(folder, tmp_path / "index", model_dir=bundle_dir, labels="none")
+    assert len(report.added) == 6
+    return folder, index
+
+
+def paths(index_dir) -> dict[str, int]:
+    with Index(index_dir) as idx:
+        return {row["path"]: row["id"] for row in idx.items(range(idx.manifest["next_id"])).values()}
+
+
+def test_sync_adds_changes_and_removes(folder_index, fixture_data):
+    folder, index = folder_index
+    before = paths(index)
+    shutil.copy(fixture_data / "train" / "rocket" / "rocket_00.jpg", folder / "new.jpg")
+    (folder / "coffee" / "00.jpg").unlink()
+    shutil.copy(fixture_data / "train" / "rocket" / "rocket_01.jpg", folder / "chelsea" / "10.jpg")  # new content
+    report = sync_index(index)
+    assert [a["path"] for a in report.added] == [str(folder / "new.jpg")]
+    assert [(c["path"], c["old_id"]) for c in report.changed] == [(str(folder / "chelsea" / "10.jpg"),
+                                                                   before[str(folder / "chelsea" / "10.jpg")])]
+    assert report.removed == [{"path": str(folder / "coffee" / "00.jpg"), "id": before[str(folder / "coffee" / "00.jpg")]}]
+    assert report.unchanged == 4 and report.version == 2
+    after = paths(index)
+    assert set(after) == {str(p) for p in folder.rglob("*.jpg")}
+    assert after[str(folder / "chelsea" / "10.jpg")] not in before.values()  # re-embedded under a new id
+    # Nothing changed since: no new version.
+    again = sync_index(index)
+    assert (again.added, again.changed, again.removed, again.version) == ([], [], [], None)
+    assert IndexDir(index).current_version() == 2
+
+
+def test_dry_run_writes_nothing(folder_index, fixture_data):
+    folder, index = folder_index
+    shutil.copy(fixture_data / "train" / "rocket" / "rocket_00.jpg", folder / "new.jpg")
+    report = sync_index(index, dry_run=True)
+    assert [a["path"] for a in report.added] == [str(folder / "new.jpg")] and report.added[0]["id"] is None
+    assert IndexDir(index).current_version() == 1
+
+
+def test_changed_labels_and_metadata_count_as_changes(fixture_data, model, tmp_path):
+    table = tmp_path / "t.csv"
+    photos = sorted((fixture_data / "train" / "coffee").glob("*.jpg"))[:3]
+    table.write_text("path,label,rating\n" + "".join(f"{p},coffee,{n}\n" for n, p in enumerate(photos)))
+    index, _ = build_index(scan_source(table).items, model, tmp_path / "index",
+                           build_info={"source": str(table), "labels": "auto", "path_column": "path"})
+    table.write_text("path,label,rating\n" + "".join(f"{p},coffee,{5 if n == 0 else n}\n" for n, p in enumerate(photos)))
+    report = sync_index(index, model=model)
+    assert [c["path"] for c in report.changed] == [str(photos[0])] and report.unchanged == 2
+    with Index(index) as idx:
+        [new_id] = [c["new_id"] for c in report.changed]
+        assert idx.item(new_id)["rating"] == 5
+
+
+def test_a_moved_file_is_removed_and_added_again(folder_index):
+    folder, index = folder_index
+    (folder / "coffee" / "00.jpg").rename(folder / "moved.jpg")
+    report = sync_index(index)
+    assert [a["path"] for a in report.added] == [str(folder / "moved.jpg")] and len(report.removed) == 1
+    assert str(folder / "moved.jpg") in paths(index)
