@@ -79,3 +79,14 @@ def test_index_write_script(built_index, tmp_path):
     assert [r["vectors"] for r in data["rows"]] == [300]
     assert all(r["before_median_s"] > 0 and r["after_median_s"] > 0 for r in data["rows"])
     assert all(len(r["before_runs_s"]) == len(r["after_runs_s"]) == 2 for r in data["rows"])
+
+
+def test_collection_script(fixture_data, bundle_dir, tmp_path):
+    import collection
+
+    collection.main(["--data", str(fixture_data), "--model", str(bundle_dir), "--n", "20", "--questions", "10",
+                     "--searches", "2", "--out", str(tmp_path)])
+    data = _written(tmp_path, "collection")
+    assert data["build"]["items"] == 20 and data["build"]["thresholds_estimated"] is True
+    assert (data["sync"]["added"], data["sync"]["changed"], data["sync"]["removed"]) == (10, 5, 10)
+    assert data["sync"]["nothing_changed_version"] is None and data["filtered_search"]["all_results_match"]
