@@ -4,8 +4,9 @@ The public face, imported lazily so that `import simengine` stays light (and nev
 
     Engine                          answer pair, triplet and neighbour questions (query/)
     Index, verify_index             read an index snapshot; check one without writing (index/)
-    build_index, add_images, remove_items, recalibrate_index, compact_index, collect_garbage
-    build_index_from_source        the whole `simengine index build` job
+    build_index, add_images, remove_items, recalibrate_index, compact_index, collect_garbage, sync_index
+    scan_source                     the items of a folder, list or table (data/)
+    build_index_from_source         the whole `simengine index build` job
     load_bundle, Encoder            the model (model/)
     train_model                     train both heads into a bundle (training/, imports torch)
 """
@@ -27,6 +28,8 @@ _EXPORTS = {
     "recalibrate_index": "simengine.index.update",
     "compact_index": "simengine.index.update",
     "collect_garbage": "simengine.index.update",
+    "sync_index": "simengine.index.sync",
+    "scan_source": "simengine.data.sources",
     "build_index_from_source": "simengine.workflows",
     "load_bundle": "simengine.model.bundle",
     "Encoder": "simengine.model.encoder",
