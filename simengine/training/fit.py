@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from simengine.training import miners as miners
+from simengine.training.distill import similarity_distillation, teacher_features
 from simengine.errors import SimengineError
 from simengine.evaluation.metrics import retrieval_metrics
 from simengine.model.heads import EmbeddingHead, PairHead, embed_numpy, pair_logits
@@ -36,6 +37,7 @@ class TrainOptions:
     classes_per_batch: int = 10
     per_class: int = 8
     random_triplets: int = 1280
+    distill: float = 0.0
     eval_every: int = 100
     patience: int = 4
     pair_hidden: int = 128
@@ -127,6 +129,11 @@ def train_embedding_head(
     head = EmbeddingHead(fit_x.shape[1], opts.dim, opts.hidden)
     x = torch.from_numpy(np.ascontiguousarray(fit_x, np.float32))
     y = torch.from_numpy(encode_labels(fit_y))
+    teacher = teacher_features(fit_x, fit_x.mean(0)) if opts.distill else None
+
+    def distilled(loss: torch.Tensor, e: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
+        return loss + opts.distill * similarity_distillation(e, teacher[ix]) if opts.distill else loss
+
     if opts.mining == "random":
         fixed = torch.tensor([s.indices for s in sample_training_triplets(list(fit_y), opts.random_triplets, opts.seed)])
         rng = np.random.default_rng(opts.seed)
@@ -134,8 +141,9 @@ def train_embedding_head(
 
         def step_loss(step: int) -> torch.Tensor:
             rows = fixed[rng.choice(len(fixed), size=min(batch, len(fixed)), replace=False)]
-            e = head(x[rows.flatten()]).view(len(rows), 3, -1)
-            return F.triplet_margin_loss(e[:, 0], e[:, 1], e[:, 2], margin=opts.margin)
+            e = head(x[rows.flatten()])
+            t = e.view(len(rows), 3, -1)
+            return distilled(F.triplet_margin_loss(t[:, 0], t[:, 1], t[:, 2], margin=opts.margin), e, rows.flatten())
     else:
         batches = iter(PKSampler(list(fit_y), opts.classes_per_batch, opts.per_class, opts.seed))
 
@@ -146,9 +154,8 @@ def train_embedding_head(
                 a, p, n = miners.batch_hard(e, labels)
             else:
                 a, p, n = miners.semihard(e, labels, opts.margin)
-            if len(a) == 0:
-                return e.sum() * 0.0
-            return F.triplet_margin_loss(e[a], e[p], e[n], margin=opts.margin)
+            triplet = F.triplet_margin_loss(e[a], e[p], e[n], margin=opts.margin) if len(a) else e.sum() * 0.0
+            return distilled(triplet, e, ix)
 
     def evaluate() -> float:
         return retrieval_metrics(embed_numpy(head, hold_x), hold_y, embed_numpy(head, fit_x), fit_y)["map_at_r"]
