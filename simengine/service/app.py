@@ -288,5 +288,5 @@ TRIPLET_EXAMPLE = {"images": ["upload:a.jpg", "upload:b.jpg", "id:12"], "any_mat
                    "threshold": 0.3558, "decision": "head"}
 SEARCH_EXAMPLE = {"query": "upload:a.jpg", "k": 1, "neighbours": [
     {"id": 9364, "path": "/data/train/n03888257/n03888257_7046.JPEG", "label": "n03888257", "class_name": "parachute",
-     "distance": 0.0168, "head_probability": 0.9947, "verified": True}],
+     "distance": 0.0168, "head_probability": 0.9947, "verified": True, "metadata": {}}],
     "predicted_class": "n03888257", "confidence": 1.0, "verified_count": 1}
