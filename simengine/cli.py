@@ -185,26 +185,27 @@ def index():
     """Build and maintain indexes (FAISS vectors, SQLite metadata, calibrated thresholds)."""
 
 
-_source_options = [
-    click.option("--labels", type=click.Choice(["auto", "folders", "table", "none"]), default="auto", show_default=True,
-                 help="Where classes come from: auto (a table's label column, an ImageFolder's class folders, else "
-                      "none), folders (each file's folder name), table (the label column), none."),
-    click.option("--path-column", default="path", show_default=True, help="The column of a CSV/parquet table that "
-                 "holds image paths (relative ones start at the table's folder)."),
-]
+def _source_options(recorded: bool = False):
+    """--labels and --path-column; for `sync` (recorded=True) they default to what the build recorded."""
+    default = " [default: as the index was built, else {}]" if recorded else " [default: {}]"
 
-
-def _with_source_options(f):
-    for option in reversed(_source_options):
-        f = option(f)
-    return f
+    def decorate(f):
+        f = click.option("--path-column", default=None if recorded else "path",
+                         help="The column of a CSV/parquet table that holds image paths (relative ones start at the "
+                              "table's folder)." + default.format("path"))(f)
+        return click.option("--labels", type=click.Choice(["auto", "folders", "table", "none"]),
+                            default=None if recorded else "auto",
+                            help="Where classes come from: auto (a table's label column, an ImageFolder's class "
+                                 "folders, else none), folders (each file's folder name), table (the label column), "
+                                 "none." + default.format("auto"))(f)
+    return decorate
 
 
 @index.command("build")
 @click.argument("source", required=False, type=click.Path())
 @click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root, as SOURCE (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
 @click.option("--split", default="train", show_default=True, help="Split(s) of an ImageFolder dataset to index, comma-separated (e.g. train,val).")
-@_with_source_options
+@_source_options()
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model bundle; trained first when omitted (needs an ImageFolder dataset).")
 @click.option("--name", default=None, help="Index name under indexes/ (default: default).")
 @click.option("--out", type=click.Path(), default=None, help="Index path (instead of --name).")
@@ -294,33 +295,44 @@ def index_remove(refs, index_dir, wait_s):
 
 @index.command("sync")
 @click.argument("source", required=False, type=click.Path())
-@_with_source_options
-@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@_source_options(recorded=True)
+@click.option("--dry-run", is_flag=True, help="Print what would change, before embedding (duplicates and unreadable "
+              "files show up only in a real run); write nothing.")
+@click.option("--force", is_flag=True, help="Allow removing more than half of the index.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_index_option
 @_wait_option
 @click.pass_context
-def index_sync(ctx, source, labels, path_column, dry_run, as_json, index_dir, wait_s):
-    """Make the index equal to SOURCE (default: the source it was built from): add new files, re-embed changed ones
-    (by content hash, label or metadata), remove those that are gone; one new version, none if nothing changed.
-    Safe to run from cron: it waits for other writers (--wait) and exits 1 on failure."""
+def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_dir, wait_s):
+    """Make the index equal to SOURCE (default: the source it was built from, read the same way): add new files,
+    re-embed changed ones (content, label or metadata), remove those that are gone; one new version, none if
+    nothing changed. Safe from cron: it waits for other writers (--wait), refuses to remove more than half of the
+    index without --force (a missing disk looks like an empty folder), and exits 1 on failure."""
     from simengine.index.store import resolve_index_dir
     from simengine.index.sync import sync_index
 
-    report = sync_index(resolve_index_dir(index_dir), source, None if labels == "auto" and source is None else labels,
-                        path_column if source else None, dry_run, progress=_progress(ctx), timeout_s=wait_s)
+    report = sync_index(resolve_index_dir(index_dir), source, labels, path_column, dry_run, progress=_progress(ctx),
+                        timeout_s=wait_s, force=force)
     if as_json:
         _echo_json(report.to_dict())
         return
     for path, reason in report.failed:
         click.echo(f"failed: {one_line(reason)}", err=True)
+    for path, existing in report.duplicates:
+        click.echo(f"duplicate skipped: {one_line(path)}" + (f" (same as id {existing})" if existing >= 0 else ""),
+                   err=True)
     verb = "would " if dry_run else ""
-    for kind, entries in (("add", report.added), ("re-embed", report.changed), ("remove", report.removed)):
-        for entry in entries:
-            click.echo(f"{verb}{kind}: {one_line(entry['path'])}")
+    for entry in report.added:
+        click.echo(f"{verb}add: {one_line(entry['path'])}")
+    for entry in report.changed:
+        lost = not dry_run and entry["new_id"] is None
+        click.echo(f"{'removed, new content not indexed' if lost else verb + 're-embed'}: {one_line(entry['path'])}")
+    for entry in report.removed:
+        click.echo(f"{verb}remove: {one_line(entry['path'])}")
     where = "nothing written (dry run)" if dry_run else f"version {report.version}" if report.version else "no change"
     click.echo(f"sync {report.source}: {len(report.added)} added, {len(report.changed)} changed, "
-               f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.failed)} failed; {where}")
+               f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
+               f"{len(report.failed)} failed; {where}")
 
 
 @index.command("info")
@@ -412,13 +424,16 @@ def _filter_options(f):
                              "table's metadata).")(f)
 
 
-def _bound(params: tuple[str, ...]) -> dict[str, str]:
+def _bound(params: tuple[str, ...]) -> dict[str, object]:
+    """--param values typed as table cells are: 200 is a number, 007 and text stay text."""
+    from simengine.data.sources import typed_value
+
     bound = {}
     for param in params:
         name, sep, value = param.partition("=")
         if not sep or not name.isidentifier():
             raise click.UsageError(f"--param {param!r}: expected NAME=VALUE")
-        bound[name] = value
+        bound[name] = typed_value(value)
     return bound
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -20,6 +21,15 @@ MAX_PIXELS = 40_000_000
 # What the HTTP service accepts and serves: the formats browsers and cameras produce. Pillow opens many more (EPS
 # even calls Ghostscript), which a server must not try on a stranger's bytes.
 WEB_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+# Pillow renders EPS by running Ghostscript, an interpreter: never on the files of a collection, whatever their names.
+GHOSTSCRIPT_FORMATS = ("EPS",)
+
+
+@functools.cache
+def local_formats() -> tuple[str, ...]:
+    """The formats decoded from files: every one Pillow opens, but those it renders with Ghostscript."""
+    Image.init()
+    return tuple(f for f in Image.OPEN if f not in GHOSTSCRIPT_FORMATS)
 
 
 def not_a_file_reason(path: str | os.PathLike) -> str | None:
@@ -53,7 +63,7 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
         with warnings.catch_warnings():
             # Pillow raises past twice Image.MAX_IMAGE_PIXELS and only warns between 1x and 2x: refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(opened, formats=formats) as img:
+            with Image.open(opened, formats=formats or local_formats()) as img:
                 limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
                 if img.width * img.height > limit:
                     raise ImageLoadError(f"{name}: image too large to decode safely ({img.width}x{img.height} px, "
@@ -73,7 +83,7 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
     except Image.UnidentifiedImageError as exc:
         if formats is not None:
             raise UnsupportedImageError(f"{name}: not an image in a supported format ({', '.join(formats)})") from exc
-        raise ImageLoadError(f"{name}: not an image") from exc
+        raise ImageLoadError(f"{name}: not an image (EPS/PostScript is never rendered)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{name}: corrupt or truncated image ({exc})") from exc
 
@@ -118,7 +128,7 @@ def image_format(path: str | os.PathLike, formats: tuple[str, ...] = WEB_FORMATS
 def image_size(path: str | os.PathLike) -> tuple[int | None, int | None]:
     """(width, height) from the file header, or (None, None) when it cannot be read."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=local_formats()) as img:
             return img.size
     except Exception:
         return None, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import decimal
 import json
 import math
 import os
@@ -23,18 +24,28 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 RESERVED_COLUMNS = frozenset(ROW_COLUMNS) | {"added_version", "removed_version"}
 # Metadata column names end up as SQL identifiers in --where filters: plain names only.
 COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-# Pillow opens these only through Ghostscript, an interpreter: never run on whatever a folder holds.
-GHOSTSCRIPT_SUFFIXES = frozenset({".eps", ".epsf", ".epsi", ".ps"})
+# Numbers as CSV cells spell them; no leading zeros (zip codes, ids like 007 stay text) and no exponent-free giants.
+INTEGER = re.compile(r"-?(0|[1-9]\d*)")
+DECIMAL = re.compile(r"-?(0|[1-9]\d*)?\.\d+([eE][+-]?\d+)?|-?(0|[1-9]\d*)[eE][+-]?\d+|-?(0|[1-9]\d*)\.")
+# Still-image suffixes a folder walk picks up (those Pillow can open here); videos, HDF5 and the like are not.
+STILL_IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".ppm",
+    ".pgm", ".pbm", ".pnm", ".pfm", ".jp2", ".j2k", ".jpx", ".jpf", ".tga", ".ico", ".pcx", ".sgi", ".rgb", ".qoi",
+    ".dds", ".psd", ".avif", ".heic", ".heif",
+})
+# A folder holding one of these is an index or a model bundle (say, `simengine index build .`), never images.
+NOT_A_COLLECTION = ("CURRENT", "heads.safetensors")
 
 
 @dataclass
 class Collection:
-    """What a source holds: its items, what was skipped as (line or path, reason), and its kind."""
+    """What a source holds: its items, what was skipped as (line or path, reason), its kind, and the paths of files
+    that exist but could not be read (a sync keeps their items)."""
 
     items: list[Item]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     kind: str = "folder"
+    unreadable: set[str] = field(default_factory=set)  # files that exist but could not be read this time
 
     @property
     def labelled(self) -> bool:
@@ -46,30 +57,40 @@ class Collection:
 
 
 def image_suffixes() -> frozenset[str]:
-    """File suffixes of every format Pillow can open (without the Ghostscript ones)."""
+    """Suffixes of still-image files that Pillow (with the plugins installed here) can open."""
     from PIL import Image
 
+    from simengine.data.decode import local_formats
+
     Image.init()
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN) - GHOSTSCRIPT_SUFFIXES
+    openable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in local_formats()}
+    return STILL_IMAGE_SUFFIXES & openable
 
 
 def is_image_folder(root: Path) -> bool:
-    """The `train/<class>/*` layout of an ImageFolder dataset."""
+    """The `train/<class>/*.jpg` layout of an ImageFolder dataset: class folders holding images directly."""
     train = root / "train"
-    return train.is_dir() and any(p.is_dir() for p in train.iterdir())
+    if not train.is_dir():
+        return False
+    suffixes = image_suffixes()
+    return any(p.is_dir() and any(f.suffix.lower() in suffixes for f in p.iterdir()) for p in train.iterdir())
 
 
 def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterable[str] = ("train",),
-                path_column: str = "path", progress: bool = False) -> Collection:
+                path_column: str = "path", progress: bool = False, kind: str | None = None) -> Collection:
     """Every image a source names, hashed. `labels`: "auto" (a table's `label` column, an ImageFolder's class
-    folders, else none), "folders" (each file's folder name), "table" (the `label` column, required), "none"."""
+    folders, else none), "folders" (each file's folder name), "table" (the `label` column, required), "none".
+    A folder is read as an ImageFolder dataset when it has that layout, unless `kind` (as a collection recorded it
+    earlier: "imagefolder" or "folder") says how."""
     if labels not in LABEL_MODES:
         raise SimengineError(f"--labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}")
     root = Path(source)
     if root.is_dir():
         if labels == "table":
             raise SimengineError(f"{root} is a folder; --labels table needs a CSV or parquet table")
-        if labels in ("auto", "folders") and is_image_folder(root):
+        layout = kind if kind in ("imagefolder", "folder") else (
+            "imagefolder" if labels in ("auto", "folders") and is_image_folder(root) else "folder")
+        if layout == "imagefolder":
             return Collection([item for split in splits for item in scan_split(root, split)], kind="imagefolder")
         return _hashed(_walk(root), labels == "folders", "folder", progress)
     if not root.is_file():
@@ -84,10 +105,13 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Path]]:
-    """Image files under `root`, in a stable order; hidden files and folders are skipped and folder links are not
-    followed (no loops, nothing outside the tree by accident)."""
+    """Image files under `root`, in a stable order; hidden files and folders, indexes and model bundles are skipped
+    and folder links are not followed (no loops, nothing outside the tree by accident)."""
     suffixes = image_suffixes()
     for folder, dirs, files in os.walk(root):
+        if any(marker in files for marker in NOT_A_COLLECTION):
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
@@ -98,10 +122,15 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
 def _listed(list_file: Path) -> Iterator[tuple[str, Path]]:
     """Paths in a text file, one per line (relative ones from the file's folder); blank lines and # comments skipped."""
     with _open_text(list_file) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield f"{list_file}:{number}", list_file.parent / line
+        try:
+            lines = f.read().splitlines()
+        except UnicodeDecodeError:
+            raise SimengineError(f"{list_file}: not a text file of paths (to index one image, give its folder or "
+                                 "use `index add`)") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield f"{list_file}:{number}", list_file.parent / line
 
 
 def _hashed(found: Iterable[tuple[str, Path]], folder_labels: bool, kind: str, progress: bool,
@@ -112,13 +141,20 @@ def _hashed(found: Iterable[tuple[str, Path]], folder_labels: bool, kind: str, p
     collection = Collection(items=[], kind=kind)
     for where, path in tqdm(list(found), desc="hashing", unit="file", disable=not progress):
         label, metadata = (extra or {}).get(where, (None, {}))
+        named = where if where == str(path) else f"{where}: {path}"
         try:
+            str(path).encode("utf-8")
             item = Item.from_file(path, label, None)
-        except OSError as exc:
-            collection.skipped.append((where, f"{where}: {path}: {exc.strerror or exc}"))
+        except UnicodeEncodeError:
+            collection.skipped.append((where, f"{named!r}: the file name is not valid UTF-8"))
+            continue
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, on Python 3.11
+            collection.skipped.append((where, f"{named}: {getattr(exc, 'strerror', None) or exc}"))
+            if os.path.lexists(path):
+                collection.unreadable.add(str(Path(path).absolute()))
             continue
         if folder_labels and label is None:
-            label = item.path.parent.name
+            label = Path(path).parent.name  # the folder the user sees, not a link's target
         collection.items.append(Item(item.path, label, None, item.sha256, metadata))
     return collection
 
@@ -145,21 +181,23 @@ def _csv_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[tuple[int
                 for row in reader:
                     if None in row:
                         raise SimengineError(f"{path}:{reader.line_num}: more fields than the header has")
-                    yield reader.line_num, {k: _typed(v) for k, v in row.items()}
+                    yield reader.line_num, row
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise SimengineError(f"{path}:{reader.line_num}: {exc}") from None
 
     return columns, rows()
 
 
-def _typed(text: str | None) -> Any:
-    """A CSV cell as the value it spells: numbers as numbers (so `width > 200` compares numbers), empty as NULL."""
+def typed_value(text: str | None) -> Any:
+    """A cell (or a --param value) as the value it spells: numbers as numbers, so `year > 2000` compares numbers;
+    empty as NULL. Text that only looks numeric stays text: leading zeros (007, zip codes), integers beyond 64 bits."""
     if text is None or text == "":
         return None
-    if NUMBER.fullmatch(text):
+    if INTEGER.fullmatch(text):
+        number = int(text)
+        return number if -2**63 <= number < 2**63 else text
+    if DECIMAL.fullmatch(text):
         number = float(text)
-        if number.is_integer() and re.fullmatch(r"[+-]?\d+", text) and abs(number) < 2**63:
-            return int(text)
         return number if math.isfinite(number) else text
     return text
 
@@ -185,9 +223,18 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, 
 
 
 def _sql_value(value: Any) -> Any:
-    """A parquet cell as something SQLite stores: dates as ISO text, nested values as JSON."""
+    """A parquet cell as something SQLite stores the same way back: NaN as NULL, integers beyond 64 bits and dates
+    as text, decimals as floats, durations as seconds, nested values as JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return str(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -201,20 +248,27 @@ def _from_table(table: Path, table_rows: tuple[list[str], Iterator[tuple[int, di
     if path_column not in columns:
         raise SimengineError(f"{table}: no {path_column!r} column (columns: {', '.join(columns) or 'none'}); "
                              "name it with --path-column")
-    if labels == "table" and "label" not in columns:
+    label_column = next((c for c in columns if c.lower() == "label" and c != path_column), None)
+    if labels == "table" and label_column is None:
         raise SimengineError(f"{table}: --labels table needs a 'label' column")
-    metadata_columns = [c for c in columns if c not in (path_column, "label")]
+    metadata_columns = [c for c in columns if c not in (path_column, label_column)]
     _check_column_names(table, metadata_columns)
-    found, extra, skipped = [], {}, []
+    typed = kind != "parquet"  # CSV cells are text; parquet ones have their types
+    found, extra, skipped, first_line = [], {}, [], {}
     for number, row in rows:
         where = f"{table}:{number}"
         value = row.get(path_column)
         if value is None or str(value).strip() == "":
             skipped.append((where, f"{where}: empty {path_column}"))
             continue
-        found.append((where, table.parent / str(value).strip()))
-        label = row.get("label") if labels in ("auto", "table") else None
-        extra[where] = (None if label is None else str(label), {c: row.get(c) for c in metadata_columns})
+        path = table.parent / str(value).strip()
+        if (earlier := first_line.setdefault(str(Path(path).absolute()), number)) != number:
+            skipped.append((where, f"{where}: {path} is already listed on line {earlier}"))
+            continue
+        found.append((where, path))
+        label = row.get(label_column) if label_column and labels in ("auto", "table") else None
+        extra[where] = (None if label in (None, "") else str(label),
+                        {c.lower(): typed_value(row.get(c)) if typed else row.get(c) for c in metadata_columns})
     collection = _hashed(found, labels == "folders", kind, progress, extra)
     collection.skipped[:0] = skipped
     return collection

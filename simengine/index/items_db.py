@@ -24,9 +24,11 @@ REMOVED_IDS = "SELECT id FROM items WHERE removed_version <= ?"
 MAX_ID = 2**63 - 1  # ids are SQLite integers and FAISS int64 labels
 FILTER_TIMEOUT_S = 10.0
 # A filter may call SQL functions, but none that reads files or builds huge values.
+# printf and format: a large width pads for seconds inside one call, beyond the length limit's reach.
 DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "randomblob",
-                              "zeroblob"})
-VERSION_PARAMETER = "_simengine_version"
+                              "zeroblob", "printf", "format"})
+FILTER_MAX_VALUE_BYTES = 1_000_000  # so no single function call builds a huge string between progress checks
+LIVE_VIEW = "live_items_at"
 
 
 def _live(version: int) -> tuple[str, list[int]]:
@@ -101,35 +103,42 @@ def get(conn: sqlite3.Connection, version: int, ids: Sequence[int]) -> dict[int,
 def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[str, Any] | None = None,
               timeout_s: float = FILTER_TIMEOUT_S) -> np.ndarray:
     """Ids of the live items at `version` for which the SQL condition `where` holds, e.g. "label = :l AND width >
-    200" with params {"l": "n01440764"}. Values only ever come as bound parameters. The condition may read only the
-    items table and may run for at most `timeout_s`; anything else (writes, PRAGMA, ATTACH, other tables) is refused."""
+    200" with params {"l": "n01440764"}. Values only ever come as bound parameters. The condition sees the live
+    rows only (a view; the items table itself cannot be read), may not write or read anything else, builds no
+    value over 1 MB and runs for at most `timeout_s`."""
     params = dict(params or {})
-    if VERSION_PARAMETER in params:
-        raise SimengineError(f"the parameter name {VERSION_PARAMETER!r} is reserved")
     if bad := [k for k, v in params.items() if not isinstance(v, (str, int, float, bytes, type(None)))]:
         raise SimengineError(f"parameter {bad[0]!r}: only text, numbers, bytes or None can be bound")
-    live = _live(version)[0].replace("?", f":{VERSION_PARAMETER}")
-    sql = f"SELECT id FROM (SELECT * FROM items WHERE {live}) WHERE ({where}\n)"
+    live = _live(int(version))[0].replace("?", str(int(version)))
+    conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {LIVE_VIEW}_{int(version)} AS SELECT * FROM items WHERE {live}")
     deadline = time.monotonic() + timeout_s
+    length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, FILTER_MAX_VALUE_BYTES)
     conn.set_authorizer(_filter_authorizer)
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
-        ids = [r[0] for r in conn.execute(sql, {**params, VERSION_PARAMETER: version})]
+        selected = [r[0] for r in conn.execute(f"SELECT id FROM {LIVE_VIEW}_{int(version)} WHERE ({where}\n)", params)]
     except sqlite3.Error as exc:
         reason = f"took longer than {timeout_s:g} s" if "interrupted" in str(exc) else " ".join(str(exc).split())
         raise SimengineError(f"--where {where!r}: {reason}") from None
-    except sqlite3.Warning as exc:  # several statements, say
+    except (sqlite3.Warning, OverflowError) as exc:  # several statements; a Python int beyond 64 bits
         raise SimengineError(f"--where {where!r}: {exc}") from None
     finally:
         conn.set_authorizer(None)
         conn.set_progress_handler(None, 0)
-    return np.unique(np.array(ids, np.int64))
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length_limit)
+    if any(type(i) is not int or not 0 <= i <= MAX_ID for i in selected):
+        raise SimengineError(f"--where {where!r}: the condition must select items, not make up values")
+    return np.unique(np.array(selected, np.int64))
 
 
 def _filter_authorizer(action: int, arg1: str | None, arg2: str | None, database: str | None, source: str | None) -> int:
     if action == sqlite3.SQLITE_SELECT:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_READ and arg1 == "items":
+    # The items table is read only through the live-rows view, so removed rows stay out of reach.
+    if action == sqlite3.SQLITE_READ and (
+            (arg1 == "items" and (source or "").startswith(LIVE_VIEW))
+            or (database == "temp" and (arg1 or "").startswith(LIVE_VIEW))):
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() not in DENIED_FUNCTIONS:
         return sqlite3.SQLITE_OK
@@ -178,9 +187,17 @@ def labelled(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
 def insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], version: int) -> None:
     import sqlite_utils
 
-    # alter: a table's metadata columns become columns of their own, so --where filters can use them
-    sqlite_utils.Database(conn)["items"].insert_all(({**row, "added_version": version} for row in rows), batch_size=1000,
-                                                    alter=True)
+    _add_metadata_columns(conn, rows)
+    sqlite_utils.Database(conn)["items"].insert_all(({**row, "added_version": version} for row in rows), batch_size=1000)
+
+
+def _add_metadata_columns(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """A column for every metadata key the table lacks, declared without a type: SQLite then keeps each value as
+    given (numbers stay numbers for --where comparisons, whatever the first rows held)."""
+    existing = {r["name"].lower() for r in conn.execute("SELECT name FROM pragma_table_info('items')")}
+    new = {key.lower() for row in rows for key in row} - existing
+    for name in sorted(new):
+        conn.execute(f'ALTER TABLE items ADD COLUMN "{name}"')
 
 
 def mark_removed(conn: sqlite3.Connection, ids: Sequence[int], version: int) -> None:

@@ -18,7 +18,8 @@ from simengine.index.calibrate import UNCALIBRATED
 from simengine.index.store import IndexDir
 
 OPEN_ATTEMPTS = 3
-EXACT_FILTER_MAX = 20_000  # a filter selecting at most this many items is searched exactly (20 MB at 256-d)
+# A filter selecting at most this many floats of vectors (20 MB: 20k items at 256-d) is searched exactly.
+EXACT_FILTER_FLOATS = 5_000_000
 
 
 class Index:
@@ -179,7 +180,7 @@ class Index:
             return self._search(queries, min(k, len(self)), self._selector)
         allowed = self.ids_where(where, params)
         k_eff = min(k, len(allowed))
-        if 0 < len(allowed) <= EXACT_FILTER_MAX:
+        if 0 < len(allowed) * self.manifest["dim"] <= EXACT_FILTER_FLOATS:
             # Graph and list searches lose recall when most of what they visit is filtered out; a few vectors are
             # cheaper to compare exactly anyway.
             return faiss_factory.exact_search(queries, self.vectors(allowed), allowed, k_eff)

@@ -27,6 +27,12 @@ from simengine.index.writer import IndexWriter
 from simengine.model.bundle import Model, load_bundle
 
 
+# A sync that would remove every item, or more than this share of the index (and more than MASS_REMOVAL_MIN items),
+# stops unless forced.
+MASS_REMOVAL_SHARE = 0.5
+MASS_REMOVAL_MIN = 10
+
+
 @dataclass
 class SyncPlan:
     """What a sync does: items to add (new paths), to replace (changed: item and old id), rows to remove (gone),
@@ -59,11 +65,12 @@ class SyncReport:
                 "failed": [{"path": p, "reason": r} for p, r in self.failed]}
 
 
-def plan_sync(items: list[Item], rows: list[dict[str, Any]]) -> SyncPlan:
-    """Compare a source's items with an index's live rows, by path."""
+def plan_sync(items: list[Item], rows: list[dict[str, Any]], unreadable: set[str] = frozenset()) -> SyncPlan:
+    """Compare a source's items with an index's live rows, by path; rows of files that exist but could not be read
+    this time stay as they are."""
     by_path = {row["path"]: row for row in rows}
-    plan = SyncPlan()
-    present = set()
+    plan = SyncPlan(unchanged=len(unreadable & by_path.keys()))
+    present = set(unreadable)
     for item in items:
         path = str(Path(item.path).absolute())
         present.add(path)
@@ -80,28 +87,36 @@ def plan_sync(items: list[Item], rows: list[dict[str, Any]]) -> SyncPlan:
 
 
 def _set(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata without empty values (a row has every column any table brought, NULL where it had none)."""
-    return {k: v for k, v in metadata.items() if v is not None}
+    """Metadata as SQLite gives it back: names case-insensitive, no empty values (a row has every column any table
+    brought, NULL where it had none)."""
+    return {k.lower(): v for k, v in metadata.items() if v is not None}
 
 
 def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = None, labels: str | None = None,
                path_column: str | None = None, dry_run: bool = False, model: Model | None = None,
-               progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> SyncReport:
-    """Make the index hold exactly the images `source` names (by default the source it was built from, with the same
-    label and path-column settings), as one new version; nothing is written when nothing changed or on `dry_run`.
-    A changed file whose new content cannot be embedded is removed and reported as failed."""
+               progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, force: bool = False) -> SyncReport:
+    """Make the index hold exactly the images `source` names (by default the source it was built from, read the
+    same way: layout, labels, path column), as one new version; nothing is written when nothing changed or on
+    `dry_run`. A changed file whose new content cannot be embedded is removed and reported as failed. Removing more
+    than half of the index (an unmounted disk, a wrong path) needs `force`."""
     index_dir = Path(index_dir)
     store = IndexDir(index_dir)
     manifest = store.read_manifest(store.current_version())
     built = manifest.get("build") or {}
-    source = source or built.get("source")
-    if source is None:
+    recorded = built.get("source") or built.get("data")  # "data": indexes built before sources existed
+    if source is None and recorded is None:
         raise SimengineError(f"{index_dir}: no source recorded for this index; give SOURCE")
-    collection = scan_source(source, labels or built.get("labels") or "auto", (built.get("split") or "train").split(","),
-                             path_column or built.get("path_column") or "path", progress)
-    report = SyncReport(source=str(Path(source).resolve()), dry_run=dry_run, failed=list(collection.skipped))
+    source = Path(source if source is not None else recorded)
+    same = recorded is not None and source.resolve() == Path(recorded).resolve()
+    settings = built if same else {}
+    collection = scan_source(source, labels or settings.get("labels") or "auto",
+                             (settings.get("split") or "train").split(","),
+                             path_column or settings.get("path_column") or "path", progress,
+                             kind=settings.get("source_kind", "imagefolder" if same and "data" in built else None))
+    report = SyncReport(source=str(source.resolve()), dry_run=dry_run, failed=list(collection.skipped))
     with contextlib.closing(items_db.connect(index_dir, read_only=True)) as conn:
-        plan = plan_sync(collection.items, items_db.live_rows(conn, manifest["version"]))
+        plan = plan_sync(collection.items, items_db.live_rows(conn, manifest["version"]), collection.unreadable)
+    _check_removals(plan, manifest["counts"]["items"], source, force)
     if dry_run:
         _describe(report, plan, {})
         return report
@@ -112,11 +127,17 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     report.failed.extend(failed)
     report.duplicates.extend(seen.duplicates)
     vector_of = {item.sha256: vectors[n] for n, item in enumerate(embedded)}
+    attempted = {item.sha256 for item in _to_embed(plan)}
     with IndexWriter(index_dir, timeout_s) as writer:
         require_model(writer.base, model, index_dir)
-        plan = plan_sync(collection.items, items_db.live_rows(writer.conn, writer.base["version"]))
+        plan = plan_sync(collection.items, items_db.live_rows(writer.conn, writer.base["version"]), collection.unreadable)
+        _check_removals(plan, writer.base["counts"]["items"], source, force)
         replaced = [old for _, old in plan.changed]
         writer.remove(sorted(replaced + [row["id"] for row in plan.gone]))
+        # Another writer may have changed the index since the first plan: what it now needs and was not embedded
+        # waits for the next sync, and is said so.
+        report.failed.extend((str(item.path), f"{item.path}: the index changed while this sync ran; run it again")
+                             for item in _to_embed(plan) if item.sha256 not in attempted)
         ready = unique_by_content([item for item in _to_embed(plan) if item.sha256 in vector_of], AddReport())
         known = writer.live_ids_by_sha([item.sha256 for item in ready])
         report.duplicates.extend((str(item.path), known[item.sha256]) for item in ready if item.sha256 in known)
@@ -127,6 +148,13 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
             changes = f"+{len(report.added)} ~{len(replaced)} -{len(plan.gone)}"
             report.version = writer.commit(f"sync {changes}")["version"]
     return report
+
+
+def _check_removals(plan: SyncPlan, live: int, source: Path, force: bool) -> None:
+    gone = len(plan.gone)
+    if not force and gone and (gone == live or gone > max(MASS_REMOVAL_MIN, live * MASS_REMOVAL_SHARE)):
+        raise SimengineError(f"{source}: the sync would remove {gone} of {live} items (is the source missing or "
+                             "unmounted?); check it, or pass --force")
 
 
 def _to_embed(plan: SyncPlan) -> list[Item]:

@@ -215,3 +215,11 @@ def test_formats_restrict_what_is_tried_and_the_format_comes_from_the_header(tmp
 
     assert mime_type(images.image_format(mpo)) == "image/jpeg"  # served as what browsers show
     assert images.image_format(tmp_path / "page2.html") is None and images.image_format(tmp_path / "x.ppm") is None
+
+
+def test_postscript_is_never_rendered_whatever_the_file_is_called(tmp_path):
+    """Pillow renders EPS by running Ghostscript: files of a collection are never handed to it."""
+    fake = tmp_path / "holiday.jpg"
+    fake.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ImageLoadError, match="never rendered"):
+        images.load_rgb(fake)

@@ -126,3 +126,71 @@ def test_label_mode_table_needs_a_label_column_and_a_table(tree):
         scan_source(tree, labels="table")
     with pytest.raises(SimengineError, match="no such file or folder"):
         scan_source(tree / "nowhere")
+
+
+def test_cells_that_only_look_numeric_stay_text(tree):
+    from simengine.data.sources import typed_value
+
+    assert [typed_value(t) for t in ("007", "02139", "12345678901234567890123", "+5", "1.50", "-3", "2e3", "", "x")] == \
+        ["007", "02139", "12345678901234567890123", "+5", 1.5, -3, 2000.0, None, "x"]
+    table = tree / "codes.csv"
+    table.write_text("path,label,Zip\ntop.jpg,007,02139\n2024/cat.JPG,7,10001\n")
+    items = {i.path.name: i for i in scan_source(table).items}
+    assert items["top.jpg"].label == "007" and items["cat.JPG"].label == "7"  # labels are never typed
+    assert items["top.jpg"].metadata == {"zip": "02139"} and items["cat.JPG"].metadata == {"zip": 10001}
+
+
+def test_a_path_listed_twice_is_skipped_with_the_first_line(tree):
+    table = tree / "twice.csv"
+    table.write_text("path,rating\ntop.jpg,1\n./top.jpg,2\n")
+    collection = scan_source(table)
+    assert [i.metadata["rating"] for i in collection.items] == [1]
+    assert "already listed on line 2" in collection.skipped[0][1]
+
+
+def test_bad_entries_are_skipped_not_fatal(tree):
+    import os
+
+    os.symlink(tree / "loop_b.jpg", tree / "loop_a.jpg")
+    os.symlink(tree / "loop_a.jpg", tree / "loop_b.jpg")
+    (tree / os.fsdecode(b"caf\xe9.jpg")).write_bytes((tree / "top.jpg").read_bytes())
+    collection = scan_source(tree)
+    assert "top.jpg" in names(collection)
+    reasons = " ".join(reason for _, reason in collection.skipped)
+    assert "loop_a.jpg" in reasons and "not valid UTF-8" in reasons
+    with pytest.raises(SimengineError, match="not a text file of paths"):
+        scan_source(tree / "top.jpg")
+
+
+def test_an_index_inside_the_folder_is_not_indexed(tree):
+    (tree / "indexes" / "default" / "model").mkdir(parents=True)
+    (tree / "indexes" / "default" / "CURRENT").write_text("v1.json")
+    shutil.copy(tree / "top.jpg", tree / "indexes" / "default" / "model" / "loss_curve.png")
+    assert "loss_curve.png" not in names(scan_source(tree))
+
+
+def test_only_still_image_suffixes_are_walked(tree):
+    (tree / "clip.mpg").write_bytes(b"\x00\x00\x01\xba")
+    (tree / "data.h5").write_bytes(b"\x89HDF")
+    assert {n for n in names(scan_source(tree)) if not n.endswith(("jpg", "JPG", "jpeg", "png"))} == set()
+
+
+def test_a_recorded_layout_wins_over_what_the_folder_looks_like_now(tree):
+    (tree / "train" / "trip").mkdir(parents=True)
+    shutil.copy(tree / "top.jpg", tree / "train" / "trip" / "x.jpg")
+    assert scan_source(tree).kind == "imagefolder"
+    assert len(scan_source(tree, kind="folder").items) == 6
+
+
+def test_parquet_values_come_back_as_sqlite_keeps_them(tree):
+    pa = pytest.importorskip("pyarrow")
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "path": ["top.jpg"], "score": [float("nan")], "price": pa.array([decimal.Decimal("1.50")], pa.decimal128(5, 2)),
+        "big": pa.array([2**64 - 1], pa.uint64()),
+    }), tree / "values.parquet")
+    [item] = scan_source(tree / "values.parquet").items
+    assert item.metadata == {"score": None, "price": 1.5, "big": str(2**64 - 1)}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from simengine.data.sources import scan_source
+from simengine.errors import SimengineError
 from simengine.index.build import build_index
 from simengine.index.reader import Index
 from simengine.index.store import IndexDir
@@ -81,3 +83,71 @@ def test_a_moved_file_is_removed_and_added_again(folder_index):
     report = sync_index(index)
     assert [a["path"] for a in report.added] == [str(folder / "moved.jpg")] and len(report.removed) == 1
     assert str(folder / "moved.jpg") in paths(index)
+
+
+def test_a_missing_source_does_not_empty_the_index(folder_index, tmp_path):
+    folder, index = folder_index
+    shutil.rmtree(folder)
+    folder.mkdir()  # an unmounted mount point looks like this
+    with pytest.raises(SimengineError, match="would remove 6 of 6 items"):
+        sync_index(index)
+    assert IndexDir(index).current_version() == 1
+    assert len(sync_index(index, force=True).removed) == 6
+
+
+def test_a_file_that_cannot_be_read_now_keeps_its_item(folder_index, monkeypatch):
+    import simengine.data.folders as folders
+
+    folder, index = folder_index
+    unreadable = folder / "coffee" / "00.jpg"
+    real = folders.sha256_file
+
+    def flaky(path):
+        if Path(path) == unreadable:
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(folders, "sha256_file", flaky)
+    report = sync_index(index)
+    assert report.removed == [] and report.unchanged == 6 and report.version is None
+    assert any("Permission denied" in reason for _, reason in report.failed)
+
+
+def test_sync_reads_the_source_as_the_build_did(folder_index, fixture_data):
+    folder, index = folder_index
+    (folder / "train" / "trip").mkdir(parents=True)  # now it looks like an ImageFolder dataset
+    shutil.copy(fixture_data / "train" / "rocket" / "rocket_00.jpg", folder / "train" / "trip" / "x.jpg")
+    report = sync_index(index, dry_run=True)
+    assert [a["path"] for a in report.added] == [str(folder / "train" / "trip" / "x.jpg")] and report.removed == []
+    assert all(row["label"] is None for row in _rows(index))  # built with --labels none: still none
+
+
+def test_metadata_case_and_types_do_not_make_every_sync_a_change(fixture_data, model, tmp_path):
+    table = tmp_path / "t.csv"
+    photos = sorted((fixture_data / "train" / "chelsea").glob("*.jpg"))[:3]
+    table.write_text("path,Owner,year\n" + "".join(f"{p},{'ann' if n else ''},{2000 + n}\n"
+                                                    for n, p in enumerate(photos)))
+    index, _ = build_index(scan_source(table).items, model, tmp_path / "index",
+                           build_info={"source": str(table), "source_kind": "csv"})
+    for _ in range(2):
+        report = sync_index(index, model=model)
+        assert (report.changed, report.version) == ([], None)
+    with Index(index) as idx:
+        assert len(idx.ids_where("year > :y", {"y": 2000})) == 2
+
+
+def test_an_index_built_before_sources_syncs_from_its_dataset(built_index, fixture_data, tmp_path, model):
+    import json
+
+    copy = Path(shutil.copytree(built_index, tmp_path / "old"))
+    live = copy / "manifests" / (copy / "CURRENT").read_text().strip()
+    manifest = json.loads(live.read_text())
+    manifest["build"] = {"data": str(fixture_data), "split": "train"}
+    live.write_text(json.dumps(manifest))
+    report = sync_index(copy, model=model, dry_run=True)
+    assert (report.added, report.changed, report.removed, report.unchanged) == ([], [], [], 32)
+
+
+def _rows(index_dir) -> list[dict]:
+    with Index(index_dir) as idx:
+        return list(idx.items(range(idx.manifest["next_id"])).values())
