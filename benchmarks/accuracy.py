@@ -23,6 +23,7 @@ from simengine.evaluation.decisions import EvalSets, calibrate_decisions  # noqa
 from simengine.model.encoder import Encoder  # noqa: E402
 from simengine.evaluation.metrics import classification_report, retrieval_metrics, wilson_interval  # noqa: E402
 from simengine.model.feature_cache import FeatureCache  # noqa: E402
+from simengine.training.classifier import imagenet_classifier  # noqa: E402
 from simengine.training.pipeline import labelled_features  # noqa: E402
 from simengine.model.heads import embed_numpy, pair_logits  # noqa: E402
 from simengine.training.fit import (  # noqa: E402
@@ -141,10 +142,12 @@ def main(argv=None) -> dict:
                           hold, normalise(x_val), y_val, None, args)
     rows.append(row)
     heads = {}
+    classifier = imagenet_classifier(encoder.identity) if TrainOptions.posteriors else None
     for mining in MINING:
         opts = TrainOptions(mining=mining, steps=args.steps, pair_steps=args.steps, seed=args.seed)
         t = time.time()
-        head, history = train_embedding_head(x_train[fit], y_train[fit], x_train[hold], y_train[hold], opts)
+        head, history = train_embedding_head(x_train[fit], y_train[fit], x_train[hold], y_train[hold], opts,
+                                             classifier=classifier)
         timings[f"embedding_head_{mining}_s"] = round(time.time() - t, 1)
         emb_train, emb_val = embed_numpy(head, x_train), embed_numpy(head, x_val)
         heads[mining] = (emb_train, emb_val, opts)

@@ -126,6 +126,10 @@ def _training_options(f):
         click.option("--steps", type=int, default=1500, show_default=True, help="Maximum training steps per head (early stopping on holdout)."),
         click.option("--lr", type=float, default=1e-3, show_default=True),
         click.option("--flip/--no-flip", default=False, show_default=True, help="Average features over the image and its mirror."),
+        click.option("--posteriors", "head_weight", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     metavar="SHARE", help="Join the backbone's ImageNet class posteriors to the embedding, the trained "
+                     "projection keeping SHARE of the cosine (e.g. 0.7): better on classes far from the training "
+                     "ones, 1000 more dimensions (benchmarks/results/unseen_classes.md)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--finetune", is_flag=True, help="Fine-tune the backbone's last blocks on images first (GPU recommended)."),
         click.option("--finetune-blocks", type=int, default=2, show_default=True, help="Blocks to unfreeze (-1: all)."),
@@ -137,12 +141,14 @@ def _training_options(f):
     return f
 
 
-def _train_options(mining, margin, dim, hidden, steps, lr, flip, seed, finetune, finetune_blocks, finetune_steps):
+def _train_options(mining, margin, dim, hidden, steps, lr, flip, head_weight, seed, finetune, finetune_blocks,
+                   finetune_steps):
     from simengine.training.finetune import FinetuneOptions
     from simengine.training.fit import TrainOptions
 
+    posteriors = {} if head_weight is None else {"posteriors": True, "head_weight": head_weight}
     opts = TrainOptions(mining=mining, margin=margin, dim=dim, hidden=hidden, steps=steps, pair_steps=steps, lr=lr,
-                        flip=flip, seed=seed)
+                        flip=flip, seed=seed, **posteriors)
     return opts, (FinetuneOptions(blocks=finetune_blocks, steps=finetune_steps, seed=seed) if finetune else None)
 
 

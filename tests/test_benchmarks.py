@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -90,3 +91,51 @@ def test_collection_script(fixture_data, bundle_dir, tmp_path):
     assert data["build"]["items"] == 20 and data["build"]["thresholds_estimated"] is True
     assert (data["sync"]["added"], data["sync"]["changed"], data["sync"]["removed"]) == (10, 5, 10)
     assert data["sync"]["nothing_changed_version"] is None and data["filtered_search"]["all_results_match"]
+
+
+def six_class_data(fixture_data: Path, root: Path) -> Path:
+    """The fixture's four classes and two more photos: each half of the classes needs three for balanced sets."""
+    import shutil
+
+    from fixtures import jittered, photo
+
+    shutil.copytree(fixture_data, root)
+    rng = np.random.default_rng(1)
+    for name in ("immunohistochemistry", "hubble_deep_field"):
+        for split, n in (("train", 8), ("val", 3)):
+            (root / split / name).mkdir()
+            for i in range(n):
+                jittered(photo(name), rng).save(root / split / name / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_unseen_classes_script(fixture_data, tmp_path):
+    import unseen_classes
+
+    data_root = six_class_data(fixture_data, tmp_path / "data")
+    unseen_classes.main(["--data", str(data_root), "--n-test", "20", "--n-large", "40", "--draws", "2",
+                         "--steps", "20", "--out", str(tmp_path)])
+    data = _written(tmp_path, "unseen_classes")
+    first, second = data["halves"]
+    assert first and second and not set(first) & set(second) and first == sorted(first) and first[-1] < second[0]
+    assert [d["train_on"] for d in data["directions"]] == [first, second]
+    assert data["rows"][0]["row"].startswith("raw backbone") and data["rows"][1]["row"].startswith("default")
+    for row in data["rows"]:
+        assert len(row["directions"]) == 2
+        for key, mean in row["mean"].items():
+            assert mean == pytest.approx(sum(d[key] for d in row["directions"]) / 2) and 0 <= mean <= 1
+    default, raw = data["rows"][1]["mean"], data["rows"][0]["mean"]
+    gain = default["large_pair_accuracy"] - raw["large_pair_accuracy"]
+    assert data["target"]["default_minus_raw"] == pytest.approx(gain)
+
+
+def test_unseen_halves_and_the_control_classifier():
+    import torch
+    import unseen_classes
+
+    labels = np.array(["n03", "n01", "n05", "n02", "n04", "n01"])
+    assert unseen_classes.halves(labels) == [["n01", "n02"], ["n03", "n04", "n05"]]
+    weight, bias = torch.arange(1000.0)[:, None].repeat(1, 3), torch.arange(1000.0)
+    kept_w, kept_b = unseen_classes.without_classes((weight, bias), ["n01440764", "n03888257"])
+    assert kept_b.shape == (998,) and 0 not in kept_b and 701 not in kept_b and 700 in kept_b
+    assert torch.equal(kept_w[:, 0], kept_b)

@@ -184,7 +184,7 @@ def build_heads(config: dict[str, Any], state: dict):
     from simengine.model.heads import EmbeddingHead, PairHead
 
     shapes = config["heads"]
-    embedding = EmbeddingHead(shapes["embedding"]["in_dim"], shapes["embedding"]["dim"], shapes["embedding"]["hidden"])
+    embedding = EmbeddingHead.from_config(shapes["embedding"])
     pair = PairHead(shapes["pair"]["dim"], shapes["pair"]["hidden"])
     for prefix, module in (("embedding.", embedding), ("pair.", pair)):
         module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)

@@ -19,11 +19,10 @@ from simengine.evaluation.decisions import calibrate_decisions, evaluate_decisio
 from simengine.model.encoder import Encoder
 from simengine.errors import SimengineError
 from simengine.evaluation.metrics import retrieval_metrics
+from simengine.training.classifier import imagenet_classifier
 from simengine.model.feature_cache import FeatureCache
 from simengine.model.heads import embed_numpy, pair_logits
-from simengine.training.fit import (
-    History, TrainOptions, split_holdout, train_embedding_head, train_pair_head,
-)
+from simengine.training.fit import History, TrainOptions, split_holdout, train_heads
 
 if TYPE_CHECKING:
     from simengine.training.finetune import FinetuneOptions
@@ -82,9 +81,9 @@ def train_model(
     in_holdout = np.array([i.sha256 in held_out for i in train_items])
     fit, hold = np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
     y = np.asarray(labels)
-    embedding_head, e_hist = train_embedding_head(x[fit], y[fit], x[hold], y[hold], opts, progress)
+    classifier = imagenet_classifier(encoder.identity) if opts.posteriors else None
+    embedding_head, pair_head, e_hist, p_hist = train_heads(x, y, fit, hold, opts, classifier, progress)
     emb = embed_numpy(embedding_head, x)
-    pair_head, p_hist = train_pair_head(emb[fit], y[fit], emb[hold], y[hold], opts, progress)
     logits = lambda a, b: pair_logits(pair_head, a, b)  # noqa: E731
     calibration = calibrate_decisions(emb[hold], y[hold], logits, source="training holdout", seed=opts.seed)
     metrics: dict[str, Any] = {"train_seconds": None}
@@ -96,7 +95,7 @@ def train_model(
     config = {
         "encoder": encoder.identity,
         "heads": {
-            "embedding": {"in_dim": embedding_head.in_dim, "dim": embedding_head.dim, "hidden": embedding_head.hidden},
+            "embedding": embedding_head.config(),
             "pair": {"dim": pair_head.dim, "hidden": pair_head.hidden, "input": "concat(a, b) -> [|a-b|, a*b]"},
         },
         "training": opts.to_dict() | {"finetune": vars(finetune) if finetune else None,

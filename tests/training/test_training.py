@@ -164,3 +164,34 @@ def test_finetuning_never_sees_the_holdout(fixture_data, tiny_options, tmp_path,
     held = set(json.loads((out / "config.json").read_text())["holdout_sha256"])
     assert held and seen and not held & set(seen)
     assert len(seen) + len(held) == len(scan_split(fixture_data, "train"))
+
+
+def test_bundle_embedding_joins_the_imagenet_posteriors(fixture_data, tiny_options, tmp_path):
+    from simengine.training.pipeline import train_model
+
+    assert not TrainOptions().posteriors  # an option, off by default
+    opts = TrainOptions(**{**tiny_options.to_dict(), "posteriors": True})
+    bundle_dir = train_model(fixture_data, tmp_path / "bundle", opts)
+    model = load_bundle(bundle_dir)
+    shapes = read_config(bundle_dir)["heads"]
+    embedding = shapes["embedding"]
+    assert embedding["posterior_classes"] == 1000 and embedding["head_weight"] == TrainOptions().head_weight
+    assert embedding["dim"] == embedding["projection_dim"] + 1000 == shapes["pair"]["dim"] == model.dim
+    vectors = model.embed_paths(sorted((fixture_data / "val").glob("*/*.jpg"))).vectors
+    posteriors = vectors[:, embedding["projection_dim"]:] / (1 - embedding["head_weight"]) ** 0.5
+    np.testing.assert_allclose(np.linalg.norm(posteriors, axis=1), 1, atol=1e-4)
+    assert (posteriors >= 0).all()  # probabilities, scaled
+
+
+def test_classifier_stays_frozen_while_the_projection_trains():
+    x, y = _blobs(dim=32)
+    fit, hold = split_holdout(y, 0.2, 0)
+    weight, bias = torch.randn(6, 32), torch.randn(6)
+    opts = TrainOptions(dim=8, steps=60, eval_every=20, classes_per_batch=4, per_class=5, posteriors=True,
+                        head_weight=0.6)
+    head, _ = train_embedding_head(x[fit], y[fit], x[hold], y[hold], opts, classifier=(weight, bias))
+    assert torch.equal(head.classifier_weight, weight) and torch.equal(head.classifier_bias, bias)
+    assert embed_numpy(head, x).shape == (len(x), 8 + 6)
+    without = TrainOptions(**{**opts.to_dict(), "posteriors": False})
+    plain, _ = train_embedding_head(x[fit], y[fit], x[hold], y[hold], without, classifier=(weight, bias))
+    assert plain.dim == 8
