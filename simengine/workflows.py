@@ -45,8 +45,25 @@ def build_index_from_source(
         raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
                                                              if collection.skipped else ""))
     model = load_bundle(model_dir, runtime)
+    model, choice = _model_for_collection(model, collection.items, runtime, progress)
     build_info = {"source": str(source.resolve()), "source_kind": collection.kind, "labels": labels,
-                  "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None}
+                  "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None,
+                  "embedding": choice}
     index, report = build_index(collection.items, model, out, index_type, target_far, progress, build_info=build_info)
     report.failed[:0] = collection.skipped
     return index, report, Path(model_dir)
+
+
+def _model_for_collection(model, items, runtime: str, progress: bool):
+    """The model, or its general twin when most of the collection is unlike the classes it was trained on (see
+    `model.general`); the backbone features this needs are cached for the build that follows."""
+    import numpy as np
+
+    from simengine.model.bundle import load_bundle
+    from simengine.model.feature_cache import FeatureCache
+    from simengine.model.general import choose_bundle
+
+    features, _ = FeatureCache(model.encoder, flip=model.flip).features(
+        [str(i.path) for i in items], [i.sha256 for i in items], progress=progress)
+    chosen, choice = choose_bundle(model.path, features[~np.isnan(features).any(axis=1)])
+    return (model if chosen == model.path else load_bundle(chosen, runtime)), choice

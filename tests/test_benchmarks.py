@@ -124,8 +124,10 @@ def test_unseen_classes_script(fixture_data, tmp_path):
         assert len(row["directions"]) == 2
         for key, mean in row["mean"].items():
             assert mean == pytest.approx(sum(d[key] for d in row["directions"]) / 2) and 0 <= mean <= 1
-    default, raw = data["rows"][1]["mean"], data["rows"][0]["mean"]
-    gain = default["large_pair_accuracy"] - raw["large_pair_accuracy"]
+    auto, raw = data["rows"][-1], data["rows"][0]["mean"]
+    assert auto["row"].startswith("auto") and len(auto["chosen"]) == 2
+    assert all(0 <= d["unlike_share"]["unseen_train"] <= 1 for d in data["directions"])
+    gain = auto["mean"]["large_pair_accuracy"] - raw["large_pair_accuracy"]
     assert data["target"]["default_minus_raw"] == pytest.approx(gain)
 
 

@@ -234,6 +234,7 @@ class Index:
             "calibration_cv_accuracy": cal["pair"][cal["default"]]["cv_accuracy"],
             "calibrated_on": cal["source"],
             "thresholds_estimated": cal["source"].startswith(UNCALIBRATED),
+            "embedding": (m.get("build") or {}).get("embedding"),
             "size_bytes": size,
             "created_at": m["created_at"],
             "committed_at": m["committed_at"],

@@ -21,6 +21,7 @@ from simengine.errors import SimengineError
 from simengine.evaluation.metrics import retrieval_metrics
 from simengine.training.classifier import imagenet_classifier
 from simengine.model.feature_cache import FeatureCache
+from simengine.model.general import CENTROIDS, GENERAL_DIR, centroids_file, training_centroids
 from simengine.model.heads import embed_numpy, pair_logits
 from simengine.training.fit import History, TrainOptions, split_holdout, train_heads
 
@@ -92,7 +93,23 @@ def train_model(
         metrics["val"] = evaluate_embeddings(embed_numpy(embedding_head, xv), [i.label for i in val_items],
                                              emb, labels, logits, calibration, opts.seed)
     metrics["train_seconds"] = round(time.time() - started, 1)
-    config = {
+    dataset = {"root": str(data.resolve()), "fingerprint": dataset_fingerprint(train_items + val_items),
+               "classes": sorted(set(labels)), "train": len(train_items), "val": len(val_items)}
+    holdout_sha256 = sorted(train_items[i].sha256 for i in hold)
+    config = _bundle_config(encoder, embedding_head, pair_head, opts, finetune, e_hist, p_hist, dataset,
+                            holdout_sha256, calibration, metrics)
+    extra = {"loss_curve.png": loss_curve_png(e_hist, p_hist),
+             "metrics.json": json.dumps(metrics, indent=2).encode(),
+             CENTROIDS: centroids_file(*training_centroids(x, y, hold))}
+    path = save_bundle(out, config, embedding_head, pair_head, encoder, finetuned, extra)
+    _save_general_twin(path, encoder, x, y, fit, hold, opts, finetune, finetuned, dataset, holdout_sha256, progress)
+    log.info("bundle written to %s in %.0f s", path, time.time() - started)
+    return path
+
+
+def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptions, finetune, e_hist: History,
+                   p_hist: History, dataset: dict, holdout_sha256: list[str], calibration, metrics: dict) -> dict:
+    return {
         "encoder": encoder.identity,
         "heads": {
             "embedding": embedding_head.config(),
@@ -100,17 +117,39 @@ def train_model(
         },
         "training": opts.to_dict() | {"finetune": vars(finetune) if finetune else None,
                                       "best_step": {"embedding": e_hist.best_step, "pair": p_hist.best_step}},
-        "dataset": {"root": str(data.resolve()), "fingerprint": dataset_fingerprint(train_items + val_items),
-                    "classes": sorted(set(labels)), "train": len(train_items), "val": len(val_items)},
-        "holdout_sha256": sorted(train_items[i].sha256 for i in hold),
+        "dataset": dataset,
+        "holdout_sha256": holdout_sha256,
         "calibration": calibration.to_dict(),
         "metrics": metrics,
     }
-    extra = {"loss_curve.png": loss_curve_png(e_hist, p_hist),
-             "metrics.json": json.dumps(metrics, indent=2).encode()}
-    path = save_bundle(out, config, embedding_head, pair_head, encoder, finetuned, extra)
-    log.info("bundle written to %s in %.0f s", path, time.time() - started)
-    return path
+
+
+def _save_general_twin(bundle: Path, encoder: Encoder, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
+                       hold: np.ndarray, opts: TrainOptions, finetune, finetuned, dataset: dict,
+                       holdout_sha256: list[str], progress: bool) -> Path:
+    """The bundle's general twin (see `model.general`): the backbone's features as the embedding (an identity
+    projection), a pair head trained on them, and thresholds on the cosine: those transfer to classes never seen
+    (0.879 pair accuracy on unseen Imagenette halves, against 0.880 calibrated on them), learned ones do not."""
+    import dataclasses
+
+    import torch
+
+    from simengine.model.heads import EmbeddingHead
+    from simengine.training.fit import train_pair_head
+
+    identity = EmbeddingHead(x.shape[1], x.shape[1], 0)
+    with torch.no_grad():
+        identity.net.weight.copy_(torch.eye(x.shape[1]))
+        identity.net.bias.zero_()
+    emb = embed_numpy(identity, x)
+    pair_head, p_hist = train_pair_head(emb[fit], y[fit], emb[hold], y[hold], opts, progress)
+    logits = lambda a, b: pair_logits(pair_head, a, b)  # noqa: E731
+    calibration = calibrate_decisions(emb[hold], y[hold], logits, source="training holdout (general twin)",
+                                      seed=opts.seed)
+    calibration = dataclasses.replace(calibration, default="distance")
+    config = _bundle_config(encoder, identity, pair_head, opts, finetune, History(), p_hist, dataset, holdout_sha256,
+                            calibration, {}) | {"general": True}
+    return save_bundle(bundle / GENERAL_DIR, config, identity, pair_head, encoder, finetuned)
 
 
 def evaluate_embeddings(

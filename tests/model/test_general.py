@@ -1,0 +1,69 @@
+"""The general twin: every bundle carries one, and an unlabelled collection unlike the training classes gets it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simengine.model.bundle import load_bundle, read_config
+from simengine.model.general import CENTROIDS, GENERAL_DIR, choose_bundle, unlike_training_share
+
+OTHER_PHOTOS = ("brick", "camera", "clock", "coins", "grass", "gravel", "hubble_deep_field", "immunohistochemistry",
+                "moon", "page", "retina", "text")
+
+
+@pytest.fixture(scope="module")
+def other_photos(tmp_path_factory):
+    """Photos of things the fixture model never trained on (its classes: coffee, chelsea, astronaut, rocket)."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("other")
+    for name in OTHER_PHOTOS:
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(folder / f"{name}.jpg", quality=90)
+    return folder
+
+
+def test_every_bundle_has_a_general_twin(bundle_dir, model):
+    twin_dir = bundle_dir / GENERAL_DIR
+    config = read_config(twin_dir)
+    assert config["general"] is True and config["calibration"]["default"] == "distance"
+    twin = load_bundle(twin_dir)
+    assert twin.dim == read_config(bundle_dir)["heads"]["embedding"]["in_dim"] == 1280  # Lite0's feature width
+    assert twin.hash != model.hash
+    features = np.random.default_rng(0).random((4, twin.dim)).astype(np.float32)
+    expected = features / np.linalg.norm(features, axis=1, keepdims=True)
+    np.testing.assert_allclose(twin.embed_features(features), expected, atol=1e-5)  # the backbone's own features
+    assert (bundle_dir / CENTROIDS).is_file()
+
+
+def test_collections_are_matched_to_the_training_classes(bundle_dir, model, fixture_data, other_photos):
+    def features(paths):
+        return model.encoder.embed_paths(paths).vectors
+
+    like = features(sorted((fixture_data / "val").glob("*/*.jpg")))
+    unlike = features(sorted(other_photos.glob("*.jpg")))
+    assert unlike_training_share(bundle_dir, like) <= 0.25
+    assert unlike_training_share(bundle_dir, unlike) >= 0.75
+    assert choose_bundle(bundle_dir, like)[0] == bundle_dir
+    chosen, record = choose_bundle(bundle_dir, unlike)
+    assert chosen == bundle_dir / GENERAL_DIR and record["embedding"] == "general"
+    assert choose_bundle(bundle_dir / GENERAL_DIR, unlike)[1]["embedding"] == "trained"  # a twin has no twin
+
+
+def test_an_unlabelled_build_of_other_things_uses_the_twin(bundle_dir, other_photos, fixture_data, tmp_path):
+    from simengine.index.reader import Index
+    from simengine.workflows import build_index_from_source
+
+    index, _, _ = build_index_from_source(other_photos, tmp_path / "other", model_dir=bundle_dir)
+    with Index(index) as idx:
+        info = idx.info()
+        assert info["embedding"]["embedding"] == "general" and info["dim"] == read_config(bundle_dir / GENERAL_DIR)[
+            "heads"]["embedding"]["dim"]
+        assert info["thresholds_estimated"] and "general twin" in info["calibrated_on"]
+    same, _, _ = build_index_from_source(fixture_data / "val", tmp_path / "same", model_dir=bundle_dir, labels="none")
+    with Index(same) as idx:
+        assert idx.info()["embedding"]["embedding"] == "trained"
+        assert json.loads((same / "manifests" / (same / "CURRENT").read_text().strip()).read_text())["dim"] == 256
