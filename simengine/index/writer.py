@@ -57,9 +57,12 @@ def create_empty(folder: Path, model) -> None:
 
 
 def _copy_bundle(source: Path, target: Path) -> None:
-    """copytree, whose failures (a full disk, say) come as one list of every file's error: report the first, once."""
+    """copytree, whose failures (a full disk, say) come as one list of every file's error: report the first, once.
+    A bundle's general twin stays behind: the index uses the bundle it was given, whichever that is."""
+    from simengine.model.general import GENERAL_DIR
+
     try:
-        shutil.copytree(source, target)
+        shutil.copytree(source, target, ignore=lambda folder, names: [GENERAL_DIR] if Path(folder) == source else [])
     except shutil.Error as exc:
         _, _, why = exc.args[0][0]
         raise SimengineError(f"cannot copy the model bundle into {target}: {why}") from None

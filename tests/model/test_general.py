@@ -66,4 +66,5 @@ def test_an_unlabelled_build_of_other_things_uses_the_twin(bundle_dir, other_pho
     same, _, _ = build_index_from_source(fixture_data / "val", tmp_path / "same", model_dir=bundle_dir, labels="none")
     with Index(same) as idx:
         assert idx.info()["embedding"]["embedding"] == "trained"
+        assert not (idx.model_dir / GENERAL_DIR).exists()  # the index keeps the bundle it uses, not the twin
         assert json.loads((same / "manifests" / (same / "CURRENT").read_text().strip()).read_text())["dim"] == 256
