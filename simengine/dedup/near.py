@@ -1,0 +1,35 @@
+"""Near-duplicate pairs by search: each image's nearest neighbours above a similarity threshold, in query batches, so
+memory grows with the collection and the pairs found, never with the square of the collection."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from simengine.index import faiss_factory
+
+QUERY_BATCH = 4096
+NEIGHBOURS = 16  # candidates per image; an image with more copies than this finds the rest through its keeper
+
+
+def near_pairs(vectors: np.ndarray, ids: np.ndarray, threshold: float, k: int = NEIGHBOURS,
+               index_type: str = "auto", against: tuple[np.ndarray, np.ndarray] | None = None,
+               ) -> Iterator[tuple[int, int, float]]:
+    """(id, id, cosine) for every pair within `k` neighbours whose cosine is at least `threshold`. The vectors are
+    L2-normalised. Within one set, each pair comes once; with `against` (vectors, ids of another set), the pairs
+    are (this set's id, the other set's id)."""
+    base_vectors, base_ids = against if against is not None else (vectors, ids)
+    if len(vectors) == 0 or len(base_vectors) == 0:
+        return
+    index = faiss_factory.build(base_vectors, base_ids, faiss_factory.choose_type(len(base_ids), index_type))
+    k = min(k + (against is None), len(base_ids))  # within one set, each image finds itself first
+    for start in range(0, len(vectors), QUERY_BATCH):
+        sims, found = faiss_factory.search(index, vectors[start:start + QUERY_BATCH], k)
+        for row, (query_sims, query_found) in enumerate(zip(sims, found)):
+            query = int(ids[start + row])
+            for similarity, other in zip(query_sims, query_found):
+                if other < 0 or similarity < threshold:
+                    break  # best first: the rest are below the threshold too
+                if against is not None or query < other:
+                    yield query, int(other), float(similarity)

@@ -1,0 +1,29 @@
+"""Near-duplicate pairs by k-NN search above a threshold, within one set or against another."""
+
+import numpy as np
+
+from simengine.dedup.near import near_pairs
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_pairs_above_the_threshold_once_each():
+    rng = np.random.default_rng(0)
+    base = unit(rng.standard_normal((200, 32)))
+    copies = unit(base[:20] + 0.05 * rng.standard_normal((20, 32)))
+    vectors = np.vstack([base, copies])
+    ids = np.arange(220) + 1000
+    pairs = list(near_pairs(vectors, ids, threshold=0.9))
+    assert sorted((a, b) for a, b, _ in pairs) == [(1000 + i, 1200 + i) for i in range(20)]
+    assert all(s >= 0.9 for _, _, s in pairs)
+
+
+def test_against_another_set_and_empty_sets():
+    rng = np.random.default_rng(1)
+    catalogue = unit(rng.standard_normal((100, 16)))
+    batch = unit(np.vstack([catalogue[[3, 7]] + 0.02 * rng.standard_normal((2, 16)), rng.standard_normal((5, 16))]))
+    pairs = list(near_pairs(batch, np.arange(7), 0.9, against=(catalogue, np.arange(100) + 500)))
+    assert sorted((a, b) for a, b, _ in pairs) == [(0, 503), (1, 507)]
+    assert list(near_pairs(batch[:0], np.arange(0), 0.9)) == []
