@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from simengine.errors import SimengineError
-from simengine.index.build import AddReport, build_index
+from simengine.index.build import AddReport, build_index, check_target
 from simengine.index.store import DEFAULT_ROOT
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def build_index_from_source(
     from simengine.model.bundle import load_bundle
 
     out, source = Path(out), Path(source)
+    check_target(out, index_type)
     if model_dir is None:
         if not (source.is_dir() and is_image_folder(source)):
             raise SimengineError(f"{source} is not an ImageFolder dataset (train/<class>/...), so no model can be "
@@ -56,14 +57,19 @@ def build_index_from_source(
 
 def _model_for_collection(model, items, runtime: str, progress: bool):
     """The model, or its general twin when most of the collection is unlike the classes it was trained on (see
-    `model.general`); the backbone features this needs are cached for the build that follows."""
+    `model.general`), judged on a seeded sample whose backbone features stay cached for the build that follows."""
+    import random
+
     import numpy as np
 
     from simengine.model.bundle import load_bundle
     from simengine.model.feature_cache import FeatureCache
-    from simengine.model.general import choose_bundle
+    from simengine.model.general import CHOICE_SAMPLE, choose_bundle, has_twin
 
+    if not has_twin(model.path):
+        return model, choose_bundle(model.path, np.zeros((0, 1), np.float32))[1]
+    sample = random.Random(0).sample(list(items), min(CHOICE_SAMPLE, len(items)))
     features, _ = FeatureCache(model.encoder, flip=model.flip).features(
-        [str(i.path) for i in items], [i.sha256 for i in items], progress=progress)
+        [str(i.path) for i in sample], [i.sha256 for i in sample], progress=progress)
     chosen, choice = choose_bundle(model.path, features[~np.isnan(features).any(axis=1)])
     return (model if chosen == model.path else load_bundle(chosen, runtime)), choice

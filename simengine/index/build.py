@@ -78,10 +78,7 @@ def build_index(
     """Embed `items` into the index at `out`. A new path gets a new index (with a copy of the model); an existing
     index gets the new collection as its next version, under new ids, its earlier items removed."""
     out = Path(out)
-    choose_type(0, index_type)  # an unknown type fails before the slow part
-    in_place = (out / CURRENT).is_file()
-    if not in_place:
-        _check_replaceable(out)
+    in_place = check_target(out, index_type)
     report = AddReport()
     started = time.time()
     vectors, kept, report.failed = embed_items(model, unique_by_content(items, report), progress)
@@ -109,6 +106,16 @@ def build_index(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out, report
+
+
+def check_target(out: Path, index_type: str = "auto") -> bool:
+    """Fail before any slow work when the index type is unknown or `out` cannot take an index; True when `out` is an
+    index already (the build becomes its next version)."""
+    choose_type(0, index_type)
+    if (out / CURRENT).is_file():
+        return True
+    _check_replaceable(out)
+    return False
 
 
 def _check_replaceable(out: Path) -> None:

@@ -41,8 +41,10 @@ def bundle_hash(path: Path) -> str:
 
 
 def save_bundle(out: str | os.PathLike, config: dict[str, Any], embedding_head, pair_head,
-                encoder: Encoder, finetuned_backbone: Path | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a bundle atomically (temp dir, then rename), with ONNX exports when onnxruntime is installed."""
+                encoder: Encoder, finetuned_backbone: Path | None = None, extra_files: dict[str, bytes] | None = None,
+                extra_dirs: dict[str, Path] | None = None) -> Path:
+    """Write a bundle atomically (temp dir, then rename), with ONNX exports when onnxruntime is installed;
+    `extra_dirs` (name: a finished folder, such as the general twin) are moved inside before the rename."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -60,6 +62,8 @@ def save_bundle(out: str | os.PathLike, config: dict[str, Any], embedding_head, 
             config["onnx"] = _export_all(tmp, encoder, embedding_head, pair_head)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        for name, folder in (extra_dirs or {}).items():
+            os.replace(folder, tmp / name)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=_jsonable))
         if out.exists():
             shutil.rmtree(out)

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,8 +102,15 @@ def train_model(
     extra = {"loss_curve.png": loss_curve_png(e_hist, p_hist),
              "metrics.json": json.dumps(metrics, indent=2).encode(),
              CENTROIDS: centroids_file(*training_centroids(x, y, hold))}
-    path = save_bundle(out, config, embedding_head, pair_head, encoder, finetuned, extra)
-    _save_general_twin(path, encoder, x, y, fit, hold, opts, finetune, finetuned, dataset, holdout_sha256, progress)
+    out = Path(out)
+    # The twin is written first, beside the bundle, and moved inside it before the bundle's own atomic rename:
+    # a bundle is complete with its twin, or not there.
+    twin = _save_general_twin(out.parent / f".{out.name}.{GENERAL_DIR}", encoder, x, y, fit, hold, opts, finetune,
+                              finetuned, dataset, holdout_sha256, progress)
+    try:
+        path = save_bundle(out, config, embedding_head, pair_head, encoder, finetuned, extra, {GENERAL_DIR: twin})
+    finally:
+        shutil.rmtree(twin, ignore_errors=True)
     log.info("bundle written to %s in %.0f s", path, time.time() - started)
     return path
 
@@ -124,7 +132,7 @@ def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptio
     }
 
 
-def _save_general_twin(bundle: Path, encoder: Encoder, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
+def _save_general_twin(target: Path, encoder: Encoder, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
                        hold: np.ndarray, opts: TrainOptions, finetune, finetuned, dataset: dict,
                        holdout_sha256: list[str], progress: bool) -> Path:
     """The bundle's general twin (see `model.general`): the backbone's features as the embedding (an identity
@@ -149,7 +157,7 @@ def _save_general_twin(bundle: Path, encoder: Encoder, x: np.ndarray, y: np.ndar
     calibration = dataclasses.replace(calibration, default="distance")
     config = _bundle_config(encoder, identity, pair_head, opts, finetune, History(), p_hist, dataset, holdout_sha256,
                             calibration, {}) | {"general": True}
-    return save_bundle(bundle / GENERAL_DIR, config, identity, pair_head, encoder, finetuned)
+    return save_bundle(target, config, identity, pair_head, encoder, finetuned)
 
 
 def evaluate_embeddings(

@@ -50,7 +50,8 @@ def test_collections_are_matched_to_the_training_classes(bundle_dir, model, fixt
     assert choose_bundle(bundle_dir, like)[0] == bundle_dir
     chosen, record = choose_bundle(bundle_dir, unlike)
     assert chosen == bundle_dir / GENERAL_DIR and record["embedding"] == "general"
-    assert choose_bundle(bundle_dir / GENERAL_DIR, unlike)[1]["embedding"] == "trained"  # a twin has no twin
+    assert choose_bundle(bundle_dir / GENERAL_DIR, unlike) == (bundle_dir / GENERAL_DIR, {
+        "embedding": "general", "reason": "the bundle given is a general twin"})
 
 
 def test_an_unlabelled_build_of_other_things_uses_the_twin(bundle_dir, other_photos, fixture_data, tmp_path):
@@ -68,3 +69,32 @@ def test_an_unlabelled_build_of_other_things_uses_the_twin(bundle_dir, other_pho
         assert idx.info()["embedding"]["embedding"] == "trained"
         assert not (idx.model_dir / GENERAL_DIR).exists()  # the index keeps the bundle it uses, not the twin
         assert json.loads((same / "manifests" / (same / "CURRENT").read_text().strip()).read_text())["dim"] == 256
+
+
+def test_bad_targets_fail_before_any_image_is_looked_at(bundle_dir, other_photos, tmp_path, monkeypatch):
+    from simengine.errors import SimengineError
+    from simengine.model.feature_cache import FeatureCache
+    from simengine.workflows import build_index_from_source
+
+    def never(*args, **kwargs):
+        raise AssertionError("features computed before the cheap checks")
+
+    monkeypatch.setattr(FeatureCache, "features", never)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("not an index")
+    with pytest.raises(SimengineError, match="is not an index"):
+        build_index_from_source(other_photos, tmp_path / "taken", model_dir=bundle_dir)
+    with pytest.raises(SimengineError, match="unknown index type"):
+        build_index_from_source(other_photos, tmp_path / "new", model_dir=bundle_dir, index_type="bogus")
+
+
+def test_a_bundle_is_written_whole_with_its_twin_or_not_at_all(fixture_data, tiny_options, tmp_path, monkeypatch):
+    import simengine.training.pipeline as pipeline
+
+    def failing_twin(*args, **kwargs):
+        raise RuntimeError("killed while writing the twin")
+
+    monkeypatch.setattr(pipeline, "_save_general_twin", failing_twin)
+    with pytest.raises(RuntimeError):
+        pipeline.train_model(fixture_data, tmp_path / "bundle", tiny_options)
+    assert not (tmp_path / "bundle").exists()
