@@ -64,12 +64,13 @@ def _model_for_collection(model, items, runtime: str, progress: bool):
 
     from simengine.model.bundle import load_bundle
     from simengine.model.feature_cache import FeatureCache
-    from simengine.model.general import CHOICE_SAMPLE, choose_bundle, has_twin
+    from simengine.model.general import CHOICE_SAMPLE, choose_bundle
 
-    if not has_twin(model.path):
-        return model, choose_bundle(model.path, np.zeros((0, 1), np.float32))[1]
-    sample = random.Random(0).sample(list(items), min(CHOICE_SAMPLE, len(items)))
-    features, _ = FeatureCache(model.encoder, flip=model.flip).features(
-        [str(i.path) for i in sample], [i.sha256 for i in sample], progress=progress)
-    chosen, choice = choose_bundle(model.path, features[~np.isnan(features).any(axis=1)])
+    def sample_features() -> np.ndarray:
+        sample = random.Random(0).sample(list(items), min(CHOICE_SAMPLE, len(items)))
+        features, _ = FeatureCache(model.encoder, flip=model.flip).features(
+            [str(i.path) for i in sample], [i.sha256 for i in sample], progress=progress)
+        return features[~np.isnan(features).any(axis=1)]
+
+    chosen, choice = choose_bundle(model.path, sample_features)
     return (model if chosen == model.path else load_bundle(chosen, runtime)), choice

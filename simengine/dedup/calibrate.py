@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simengine.evaluation.metrics import normalise
 from simengine.evaluation.thresholds import Threshold, calibrate
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def same_picture_threshold(originals: np.ndarray, copies: np.ndarray, negatives: np.ndarray,
@@ -25,9 +21,9 @@ def same_picture_threshold(originals: np.ndarray, copies: np.ndarray, negatives:
     of different pictures far outnumber copies in a collection, so precision needs a low FAR)."""
     if not len(originals) == len(copies) == len(negatives) or len(originals) < 2:
         raise ValueError("calibration needs at least 2 row-aligned originals, copies and negatives")
-    a = _normalised(originals)
-    positive = (a * _normalised(copies)).sum(axis=1)
-    negative = (a * _normalised(negatives)).sum(axis=1)
+    a = normalise(originals)
+    positive = (a * normalise(copies)).sum(axis=1)
+    negative = (a * normalise(negatives)).sum(axis=1)
     scores = np.concatenate([positive, negative])
     labels = np.concatenate([np.ones(len(positive), int), np.zeros(len(negative), int)])
     return calibrate(scores, labels, target_far, folds=min(10, len(originals)), seed=seed)

@@ -21,7 +21,7 @@ def retrieval_metrics(
     code_of = {c: i for i, c in enumerate(classes)}
     q_codes = np.array([code_of.get(label, -1) for label in q_labels])
     counts = np.bincount(g_codes, minlength=len(classes))
-    q, g = _normalise(queries), _normalise(gallery)
+    q, g = normalise(queries), normalise(gallery)
     p1, rp, mapr, vote = [], [], [], []
     for start in range(0, len(q), chunk):
         sims = q[start:start + chunk] @ g.T
@@ -51,7 +51,8 @@ def retrieval_metrics(
     }
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); all-zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 

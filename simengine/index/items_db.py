@@ -19,6 +19,7 @@ from simengine.errors import IndexUnusableError, SimengineError
 ITEMS_DB = "items.db"
 SCHEMA_VERSION = 2
 VERSION_STAMPS = ("added_version", "removed_version")
+NOT_METADATA = frozenset(ROW_COLUMNS + VERSION_STAMPS)
 BUSY_TIMEOUT_MS = 30_000
 REMOVED_IDS = "SELECT id FROM items WHERE removed_version <= ?"
 MAX_ID = 2**63 - 1  # ids are SQLite integers and FAISS int64 labels
@@ -48,13 +49,16 @@ def connect(folder: Path, read_only: bool = False, create: bool = False) -> sqli
 
 def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
     """The columns of a row that its source table brought."""
-    return {k: v for k, v in row.items() if k not in ROW_COLUMNS and k not in VERSION_STAMPS}
+    return {k: v for k, v in row.items() if k not in NOT_METADATA}
+
+
+def _column_names(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM pragma_table_info('items')")]
 
 
 def metadata_columns(conn: sqlite3.Connection) -> list[str]:
     """Columns that source tables added to the items table."""
-    names = [r["name"] for r in conn.execute("SELECT name FROM pragma_table_info('items')")]
-    return [n for n in names if n not in ROW_COLUMNS and n not in VERSION_STAMPS]
+    return [n for n in _column_names(conn) if n not in NOT_METADATA]
 
 
 def identity(folder: Path) -> tuple[int, int] | None:
@@ -194,7 +198,7 @@ def insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], version: in
 def _add_metadata_columns(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """A column for every metadata key the table lacks, declared without a type: SQLite then keeps each value as
     given (numbers stay numbers for --where comparisons, whatever the first rows held)."""
-    existing = {r["name"].lower() for r in conn.execute("SELECT name FROM pragma_table_info('items')")}
+    existing = {name.lower() for name in _column_names(conn)}
     new = {key.lower() for row in rows for key in row} - existing
     for name in sorted(new):
         conn.execute(f'ALTER TABLE items ADD COLUMN "{name}"')

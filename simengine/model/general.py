@@ -14,9 +14,11 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+from simengine.evaluation.metrics import normalise
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,9 @@ UNLIKE_SHARE = 0.5
 CHOICE_SAMPLE = 5000  # images looked at to choose; the share's standard error is then at most 0.7 %
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def nearest_centroid_similarity(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Cosine similarity of each image's backbone features to the nearest training-class centroid."""
-    return (_normalised(features) @ _normalised(centroids).T).max(axis=1)
+    return (normalise(features) @ normalise(centroids).T).max(axis=1)
 
 
 def training_centroids(features: np.ndarray, labels: np.ndarray, holdout: np.ndarray) -> tuple[np.ndarray, float]:
@@ -46,7 +43,7 @@ def training_centroids(features: np.ndarray, labels: np.ndarray, holdout: np.nda
     fit = np.ones(len(labels), bool)
     fit[holdout] = False
     classes = sorted(set(labels[fit].tolist()))
-    centroids = np.stack([_normalised(features[fit & (labels == c)]).mean(axis=0) for c in classes])
+    centroids = np.stack([normalise(features[fit & (labels == c)]).mean(axis=0) for c in classes])
     threshold = float(np.quantile(nearest_centroid_similarity(features[holdout], centroids), HOLDOUT_QUANTILE))
     return centroids.astype(np.float32), threshold
 
@@ -66,6 +63,7 @@ def unlike_share(features: np.ndarray, centroids: np.ndarray, threshold: float) 
 
 
 def has_twin(bundle_dir: str | Path) -> bool:
+    """Whether the bundle carries a general twin and the centroids to choose it by."""
     return (Path(bundle_dir) / CENTROIDS).is_file() and (Path(bundle_dir) / GENERAL_DIR).is_dir()
 
 
@@ -85,16 +83,17 @@ def unlike_training_share(bundle_dir: str | Path, features: np.ndarray) -> float
     return unlike_share(features, stored[:-1], float(stored[-1, 0]))
 
 
-def choose_bundle(bundle_dir: str | Path, features: np.ndarray) -> tuple[Path, dict[str, Any]]:
-    """The bundle to index a collection with: the twin when most of its images are unlike the training classes,
-    else the bundle itself; and what was measured, for the index's build record."""
+def choose_bundle(bundle_dir: str | Path, features: Callable[[], np.ndarray]) -> tuple[Path, dict[str, Any]]:
+    """The bundle to index a collection with: the twin when most of its images (their backbone `features`, computed
+    only when there is a twin to choose) are unlike the training classes, else the bundle itself; and what was
+    measured, for the index's build record."""
     from simengine.model.bundle import read_config
 
     bundle_dir = Path(bundle_dir)
     if read_config(bundle_dir).get("general"):
         return bundle_dir, {"embedding": "general", "reason": "the bundle given is a general twin"}
     twin = bundle_dir / GENERAL_DIR
-    share = unlike_training_share(bundle_dir, features) if has_twin(bundle_dir) else None
+    share = unlike_training_share(bundle_dir, features()) if has_twin(bundle_dir) else None
     if share is None:
         return bundle_dir, {"embedding": "trained", "reason": "the bundle has no general twin"}
     choice = {"unlike_training_share": round(share, 4), "threshold_share": UNLIKE_SHARE}

@@ -47,10 +47,10 @@ def test_collections_are_matched_to_the_training_classes(bundle_dir, model, fixt
     unlike = features(sorted(other_photos.glob("*.jpg")))
     assert unlike_training_share(bundle_dir, like) <= 0.25
     assert unlike_training_share(bundle_dir, unlike) >= 0.75
-    assert choose_bundle(bundle_dir, like)[0] == bundle_dir
-    chosen, record = choose_bundle(bundle_dir, unlike)
+    assert choose_bundle(bundle_dir, lambda: like)[0] == bundle_dir
+    chosen, record = choose_bundle(bundle_dir, lambda: unlike)
     assert chosen == bundle_dir / GENERAL_DIR and record["embedding"] == "general"
-    assert choose_bundle(bundle_dir / GENERAL_DIR, unlike) == (bundle_dir / GENERAL_DIR, {
+    assert choose_bundle(bundle_dir / GENERAL_DIR, lambda: unlike) == (bundle_dir / GENERAL_DIR, {
         "embedding": "general", "reason": "the bundle given is a general twin"})
 
 
