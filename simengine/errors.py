@@ -21,6 +21,10 @@ class IndexUnusableError(SimengineError):
     """An index is missing, corrupt, or does not match its model."""
 
 
+class NotCalibratedError(SimengineError):
+    """A model bundle has no same-picture decision for `simengine dedup` (trained before it existed)."""
+
+
 class BundleError(SimengineError):
     """A model bundle is missing, corrupt, or does not match its backbone."""
 

@@ -38,3 +38,11 @@ def make_dataset(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
             for i in range(n):
                 jittered(img, rng).save(folder / f"{name}_{i:02d}.jpg", quality=90)
     return root
+
+
+def lite0_same_picture():
+    """The same-picture decision `simengine dedup-calibrate` set for the Lite0 backbone on Imagenette. Tests use it
+    because the fixture bundle's own calibration comes from jittered crops of four photos, too few and too alike."""
+    from simengine.dedup.calibrate import SamePicture
+
+    return SamePicture(min_backbone=0.68, min_layout=0.926, min_backbone_matches=0.761, min_matches=37)

@@ -16,6 +16,7 @@ import numpy as np
 
 from simengine.model.bundle import save_bundle
 from simengine.data.folders import Item, scan_split
+from simengine.dedup.calibrate import SAME_PICTURE, calibrate_on_items, same_picture_file
 from simengine.evaluation.decisions import calibrate_decisions, evaluate_decisions
 from simengine.model.encoder import Encoder
 from simengine.errors import SimengineError
@@ -101,7 +102,8 @@ def train_model(
                             holdout_sha256, calibration, metrics)
     extra = {"loss_curve.png": loss_curve_png(e_hist, p_hist),
              "metrics.json": json.dumps(metrics, indent=2).encode(),
-             CENTROIDS: centroids_file(*training_centroids(x, y, hold))}
+             CENTROIDS: centroids_file(*training_centroids(x, y, hold)),
+             SAME_PICTURE: _same_picture(encoder, train_items, x, hold, opts, data)}
     out = Path(out)
     # The twin is written first, beside the bundle, and moved inside it before the bundle's own atomic rename:
     # a bundle is complete with its twin, or not there.
@@ -113,6 +115,14 @@ def train_model(
         shutil.rmtree(twin, ignore_errors=True)
     log.info("bundle written to %s in %.0f s", path, time.time() - started)
     return path
+
+
+def _same_picture(encoder: Encoder, train_items: list[Item], x: np.ndarray, hold: np.ndarray, opts: TrainOptions,
+                  data: Path) -> bytes:
+    """The `simengine dedup` decision (see `dedup.calibrate`): generated copies of holdout images against the most
+    similar other training images of their classes."""
+    decision, info = calibrate_on_items(encoder, train_items, x, opts.flip, originals_from=hold, seed=opts.seed)
+    return same_picture_file(decision, info, f"{data}/train, originals from the training holdout")
 
 
 def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptions, finetune, e_hist: History,
