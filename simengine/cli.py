@@ -511,6 +511,94 @@ def search(image, k, where, params, as_json, index_dir):
 
 
 @cli.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--against", type=click.Path(exists=True),
+              help="An index directory, or another folder/list/table: report only SOURCE's images that have a copy "
+                   "there (train/val leakage; a new batch against a catalogue).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="Model bundle (default: the --against index's model, else indexes/default-model).")
+@click.option("--path-column", default="path", show_default=True,
+              help="The column of a CSV/parquet table that holds image paths.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write one row per image to this CSV.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write a page with thumbnails of every group.")
+@click.option("--move-to", type=click.Path(file_okay=False),
+              help="Move the duplicates (never the keepers) into this folder, keeping their relative paths; prints "
+                   "the plan and moves nothing unless --yes.")
+@click.option("--yes", is_flag=True, help="With --move-to: carry out the moves (logged to moves.csv there).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, as_json):
+    """Find exact and near-duplicate images in SOURCE (a folder, a text file of paths, or a CSV/parquet table).
+
+    \b
+    Exact duplicates have equal bytes. Near duplicates are copies of one picture (resized, recompressed, cropped,
+    rotated a little, recoloured, watermarked, re-encoded), not other photos of the same thing: candidates come
+    from a search by backbone features, and each is confirmed by its layout or by keypoints that agree on one
+    geometric transform (the decision calibrated with the model; see `simengine dedup-calibrate`).
+    Each group is a star around its keeper (most pixels, then the largest file, then the oldest): every member
+    is a copy of the keeper, so A~B and B~C never join A and C unless each is a copy of the keeper.
+    Nothing is deleted; --move-to moves the duplicates aside.
+    """
+    from simengine.workflows import dedup_collection
+
+    if yes and not move_to:
+        raise click.UsageError("--yes needs --move-to")
+    report, planned, done, left = dedup_collection(source, against, model_dir, csv_path, html_path, move_to, yes,
+                                                   path_column, _progress(ctx))
+    moves = {"planned": [{"from": str(m.source), "to": str(m.target)} for m in planned], "moved": len(done),
+             "left": [{"path": p, "reason": r} for p, r in left], "dry_run": not yes} if move_to else None
+    if as_json:
+        _echo_json({**report.to_dict(), "moves": moves})
+    else:
+        for n, group in enumerate(report.groups, 1):
+            click.echo(f"group {n}: keep {group.keeper.path}")
+            for m in group.duplicates:
+                matches = f", {m.matches} matches" if m.matches is not None else ""
+                click.echo(f"  {m.kind:5}  {m.image.path}  (backbone {m.backbone:.3f}, layout {m.layout:.3f}{matches})")
+        for path, reason in report.skipped:
+            click.echo(f"skipped: {one_line(reason)}", err=True)
+        click.echo(f"{report.images} images: {len(report.groups)} groups, {report.duplicate_count} duplicates, "
+                   f"{len(report.skipped)} skipped ({report.seconds:.1f} s)")
+        if move_to:
+            for m in planned if not yes else []:
+                click.echo(f"would move {m.source} -> {m.target}")
+            for path, reason in left:
+                click.echo(f"not moved: {path}: {reason}", err=True)
+            click.echo(f"moved {len(done)} files to {move_to}" if yes else
+                       f"dry run: {len(planned)} files would move; add --yes to move them")
+    if left:
+        ctx.exit(1)
+
+
+@cli.command("dedup-calibrate")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Model bundle to calibrate (the decision is stored in it as same_picture.json).")
+@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root with train/ (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
+@click.option("--target-far", type=float, default=None,
+              help="False accepts allowed on the hardest same-class negatives (default 0.02).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
+    """Calibrate the same-picture decision of `simengine dedup` for a model bundle (`simengine train` does this
+    itself; bundles trained before need it once): generated copies of training images against the most similar
+    other photos of their classes."""
+    from simengine.data.folders import resolve_data_dir
+    from simengine.dedup.calibrate import TARGET_FAR, calibrate_bundle
+
+    record = calibrate_bundle(model_dir, resolve_data_dir(data_dir),
+                              target_far=TARGET_FAR if target_far is None else target_far, progress=_progress(ctx))
+    if as_json:
+        _echo_json(record)
+        return
+    d, a = record["decision"], record["accuracy"]
+    click.echo(f"{model_dir}: a copy is backbone cosine >= {d['min_backbone']:.3f} and layout cosine >= "
+               f"{d['min_layout']:.3f}, or backbone cosine >= {d['min_backbone_matches']:.3f} and >= "
+               f"{d['min_matches']} agreeing keypoint matches; on the calibration pairs false accepts "
+               f"{a['far']:.3f}, false rejects {a['frr']:.3f}")
+
+
+@cli.command()
 @_index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=int, default=8000, show_default=True)

@@ -74,3 +74,24 @@ def _model_for_collection(model, items, runtime: str, progress: bool):
 
     chosen, choice = choose_bundle(model.path, sample_features)
     return (model if chosen == model.path else load_bundle(chosen, runtime)), choice
+
+
+def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | None = None,
+                     model_dir: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
+                     html_path: str | os.PathLike | None = None, move_to: str | os.PathLike | None = None,
+                     apply: bool = False, path_column: str = "path", progress: bool = False):
+    """The whole `simengine dedup` job: find the duplicate groups, write the CSV and HTML reports asked for, and
+    plan moving the duplicates to `move_to` (carried out only with `apply`). Returns (report, moves planned, moves
+    done, files left in place as (path, reason))."""
+    from simengine.dedup.find import find_duplicates
+    from simengine.dedup.move import apply_moves, plan_moves
+    from simengine.dedup.report import write_csv, write_html
+
+    report = find_duplicates(source, against, model_dir, path_column=path_column, progress=progress)
+    if csv_path:
+        write_csv(report, csv_path)
+    if html_path:
+        write_html(report, html_path)
+    planned = plan_moves(report, move_to) if move_to else []
+    done, left = apply_moves(planned, move_to) if planned and apply else ([], [])
+    return report, planned, done, left

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -68,7 +69,7 @@ def test_cli_bad_input_is_one_line_and_nonzero(case, built_index, val, tmp_path,
 
 def test_cli_help_lists_commands():
     code, out = run("--help")
-    for command in ("data", "train", "index", "query", "search"):
+    for command in ("data", "train", "index", "query", "search", "dedup", "dedup-calibrate"):
         assert command in out
     code, out = run("index", "--help")
     for command in ("build", "add", "remove", "info", "verify", "calibrate"):
@@ -238,3 +239,27 @@ def test_cli_build_without_model_on_a_plain_folder_says_what_to_do(tmp_path, val
     shutil.copy(val["coffee"][0], tmp_path / "a.jpg")
     code, out = run("index", "build", tmp_path, "--out", tmp_path / "index")
     assert code == 1 and "--model" in out and len(out.strip().splitlines()) == 1
+
+
+def test_cli_dedup_reports_then_moves_only_with_yes(fixture_data, bundle_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("coffee", "rocket"):
+        shutil.copyfile(sorted((fixture_data / "val" / name).glob("*.jpg"))[0], folder / f"{name}0.jpg")
+    shutil.copyfile(folder / "coffee0.jpg", folder / "coffee0-again.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    target, page, table = tmp_path / "dups", tmp_path / "report.html", tmp_path / "report.csv"
+    code, out = run("-q", "dedup", folder, "--model", bundle_dir, "--json", "--move-to", target, "--html", page, "--csv", table)
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["moves"]["dry_run"] and report["moves"]["moved"] == 0 and not target.exists()
+    assert report["exact"] == 1 and [s["path"].endswith("broken.jpg") for s in report["skipped"]] == [True]
+    assert "data:image/jpeg;base64," in page.read_text() and table.read_text().startswith("group,role,kind")
+    planned = {m["from"] for m in report["moves"]["planned"]}
+    code, out = run("-q", "dedup", folder, "--model", bundle_dir, "--move-to", target, "--yes")
+    assert code == 0 and f"moved {len(planned)} files" in out
+    assert all(not Path(p).exists() for p in planned) and (target / "moves.csv").is_file()
+    code, out = run("dedup", folder, "--model", bundle_dir, "--yes")
+    assert code == 2 and "--yes needs --move-to" in out

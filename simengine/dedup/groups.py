@@ -1,10 +1,16 @@
 """Duplicate groups that never chain unrelated images.
 
 Grouping by connected components would join A and C when A≈B and B≈C although A≉C: a chain of small edits (or a
-series of similar shots) would swallow a collection. Instead each group is a star around its keeper: images are
-taken in keeper order (largest resolution, then largest file, then oldest), and each one not yet grouped takes every
-ungrouped image that is a duplicate *of it*. Every member of a group is a duplicate of the group's keeper; two
-members need not be duplicates of each other (B's copies A and C, in the example, when B is the best copy).
+series of similar shots) would swallow a collection. Instead each group is a star around its keeper:
+
+1. Keepers: images are taken in keeper order (largest resolution, then largest file, then oldest); one that is not
+   a duplicate of a keeper already chosen becomes a keeper.
+2. Every other image joins the keeper it is most similar to (it is a duplicate of at least one: that is why it is
+   not a keeper). Choosing the most similar, rather than the first in keeper order, keeps one wrong link to a
+   larger image from pulling a copy away from its own original.
+
+Every member of a group is a duplicate of the group's keeper; two members need not be duplicates of each other (B's
+copies A and C, in the example, when B is the best copy). A keeper left without members is in no group.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ class Group:
 
 
 def group_duplicates(candidates: Sequence[Candidate], pairs: Iterable[tuple[int, int, float]]) -> list[Group]:
-    """Star groups from duplicate pairs (id, id, similarity), keepers in keeper order; images in no pair are in no
-    group. Memory is what the pairs take, never the square of the collection."""
+    """Star groups from duplicate pairs (id, id, similarity), keepers and their members in keeper order; images in
+    no pair are in no group. Memory is what the pairs take, never the square of the collection."""
     neighbours: dict[int, dict[int, float]] = {}
     for a, b, similarity in pairs:
         if a == b:
@@ -48,19 +54,22 @@ def group_duplicates(candidates: Sequence[Candidate], pairs: Iterable[tuple[int,
         for x, y in ((a, b), (b, a)):
             known = neighbours.setdefault(x, {})
             known[y] = max(similarity, known.get(y, similarity))
-    rank = {c.id: c.keeper_rank() for c in candidates if c.id in neighbours}
-    grouped: set[int] = set()
+    linked = sorted((c for c in candidates if c.id in neighbours), key=Candidate.keeper_rank)
+    rank = {c.id: n for n, c in enumerate(linked)}
+    keepers: set[int] = set()
+    for candidate in linked:
+        if not any(other in keepers for other in neighbours[candidate.id]):
+            keepers.add(candidate.id)
+    members: dict[int, dict[int, float]] = {}
+    for candidate in linked:
+        if candidate.id not in keepers:
+            choices = {k: s for k, s in neighbours[candidate.id].items() if k in keepers}
+            keeper = max(choices, key=lambda k: (choices[k], -rank[k]))  # the most similar; on a tie the better
+            members.setdefault(keeper, {})[candidate.id] = choices[keeper]
     groups = []
-    for candidate in sorted((c for c in candidates if c.id in neighbours), key=Candidate.keeper_rank):
-        if candidate.id in grouped:
-            continue
-        members = {i: s for i, s in neighbours[candidate.id].items() if i not in grouped and i in rank}
-        if not members:
-            continue
-        duplicates = sorted(members, key=rank.__getitem__)
-        groups.append(Group(candidate.id, duplicates, {i: members[i] for i in duplicates}))
-        grouped.add(candidate.id)
-        grouped.update(duplicates)
+    for keeper in sorted(members, key=rank.__getitem__):
+        duplicates = sorted(members[keeper], key=rank.__getitem__)
+        groups.append(Group(keeper, duplicates, {i: members[keeper][i] for i in duplicates}))
     return groups
 
 

@@ -36,3 +36,11 @@ def test_exact_groups_by_content_hash():
     items = candidates((10, 1, 0), (20, 1, 0), (10, 1, 0), (5, 1, 0))
     [group] = exact_groups(items, {0: "a", 1: "a", 2: "b", 3: "a"})
     assert group.keeper == 1 and group.duplicates == [0, 3] and set(group.similarity.values()) == {1.0}
+
+
+def test_a_member_joins_the_keeper_it_is_most_similar_to():
+    # X is a weak match of the larger K1 (a wrong link) and a strong one of K2 (its original): it goes to K2, and K1,
+    # left alone, is in no group.
+    items = candidates((400, 10, 0), (200, 10, 0), (100, 10, 0))  # K1, K2, X
+    [group] = group_duplicates(items, [(0, 2, 0.70), (1, 2, 0.99)])
+    assert group.keeper == 1 and group.duplicates == [2] and group.similarity == {2: 0.99}

@@ -1,0 +1,336 @@
+"""`simengine dedup`: exact and near-duplicate images within a collection, or between it and another collection or
+an index.
+
+1. Exact duplicates: equal content hashes (sha256 of the bytes).
+2. Candidates: one image per content hash, searched by backbone features (`near.near_pairs`, k nearest above the
+   lowest backbone cosine the same-picture decision can accept).
+3. Verification: the candidates' layout descriptors, and the same-picture decision stored with the model
+   (`dedup.calibrate`).
+4. Groups: stars around a keeper (`dedup.groups`), so chains never join unrelated images; exact copies join their
+   representative's group.
+
+With `against`, only pairs across the two sets are reported: each image of the source joins the group of its best
+match in the other set, which is always the keeper (the catalogue is never what gets moved).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from simengine.data.decode import image_size
+from simengine.dedup.calibrate import SamePicture, read_same_picture
+from simengine.dedup.groups import Candidate, exact_groups, group_duplicates
+from simengine.dedup.near import NEIGHBOURS, near_pairs
+from simengine.errors import ImageLoadError, NotCalibratedError, SimengineError
+from simengine.evaluation.metrics import normalise
+from simengine.index.store import CURRENT, DEFAULT_ROOT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = DEFAULT_ROOT / "default-model"
+KEYPOINT_CACHE = 4096  # images whose keypoints stay in memory (about 40 kB each)
+EXACT = (1.0, 1.0, None)  # the signals of a byte-identical copy
+
+
+@dataclass(frozen=True)
+class ReportedImage:
+    """One image as a report shows it."""
+
+    path: str
+    sha256: str
+    origin: str  # "source", or "against" for the other set
+    item_id: int | None = None  # its id, when the other set is an index
+
+
+@dataclass
+class Member:
+    """A duplicate in a group, with the signals that made it one (to the keeper, or to the group member it is a
+    byte-identical copy of)."""
+
+    image: ReportedImage
+    kind: str  # "exact" (the keeper's bytes) or "near"
+    backbone: float  # cosine of backbone features
+    layout: float  # cosine of layout descriptors
+    matches: int | None = None  # agreeing keypoint matches; None when the layout decided (or exact bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.image.path, "origin": self.image.origin, "item_id": self.image.item_id,
+                "kind": self.kind, "backbone": round(self.backbone, 4), "layout": round(self.layout, 4),
+                "matches": self.matches}
+
+
+@dataclass
+class DuplicateGroup:
+    keeper: ReportedImage
+    duplicates: list[Member]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keeper": {"path": self.keeper.path, "origin": self.keeper.origin, "item_id": self.keeper.item_id},
+                "duplicates": [m.to_dict() for m in self.duplicates]}
+
+
+@dataclass
+class DuplicateReport:
+    source: str
+    against: str | None
+    decision: SamePicture
+    model: str
+    images: int  # found in the source (those that cannot be decoded are also in `skipped`)
+    groups: list[DuplicateGroup] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path or line, reason)
+    seconds: float = 0.0
+
+    @property
+    def duplicate_count(self) -> int:
+        return sum(len(g.duplicates) for g in self.groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "against": self.against, "model": self.model,
+                "decision": self.decision.to_dict(), "images": self.images, "groups": len(self.groups),
+                "duplicates": self.duplicate_count,
+                "exact": sum(m.kind == "exact" for g in self.groups for m in g.duplicates),
+                "seconds": round(self.seconds, 2), "duplicate_groups": [g.to_dict() for g in self.groups],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+
+def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None = None,
+                    model_dir: str | os.PathLike | None = None, decision: SamePicture | None = None,
+                    runtime: str = "auto", path_column: str = "path", k: int = NEIGHBOURS,
+                    progress: bool = False) -> DuplicateReport:
+    """Duplicate groups in `source` (a folder, a list of paths or a table; see `data.sources.scan_source`), or of
+    `source` against `against` (an index directory or another source). The model is `model_dir`, else the index's
+    when `against` is one, else indexes/default-model; its stored same-picture decision is used unless `decision`
+    is given. Unreadable files are reported in `skipped`, never fatal."""
+    from simengine.data.sources import scan_source
+    from simengine.model.bundle import load_bundle
+
+    started = time.time()
+    model_dir = Path(model_dir) if model_dir is not None else _default_model(against)
+    decision = decision or stored_decision(model_dir)
+    model = load_bundle(model_dir, runtime)
+    collection = scan_source(source, "none", path_column=path_column, progress=progress)
+    if not collection.items:
+        raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
+                                                             if collection.skipped else ""))
+    images = [ReportedImage(str(Path(i.path).absolute()), i.sha256, "source") for i in collection.items]
+    report = DuplicateReport(str(source), None if against is None else str(against), decision, str(model_dir),
+                             len(images), skipped=list(collection.skipped))
+    search = _Search(model, decision, k, progress)
+    if against is None:
+        report.groups = search.within(images)
+    else:
+        others, skipped = _other_set(against, path_column, progress)
+        report.skipped += skipped
+        report.groups = search.across(images, others)
+    report.skipped += search.skipped
+    report.seconds = time.time() - started
+    return report
+
+
+def stored_decision(model_dir: str | os.PathLike) -> SamePicture:
+    stored = read_same_picture(model_dir)
+    if stored is None:
+        raise NotCalibratedError(f"{model_dir} has no same-picture calibration (trained before simengine 0.3): run "
+                                 f"`simengine dedup-calibrate --model {model_dir} --data DATASET`")
+    return stored[0]
+
+
+def copies_in_index(index, model, image: bytes, name: str, k: int = NEIGHBOURS, max_pixels: int | None = None,
+                    ) -> list[Member]:
+    """The indexed items that are copies of one image (the bytes of an upload), best first. Candidates are the
+    image's k nearest items in the index's own embedding; their backbone features come from the feature cache (or
+    their files), and the model's same-picture decision confirms them. Items whose files are gone are left out."""
+    from simengine.data.decode import WEB_FORMATS, load_rgb
+    from simengine.dedup.keypoints import agreeing_matches, keypoints
+    from simengine.dedup.layout import layout_descriptor, layout_descriptors
+    import hashlib
+
+    from simengine.index import items_db
+    from simengine.model.feature_cache import FeatureCache
+
+    decision = stored_decision(model.path)
+    picture = load_rgb(image, name=name, formats=WEB_FORMATS, **({"max_pixels": max_pixels} if max_pixels else {}))
+    features = model.encoder.forward(model.encoder.load_image(image, name=name, formats=WEB_FORMATS)[None],
+                                     flip=model.flip)
+    query = normalise(features)[0]
+    _, found = index.search(model.embed_features(features), k)
+    rows = index.items([int(i) for i in found[0] if i >= 0])
+    exact = set(items_db.live_ids_by_sha(index.conn, index.version, [hashlib.sha256(image).hexdigest()]).values())
+    ids = [i for i in rows if i not in exact]
+    candidate_features, _ = FeatureCache(model.encoder, flip=model.flip).features(
+        [rows[i]["path"] for i in ids], [rows[i]["sha256"] for i in ids])
+    layouts, _ = layout_descriptors([rows[i]["path"] for i in ids])
+    query_layout, query_keypoints = layout_descriptor(picture), None
+    members = [Member(ReportedImage(rows[i]["path"], rows[i]["sha256"], "index", i), "exact", *EXACT)
+               for i in sorted(exact)]
+    for n, item_id in enumerate(ids):
+        if np.isnan(candidate_features[n]).any():
+            continue
+        backbone = float(normalise(candidate_features[n:n + 1])[0] @ query)
+        layout = float(layouts[n] @ query_layout)
+
+        def matches() -> int:
+            nonlocal query_keypoints
+            query_keypoints = query_keypoints or keypoints(picture)
+            try:
+                return agreeing_matches(query_keypoints, keypoints(rows[item_id]["path"]))
+            except ImageLoadError:
+                return 0
+
+        same, agreeing = decision.accepts(backbone, layout, matches)
+        if same:
+            members.append(Member(ReportedImage(rows[item_id]["path"], rows[item_id]["sha256"], "index", item_id), "near",
+                                  backbone, layout, agreeing))
+    return sorted(members, key=lambda m: (m.kind != "exact", -m.backbone))
+
+
+def _default_model(against: str | os.PathLike | None) -> Path:
+    if against is not None and (Path(against) / CURRENT).is_file():
+        from simengine.index.reader import Index
+
+        with Index(against) as index:
+            return index.model_dir
+    if not DEFAULT_MODEL.is_dir():
+        raise SimengineError(f"no model given and no {DEFAULT_MODEL}: give --model DIR (a bundle from `simengine "
+                             "train`, or the one `make demo` trains)")
+    return DEFAULT_MODEL
+
+
+def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> tuple[list[ReportedImage], list[tuple[str, str]]]:
+    """The images of an index (its live items) or of another source."""
+    if (Path(against) / CURRENT).is_file():
+        from simengine.index import items_db
+        from simengine.index.reader import Index
+
+        with Index(against) as index:
+            rows = items_db.live_rows(index.conn, index.version)
+        return [ReportedImage(r["path"], r["sha256"], "against", int(r["id"])) for r in rows], []
+    from simengine.data.sources import scan_source
+
+    collection = scan_source(against, "none", path_column=path_column, progress=progress)
+    return [ReportedImage(str(Path(i.path).absolute()), i.sha256, "against") for i in collection.items], collection.skipped
+
+
+class _Search:
+    """Features, candidate pairs and verification for one run; images are numbered by their position."""
+
+    def __init__(self, model, decision: SamePicture, k: int, progress: bool):
+        from simengine.model.feature_cache import FeatureCache
+
+        self.cache = FeatureCache(model.encoder, flip=model.flip)
+        self.decision, self.k, self.progress = decision, k, progress
+        self.skipped: list[tuple[str, str]] = []
+
+    def within(self, images: list[ReportedImage]) -> list[DuplicateGroup]:
+        hash_counts = Counter(image.sha256 for image in images)
+        candidates = {n: _candidate(n, image) for n, image in enumerate(images) if hash_counts[image.sha256] > 1}
+        exact = exact_groups(list(candidates.values()), {n: images[n].sha256 for n in candidates})
+        copies_of = {g.keeper: g.duplicates for g in exact}
+        exact_copies = {c for g in exact for c in g.duplicates}
+        vectors, rows = self._features(images, [n for n in range(len(images)) if n not in exact_copies])
+        pairs = self._verified(images, near_pairs(vectors, rows, self.decision.min_backbone, self.k))
+        for n in {n for pair in pairs for n in pair} - candidates.keys():
+            candidates[n] = _candidate(n, images[n])
+        in_pairs = [candidates[n] for n in sorted({n for pair in pairs for n in pair})]
+        groups, grouped = [], set()
+        for group in group_duplicates(in_pairs, ((a, b, scores[0]) for (a, b), scores in pairs.items())):
+            keeper, members = group.keeper, []
+            for n in group.members:
+                scores = EXACT if n == keeper else pairs[min(n, keeper), max(n, keeper)]
+                if n != keeper:
+                    members.append(Member(images[n], "near", *scores))
+                # an exact copy of a member is that member again, to the keeper
+                members += [Member(images[c], "exact" if n == keeper else "near", *scores)
+                            for c in copies_of.get(n, [])]
+            grouped.update(group.members)
+            groups.append(DuplicateGroup(images[keeper], members))
+        groups += [DuplicateGroup(images[g.keeper], [Member(images[c], "exact", *EXACT) for c in g.duplicates])
+                   for g in exact if g.keeper not in grouped]
+        return sorted(groups, key=lambda g: g.keeper.path)
+
+    def across(self, images: list[ReportedImage], others: list[ReportedImage]) -> list[DuplicateGroup]:
+        offset = len(images)  # the other set's images are numbered after the source's
+        everything = images + others
+        first_with_hash: dict[str, int] = {}
+        for n, image in enumerate(others):
+            first_with_hash.setdefault(image.sha256, offset + n)
+        best: dict[int, tuple[int, Member]] = {}  # source image -> (its keeper in the other set, as a member)
+        for n, image in enumerate(images):
+            if image.sha256 in first_with_hash:
+                best[n] = (first_with_hash[image.sha256], Member(image, "exact", *EXACT))
+        query_vectors, query_rows = self._features(everything, [n for n in range(len(images)) if n not in best])
+        base_vectors, base_rows = self._features(everything, list(first_with_hash.values()))
+        found = near_pairs(query_vectors, query_rows, self.decision.min_backbone, self.k,
+                           against=(base_vectors, base_rows))
+        for (n, other), scores in self._verified(everything, found, ordered=True).items():
+            if n not in best or scores[0] > best[n][1].backbone:
+                best[n] = (other, Member(images[n], "near", *scores))
+        groups: dict[int, list[Member]] = {}
+        for n, (other, member) in sorted(best.items()):
+            groups.setdefault(other, []).append(member)
+        return sorted((DuplicateGroup(everything[o], sorted(ms, key=lambda m: -m.backbone)) for o, ms in groups.items()),
+                      key=lambda g: g.keeper.path)
+
+    def _features(self, images: Sequence[ReportedImage], rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Unit backbone features of `images[rows]` through the feature cache, and the rows that decoded."""
+        if not rows:
+            return np.zeros((0, self.cache.encoder.dim), np.float32), np.zeros(0, np.int64)
+        features, failed = self.cache.features([images[n].path for n in rows], [images[n].sha256 for n in rows],
+                                               progress=self.progress)
+        self.skipped += [(path, reason) for _, path, reason in failed]
+        ok = ~np.isnan(features).any(axis=1)
+        return normalise(features[ok]), np.asarray(rows, np.int64)[ok]
+
+    def _verified(self, images: Sequence[ReportedImage], pairs, ordered: bool = False) -> dict[tuple[int, int], tuple]:
+        """{(a, b): (backbone cosine, layout cosine, agreeing matches or None)} of the candidate pairs the decision
+        accepts; keys are (smaller, larger) unless `ordered`."""
+        from simengine.dedup.keypoints import agreeing_matches, keypoints
+        from simengine.dedup.layout import layout_descriptors
+
+        candidates = [(int(a), int(b), float(cos)) for a, b, cos in pairs]
+        needed = sorted({n for a, b, _ in candidates for n in (a, b)})
+        layouts, failed = layout_descriptors([images[n].path for n in needed])
+        self.skipped += [(images[needed[row]].path, reason) for row, reason in failed]
+        broken = {needed[row] for row, _ in failed}
+        position = {n: row for row, n in enumerate(needed)}
+
+        @lru_cache(maxsize=KEYPOINT_CACHE)
+        def image_keypoints(n: int):
+            try:
+                return keypoints(images[n].path)
+            except ImageLoadError as exc:  # changed or removed since it was read
+                self.skipped.append((images[n].path, str(exc)))
+                return None
+
+        def matches(a: int, b: int) -> int:
+            found_a, found_b = image_keypoints(a), image_keypoints(b)
+            return 0 if found_a is None or found_b is None else agreeing_matches(found_a, found_b)
+
+        accepted = {}
+        for a, b, cos in candidates:
+            if a in broken or b in broken:
+                continue
+            layout = float(layouts[position[a]] @ layouts[position[b]])
+            same, agreeing = self.decision.accepts(cos, layout, lambda: matches(a, b))
+            if same:
+                accepted[(a, b) if ordered else (min(a, b), max(a, b))] = (cos, layout, agreeing)
+        return accepted
+
+
+def _candidate(n: int, image: ReportedImage) -> Candidate:
+    """What picks the keeper; read only for images in some group (a header read and a stat)."""
+    width, height = image_size(image.path)
+    try:
+        stat = os.stat(image.path)
+    except OSError:  # gone since it was read: ranks last
+        return Candidate(n, 0, 0, float("inf"))
+    return Candidate(n, (width or 0) * (height or 0), stat.st_size, stat.st_mtime)

@@ -1,0 +1,91 @@
+"""A duplicate report as CSV (one row per image) and as a self-contained HTML page with thumbnails."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import os
+from pathlib import Path
+
+from simengine.dedup.find import DuplicateReport, ReportedImage
+from simengine.errors import ImageLoadError
+
+CSV_COLUMNS = ("group", "role", "kind", "backbone", "layout", "matches", "path", "origin", "item_id")
+THUMBNAIL_PX = 160
+MAX_THUMBNAILS = 2000  # beyond, groups are listed by path: the page stays a few tens of MB at most
+
+
+def write_csv(report: DuplicateReport, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        for n, group in enumerate(report.groups, 1):
+            keeper = group.keeper
+            writer.writerow([n, "keeper", "", "", "", "", keeper.path, keeper.origin, keeper.item_id])
+            for m in group.duplicates:
+                row = m.to_dict()
+                writer.writerow([n, "duplicate", m.kind, row["backbone"], row["layout"], row["matches"], m.image.path,
+                                 m.image.origin, m.image.item_id])
+    return path
+
+
+def write_html(report: DuplicateReport, path: str | os.PathLike) -> Path:
+    """One page: the decision, then each group as a row of thumbnails (keeper first) with paths and signals."""
+    budget = [MAX_THUMBNAILS]
+    e = html.escape
+    summary, d = report.to_dict(), report.decision
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>simengine dedup</title><style>",
+        "body{font:14px system-ui,sans-serif;margin:1.5em}figure{display:inline-block;margin:.3em;width:170px;"
+        "vertical-align:top}img{max-width:160px;max-height:160px;display:block}figcaption{font-size:11px;"
+        "word-break:break-all}.keeper{outline:3px solid #2a7}.group{border-top:1px solid #ccc;padding:.5em 0}",
+        "</style></head><body>",
+        f"<h1>Duplicates in {e(report.source)}" + (f" against {e(report.against)}" if report.against else "") + "</h1>",
+        f"<p>{summary['images']} images, {summary['groups']} groups, {summary['duplicates']} duplicates "
+        f"({summary['exact']} byte-identical), {len(report.skipped)} skipped. A copy: backbone cosine ≥ "
+        f"{d.min_backbone:.3f} and layout cosine ≥ {d.min_layout:.3f}, or backbone cosine ≥ "
+        f"{d.min_backbone_matches:.3f} and at least {d.min_matches} agreeing keypoint matches (model {e(report.model)})."
+        " The keeper (green) is the copy to keep: most pixels, then the largest file, then the oldest.</p>",
+    ]
+    for n, group in enumerate(report.groups, 1):
+        parts.append(f"<div class='group'><b>Group {n}</b><br>")
+        parts.append(_figure(group.keeper, "keeper", "keeper", budget))
+        for m in group.duplicates:
+            signals = f"backbone {m.backbone:.3f}, layout {m.layout:.3f}" + (
+                f", {m.matches} matches" if m.matches is not None else "")
+            parts.append(_figure(m.image, f"{m.kind}: {signals}", "", budget))
+        parts.append("</div>")
+    if report.skipped:
+        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{e(p)}: {e(r)}</li>" for p, r in report.skipped)
+                     + "</ul>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _figure(image: ReportedImage, caption: str, css: str, budget: list[int]) -> str:
+    e = html.escape
+    thumbnail = ""
+    if budget[0] > 0:
+        budget[0] -= 1
+        thumbnail = _thumbnail(image.path)
+    picture = f"<img src='{thumbnail}' alt=''>" if thumbnail else ""
+    return (f"<figure class='{css}'>{picture}<figcaption>{e(caption)}<br>{e(image.path)}</figcaption></figure>")
+
+
+def _thumbnail(path: str) -> str:
+    """A data: URL of a small JPEG of the image, or '' when it cannot be read any more."""
+    from simengine.data.decode import load_rgb
+
+    try:
+        img = load_rgb(path, draft_size=(THUMBNAIL_PX, THUMBNAIL_PX))
+    except ImageLoadError:
+        return ""
+    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

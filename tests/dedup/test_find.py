@@ -1,0 +1,95 @@
+"""`find_duplicates` end to end on real photos (scikit-image's), their generated copies, and a corrupt file."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures import lite0_same_picture, photo
+from simengine.dedup.calibrate import same_picture_file, write_same_picture
+from simengine.dedup.copies import TRANSFORMS
+from simengine.dedup.find import find_duplicates
+from simengine.errors import NotCalibratedError
+from simengine.index.reader import Index
+
+DECISION = lite0_same_picture()
+DISTINCT = ("astronaut", "camera", "coins", "clock", "horse", "hubble_deep_field", "brick", "gravel", "grass")
+
+
+def save(img, path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """Distinct photos; an exact copy; copies resized, watermarked, cropped and rotated; a corrupt JPEG."""
+    root = tmp_path_factory.mktemp("collection")
+    rng = np.random.default_rng(0)
+    for name in DISTINCT:
+        save(photo(name), root / f"{name}.jpg", quality=92)
+    shutil.copyfile(root / "astronaut.jpg", save(photo("coffee"), root / "sub" / "astronaut-again.jpg"))
+    coffee = photo("coffee")
+    save(coffee, root / "coffee.jpg", quality=92)
+    save(TRANSFORMS["resize"](coffee, rng), root / "sub" / "coffee-small.jpg", quality=92)
+    save(TRANSFORMS["text"](coffee, rng), root / "coffee-marked.jpg", quality=60)  # same pixels, smaller file
+    save(TRANSFORMS["crop"](photo("chelsea"), rng), root / "chelsea-crop.jpg", quality=92)
+    save(photo("chelsea"), root / "chelsea.jpg", quality=92)
+    save(TRANSFORMS["rotate"](photo("rocket"), rng), root / "rocket-tilted.jpg", quality=92)
+    save(photo("rocket"), root / "rocket.jpg", quality=92)
+    (root / "broken.jpg").write_bytes((root / "rocket.jpg").read_bytes()[:300])
+    return root
+
+
+def named_groups(report) -> dict[str, dict[str, str]]:
+    return {Path(g.keeper.path).name: {Path(m.image.path).name: m.kind for m in g.duplicates} for g in report.groups}
+
+
+def test_exact_and_near_copies_grouped_around_the_best_copy(collection, bundle_dir):
+    report = find_duplicates(collection, model_dir=bundle_dir, decision=DECISION)
+    assert named_groups(report) == {
+        "astronaut.jpg": {"astronaut-again.jpg": "exact"},
+        "coffee.jpg": {"coffee-small.jpg": "near", "coffee-marked.jpg": "near"},
+        "chelsea.jpg": {"chelsea-crop.jpg": "near"},
+        "rocket.jpg": {"rocket-tilted.jpg": "near"},
+    }
+    # different photos of one kind of thing (three textures) are never grouped; the corrupt file is reported
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.jpg"]
+    assert report.images == len(list(collection.rglob("*.*")))  # found; the broken one is among the skipped
+    as_json = report.to_dict()
+    assert as_json["groups"] == 4 and as_json["duplicates"] == 5 and as_json["exact"] == 1
+
+
+def test_against_another_set_reports_only_its_copies_there(collection, bundle_dir, tmp_path):
+    batch = tmp_path / "batch"
+    rng = np.random.default_rng(1)
+    save(TRANSFORMS["jpeg"](photo("horse"), rng), batch / "horse-recompressed.jpg", quality=92)
+    shutil.copyfile(collection / "clock.jpg", batch / "clock.jpg")
+    save(photo("moon"), batch / "moon.jpg")  # new: in no group
+    shutil.copyfile(batch / "moon.jpg", batch / "moon-again.jpg")  # a copy within the batch is not asked about
+    report = find_duplicates(batch, against=collection, model_dir=bundle_dir, decision=DECISION)
+    assert named_groups(report) == {"clock.jpg": {"clock.jpg": "exact"}, "horse.jpg": {"horse-recompressed.jpg": "near"}}
+    assert all(g.keeper.origin == "against" for g in report.groups)
+
+
+def test_against_an_index_names_its_items(index_copy, fixture_data, bundle_dir, tmp_path):
+    indexed = sorted((fixture_data / "train" / "rocket").glob("*.jpg"))[0]
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copyfile(indexed, batch / "same-bytes.jpg")
+    report = find_duplicates(batch, against=index_copy, decision=DECISION)
+    [group] = report.groups
+    assert group.keeper.path == str(indexed.absolute()) and group.keeper.item_id is not None
+    with Index(index_copy) as index:
+        assert report.model == str(index.model_dir)  # the index's own model, when none is given
+
+
+def test_a_model_without_the_decision_says_how_to_get_one(collection, bundle_dir, tmp_path):
+    bare = Path(shutil.copytree(bundle_dir, tmp_path / "old-bundle"))
+    (bare / "same_picture.json").unlink()
+    with pytest.raises(NotCalibratedError, match="simengine dedup-calibrate --model"):
+        find_duplicates(collection, model_dir=bare)
+    write_same_picture(bare, same_picture_file(DECISION, {}, "test"))
+    assert len(find_duplicates(collection, model_dir=bare).groups) == 4

@@ -1,0 +1,81 @@
+"""Moving duplicates aside: planned (dry run) first, never a keeper, nothing overwritten or lost, every move logged."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from simengine.dedup.calibrate import SamePicture
+from simengine.dedup.find import DuplicateGroup, DuplicateReport, Member, ReportedImage
+from simengine.dedup.move import MOVES_LOG, apply_moves, plan_moves
+from simengine.dedup.report import write_csv, write_html
+from simengine.errors import SimengineError
+from simengine.hashing import sha256_file
+
+
+def report_of(root: Path, groups: dict[str, list[str]], origin: str = "source") -> DuplicateReport:
+    def image(name, where=origin):
+        return ReportedImage(str(root / name), sha256_file(root / name), where)
+    return DuplicateReport(str(root), None, SamePicture(0.68, 0.93, 0.76, 37), "model", 10, [
+        DuplicateGroup(image(keeper, "source"), [Member(image(d, "source"), "near", 0.9, 0.95, 50) for d in dups])
+        for keeper, dups in groups.items()])
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    for name in ("a.jpg", "b.jpg", "sub/a.jpg", "c.jpg", "d.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode() * 10)
+    return root
+
+
+def test_plan_moves_the_duplicates_keeping_relative_paths(folder, tmp_path):
+    report = report_of(folder, {"a.jpg": ["sub/a.jpg", "b.jpg"], "c.jpg": ["d.jpg"]})
+    target = tmp_path / "dups"
+    planned = plan_moves(report, target)
+    assert sorted(str(m.target.relative_to(target)) for m in planned) == ["b.jpg", "d.jpg", "sub/a.jpg"]
+    assert not target.exists() and all(m.source.exists() for m in planned)  # planning moves nothing
+    done, left = apply_moves(planned, target)
+    assert len(done) == 3 and not left
+    assert (folder / "a.jpg").exists() and (folder / "c.jpg").exists()  # keepers stay
+    assert (target / "sub" / "a.jpg").read_bytes() == b"sub/a.jpg" * 10
+    with open(target / MOVES_LOG) as f:
+        rows = list(csv.DictReader(f))
+    assert {Path(r["from"]).name for r in rows} == {"a.jpg", "b.jpg", "d.jpg"} and all(r["sha256"] for r in rows)
+
+
+def test_changed_gone_or_colliding_files_stay_where_they_are(folder, tmp_path):
+    report = report_of(folder, {"a.jpg": ["b.jpg", "c.jpg", "d.jpg"]})
+    target = tmp_path / "dups"
+    planned = plan_moves(report, target)
+    (folder / "b.jpg").write_bytes(b"edited since")
+    (folder / "c.jpg").unlink()
+    target.mkdir()
+    (target / "d.jpg").write_bytes(b"already here")
+    done, left = apply_moves(planned, target)
+    assert not done and [reason.split(" ")[-1] for _, reason in left] == ["read", "there", "exists"]
+    assert (folder / "b.jpg").read_bytes() == b"edited since" and (target / "d.jpg").read_bytes() == b"already here"
+
+
+def test_a_target_inside_the_scanned_folder_is_refused(folder):
+    with pytest.raises(SimengineError, match="inside the scanned folder"):
+        plan_moves(report_of(folder, {"a.jpg": ["b.jpg"]}), folder / "dups")
+
+
+def test_images_of_the_other_set_never_move(folder, tmp_path):
+    report = report_of(folder, {"a.jpg": ["b.jpg"]})
+    report.groups[0].duplicates[0] = Member(ReportedImage(str(folder / "b.jpg"), "x", "against"), "near", 0.9, 0.9)
+    assert plan_moves(report, tmp_path / "dups") == []
+
+
+def test_reports_escape_hostile_names(folder, tmp_path):
+    hostile = folder / "<img src=x onerror=alert(1)>.jpg"
+    shutil.copyfile(folder / "a.jpg", hostile)
+    report = report_of(folder, {"a.jpg": [hostile.name]})
+    page = write_html(report, tmp_path / "report.html").read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
+    with open(write_csv(report, tmp_path / "report.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["role"] for r in rows] == ["keeper", "duplicate"] and rows[1]["path"] == str(hostile)
