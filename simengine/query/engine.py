@@ -22,7 +22,7 @@ from simengine.index.reader import Index
 from simengine.index.store import require_model, resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
-from simengine.query.results import BatchResult, Neighbour, NeighboursResult, PairResult, TripletResult
+from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
 
 
 class Engine:
@@ -194,6 +194,16 @@ class Engine:
         verified = sum(1 for n in found if n.verified)
         predicted, confidence = (votes.most_common(1)[0] if votes else (None, 0))
         return NeighboursResult(ref, k, found, predicted, confidence / verified if verified else 0.0, verified)
+
+    def copies(self, image: bytes, name: str = "<bytes>", k: int = 16) -> CopiesResult:
+        """The indexed items that are copies of one picture (the bytes of an image file): exact, or resized,
+        recompressed, cropped, recoloured, watermarked copies, by the model's same-picture decision (see
+        `dedup.find.copies_in_index`). Not other photos of the same class: that is `neighbours`."""
+        from simengine.dedup.find import copies_in_index, stored_decision
+
+        self.refresh()
+        members = copies_in_index(self.index, self.model, image, name, k, self.max_pixels)
+        return CopiesResult(name, [m.to_dict() for m in members], stored_decision(self.model.path).to_dict())
 
     # --- batch -------------------------------------------------------------------------------------------------
 

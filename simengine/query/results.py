@@ -68,3 +68,12 @@ class BatchResult(_Result):
         if self.report:
             out["accuracy"] = self.report["accuracy"]
         return out
+
+
+@dataclass
+class CopiesResult(_Result):
+    """The indexed copies of one image (`Engine.copies`): each a dict of `dedup.find.Member.to_dict()`."""
+
+    image: str
+    copies: list[dict[str, Any]]
+    decision: dict[str, float]

@@ -29,8 +29,8 @@ from starlette.formparsers import MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from simengine.data.decode import MAX_PIXELS, image_format
-from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, ModelChangedError, SimengineError,
-                              UnsupportedImageError)
+from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, ModelChangedError, NotCalibratedError,
+                              SimengineError, UnsupportedImageError)
 from simengine.query.engine import Engine
 from simengine.service.batching import QueueFull
 from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
@@ -191,6 +191,24 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """Nearest indexed neighbours of an uploaded `image` or an indexed `id`, verified by the pair head."""
         uploads, ids = ([image] if image is not None else []), ([id] if id is not None else [])
         return await answer(lambda ref: worker.engine.neighbours(ref, k), 1, uploads, ids)
+
+    @app.post("/v1/duplicates")
+    async def duplicates(image: UploadFile = File(...), k: int = Query(16, ge=1, le=100)) -> dict:
+        """Indexed copies of an uploaded `image` (exact, or resized, recompressed, cropped, recoloured, watermarked):
+        the same picture, not the same class. Candidates are its `k` nearest items."""
+        name, data = await read_upload(image, 0)
+        try:
+            result = await asyncio.wait_for(ask_engine(worker.engine.copies, data, name, k), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the request took longer than {limits.timeout_s:g} s") from None
+        except NotCalibratedError as exc:
+            log.error("%s", exc)
+            raise HTTPException(501, "this index's model has no same-picture calibration; see the server's log") from None
+        except UnsupportedImageError as exc:
+            raise HTTPException(415, str(exc)) from None
+        except ImageLoadError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return result.to_dict()
 
     @app.get("/v1/items/{item_id}")
     async def get_item(item_id: int) -> dict:

@@ -496,3 +496,26 @@ def test_an_index_that_cannot_be_read_is_503_without_its_paths(index_copy, val):
     for response in in_process(index_copy, ask):
         message = error(response, 503)
         assert response.headers["retry-after"] == "5" and str(index_copy) not in message
+
+
+def test_duplicates_of_an_upload(server):
+    item = httpx.get(f"{server}/v1/items/3").json()
+    found = httpx.post(f"{server}/v1/duplicates", files=upload(item["path"], field="image"))
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert body["image"] == f"upload:{Path(item['path']).name}" and set(body) == {"image", "copies", "decision"}
+    assert body["copies"][0]["item_id"] == 3 and body["copies"][0]["kind"] == "exact"
+    assert error(httpx.post(f"{server}/v1/duplicates", files=[("image", ("x.jpg", b"plain text", "image/jpeg"))]),
+                 415)
+    error(httpx.post(f"{server}/v1/duplicates?k=0", files=upload(item["path"], field="image")), 422)
+
+
+def test_duplicates_need_a_calibrated_model(index_copy):
+    from simengine.index.reader import Index
+
+    with Index(index_copy) as index:
+        (index.model_dir / "same_picture.json").unlink()
+    with running_server(index_copy) as url:
+        image = httpx.get(f"{url}/v1/items/0").json()["path"]
+        assert "same-picture calibration" in error(httpx.post(f"{url}/v1/duplicates", files=upload(image, field="image")), 501)
+        assert "dedup-calibrate" in url.log.read_text()  # the server's log says how to fix it
