@@ -7,6 +7,7 @@ The public face, imported lazily so that `import simengine` stays light (and nev
     build_index, add_images, remove_items, recalibrate_index, compact_index, collect_garbage, sync_index
     scan_source                     the items of a folder, list or table (data/)
     build_index_from_source         the whole `simengine index build` job
+    find_duplicates, dedup_collection   duplicate groups (dedup/); the whole `simengine dedup` job
     load_bundle, Encoder            the model (model/)
     train_model                     train both heads into a bundle (training/, imports torch)
 """
@@ -31,6 +32,8 @@ _EXPORTS = {
     "sync_index": "simengine.index.sync",
     "scan_source": "simengine.data.sources",
     "build_index_from_source": "simengine.workflows",
+    "find_duplicates": "simengine.dedup.find",
+    "dedup_collection": "simengine.workflows",
     "load_bundle": "simengine.model.bundle",
     "Encoder": "simengine.model.encoder",
     "train_model": "simengine.training.pipeline",

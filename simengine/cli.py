@@ -552,19 +552,20 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
         _echo_json({**report.to_dict(), "moves": moves})
     else:
         for n, group in enumerate(report.groups, 1):
-            click.echo(f"group {n}: keep {group.keeper.path}")
+            click.echo(f"group {n}: keep {one_line(group.keeper.path)}")
             for m in group.duplicates:
                 matches = f", {m.matches} matches" if m.matches is not None else ""
-                click.echo(f"  {m.kind:5}  {m.image.path}  (backbone {m.backbone:.3f}, layout {m.layout:.3f}{matches})")
+                click.echo(f"  {m.kind:5}  {one_line(m.image.path)}  (backbone {m.backbone:.3f}, layout {m.layout:.3f}"
+                           f"{matches})")
         for path, reason in report.skipped:
             click.echo(f"skipped: {one_line(reason)}", err=True)
         click.echo(f"{report.images} images: {len(report.groups)} groups, {report.duplicate_count} duplicates, "
                    f"{len(report.skipped)} skipped ({report.seconds:.1f} s)")
         if move_to:
             for m in planned if not yes else []:
-                click.echo(f"would move {m.source} -> {m.target}")
+                click.echo(f"would move {one_line(str(m.source))} -> {one_line(str(m.target))}")
             for path, reason in left:
-                click.echo(f"not moved: {path}: {reason}", err=True)
+                click.echo(f"not moved: {one_line(path)}: {one_line(reason)}", err=True)
             click.echo(f"moved {len(done)} files to {move_to}" if yes else
                        f"dry run: {len(planned)} files would move; add --yes to move them")
     if left:
@@ -575,7 +576,7 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Model bundle to calibrate (the decision is stored in it as same_picture.json).")
 @click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root with train/ (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
-@click.option("--target-far", type=float, default=None,
+@click.option("--target-far", type=click.FloatRange(0, 1), default=None,
               help="False accepts allowed on the hardest same-class negatives (default 0.02).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context

@@ -6,11 +6,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from simengine.errors import SimengineError
 from simengine.index.build import AddReport, build_index, check_target
 from simengine.index.store import DEFAULT_ROOT
+
+if TYPE_CHECKING:
+    from simengine.dedup.find import DuplicateReport
+    from simengine.dedup.move import Move
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +83,20 @@ def _model_for_collection(model, items, runtime: str, progress: bool):
 def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | None = None,
                      model_dir: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
                      html_path: str | os.PathLike | None = None, move_to: str | os.PathLike | None = None,
-                     apply: bool = False, path_column: str = "path", progress: bool = False):
+                     apply: bool = False, path_column: str = "path", progress: bool = False,
+                     ) -> tuple["DuplicateReport", list["Move"], list["Move"], list[tuple[str, str]]]:
     """The whole `simengine dedup` job: find the duplicate groups, write the CSV and HTML reports asked for, and
     plan moving the duplicates to `move_to` (carried out only with `apply`). Returns (report, moves planned, moves
-    done, files left in place as (path, reason))."""
+    done, files left in place as (path, reason)). Output paths are checked before any image is read."""
     from simengine.dedup.find import find_duplicates
-    from simengine.dedup.move import apply_moves, plan_moves
+    from simengine.dedup.move import apply_moves, check_target, plan_moves
     from simengine.dedup.report import write_csv, write_html
 
+    if move_to:
+        check_target(source, move_to)
+    for output in (csv_path, html_path):
+        if output and not Path(output).absolute().parent.is_dir():
+            raise SimengineError(f"{output}: its folder does not exist")
     report = find_duplicates(source, against, model_dir, path_column=path_column, progress=progress)
     if csv_path:
         write_csv(report, csv_path)

@@ -45,4 +45,4 @@ def lite0_same_picture():
     because the fixture bundle's own calibration comes from jittered crops of four photos, too few and too alike."""
     from simengine.dedup.calibrate import SamePicture
 
-    return SamePicture(min_backbone=0.68, min_layout=0.926, min_backbone_matches=0.761, min_matches=37)
+    return SamePicture(min_backbone=0.68, min_layout=0.926, min_backbone_matches=0.761, min_matches=34)

@@ -142,6 +142,8 @@ def calibrate_on_items(encoder: Encoder, items: Sequence[Item], features: np.nda
     good = np.ones(len(items), bool)
     good[[row for row, _ in failed]] = False
     pool = np.flatnonzero(good) if originals_from is None else np.intersect1d(originals_from, np.flatnonzero(good))
+    if len(pool) < 2:  # a holdout too small to draw from: any item can be an original
+        pool = np.flatnonzero(good)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(pool, size=min(originals, len(pool)), replace=False))
     usable = [label if ok else None for label, ok in zip(labels, good)]  # a failed item is nobody's negative
@@ -149,6 +151,9 @@ def calibrate_on_items(encoder: Encoder, items: Sequence[Item], features: np.nda
     by_layout = hardest_same_class(layouts, usable, rows)
     keep = (by_backbone >= 0) & (by_layout >= 0)
     rows, by_backbone, by_layout = rows[keep], by_backbone[keep], by_layout[keep]
+    if len(rows) < 2:
+        raise SimengineError("same-picture calibration needs at least 2 readable originals with another image of "
+                             "their class")
     kinds: dict[str, int] = {}
     copy_of, copy_layouts, copy_matches = [], [], []
     with tempfile.TemporaryDirectory(prefix="simengine-copies-") as tmp:
@@ -214,8 +219,9 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, data: str | os.PathLike, run
     """Calibrate a bundle's same-picture decision on an ImageFolder dataset's train split (originals from the
     bundle's training holdout when the dataset holds it, as `train` does), and store it in the bundle."""
     from simengine.data.folders import scan_split
-    from simengine.model.bundle import load_bundle
+    from simengine.model.bundle import CONFIG, load_bundle
     from simengine.model.feature_cache import FeatureCache
+    from simengine.model.general import GENERAL_DIR
 
     model = load_bundle(bundle_dir, runtime)
     items = scan_split(data, "train")
@@ -225,9 +231,13 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, data: str | os.PathLike, run
     items, features = [items[i] for i in keep], features[keep]
     holdout = set(model.config.get("holdout_sha256") or ())
     originals_from = np.array([n for n, i in enumerate(items) if i.sha256 in holdout], int)
-    calibrated_on = f"{data}/train" + (", originals from the training holdout" if len(originals_from) >= 3 else "")
-    decision, info = calibrate_on_items(model.encoder, items, features, model.flip,
-                                        originals_from if len(originals_from) >= 3 else None, seed=seed,
+    if len(originals_from) < 3:
+        originals_from = None
+    calibrated_on = f"{data}/train" + (", originals from the training holdout" if originals_from is not None else "")
+    decision, info = calibrate_on_items(model.encoder, items, features, model.flip, originals_from, seed=seed,
                                         target_far=target_far)
-    write_same_picture(bundle_dir, same_picture_file(decision, info, calibrated_on))
+    record = same_picture_file(decision, info, calibrated_on)
+    write_same_picture(bundle_dir, record)
+    if (Path(bundle_dir) / GENERAL_DIR / CONFIG).is_file():  # the twin shares the backbone, so the decision
+        write_same_picture(Path(bundle_dir) / GENERAL_DIR, record)
     return read_same_picture(bundle_dir)[1]

@@ -15,14 +15,13 @@ match in the other set, which is always the keeper (the catalogue is never what 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -34,7 +33,9 @@ from simengine.errors import ImageLoadError, NotCalibratedError, SimengineError
 from simengine.evaluation.metrics import normalise
 from simengine.index.store import CURRENT, DEFAULT_ROOT
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from simengine.index.reader import Index
+    from simengine.model.bundle import Model
 
 DEFAULT_MODEL = DEFAULT_ROOT / "default-model"
 KEYPOINT_CACHE = 4096  # images whose keypoints stay in memory (about 40 kB each)
@@ -53,8 +54,8 @@ class ReportedImage:
 
 @dataclass
 class Member:
-    """A duplicate in a group, with the signals that made it one (to the keeper, or to the group member it is a
-    byte-identical copy of)."""
+    """A duplicate in a group, with its signals to the keeper. A byte-identical copy of another member is that
+    member again: it gets the member's kind ("near") and signals."""
 
     image: ReportedImage
     kind: str  # "exact" (the keeper's bytes) or "near"
@@ -121,9 +122,10 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     if not collection.items:
         raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
                                                              if collection.skipped else ""))
-    images = [ReportedImage(str(Path(i.path).absolute()), i.sha256, "source") for i in collection.items]
+    images, skipped = _once_each(ReportedImage(str(Path(i.path).absolute()), i.sha256, "source")
+                                 for i in collection.items)
     report = DuplicateReport(str(source), None if against is None else str(against), decision, str(model_dir),
-                             len(images), skipped=list(collection.skipped))
+                             len(images), skipped=list(collection.skipped) + skipped)
     search = _Search(model, decision, k, progress)
     if against is None:
         report.groups = search.within(images)
@@ -136,7 +138,22 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     return report
 
 
+def _once_each(images: Iterable[ReportedImage]) -> tuple[list[ReportedImage], list[tuple[str, str]]]:
+    """Each file once: a link to a file, or a path listed twice, would otherwise be reported as its own duplicate
+    (and `--move-to` would move the file it is a copy of)."""
+    seen: set[str] = set()
+    kept, repeated = [], []
+    for image in images:
+        if image.path in seen:
+            repeated.append((image.path, f"{image.path}: the same file again (a link, or listed twice)"))
+        else:
+            seen.add(image.path)
+            kept.append(image)
+    return kept, repeated
+
+
 def stored_decision(model_dir: str | os.PathLike) -> SamePicture:
+    """The decision stored with a model bundle (a general twin's is its parent bundle's: they share the backbone)."""
     stored = read_same_picture(model_dir)
     if stored is None:
         raise NotCalibratedError(f"{model_dir} has no same-picture calibration (trained before simengine 0.3): run "
@@ -144,18 +161,18 @@ def stored_decision(model_dir: str | os.PathLike) -> SamePicture:
     return stored[0]
 
 
-def copies_in_index(index, model, image: bytes, name: str, k: int = NEIGHBOURS, max_pixels: int | None = None,
-                    ) -> list[Member]:
-    """The indexed items that are copies of one image (the bytes of an upload), best first. Candidates are the
-    image's k nearest items in the index's own embedding; their backbone features come from the feature cache (or
-    their files), and the model's same-picture decision confirms them. Items whose files are gone are left out."""
-    from simengine.data.decode import WEB_FORMATS, load_rgb
-    from simengine.dedup.keypoints import agreeing_matches, keypoints
-    from simengine.dedup.layout import layout_descriptor, layout_descriptors
+def copies_in_index(index: "Index", model: "Model", image: bytes, name: str, k: int = NEIGHBOURS,
+                    max_pixels: int | None = None) -> tuple[SamePicture, list[Member]]:
+    """The decision and the indexed items that are copies of one image (the bytes of an upload), best first.
+    Candidates are the image's k nearest items in the index's own embedding; their backbone features come from the
+    feature cache (or their files), and the model's same-picture decision confirms them. Items whose files are gone
+    are left out."""
     import hashlib
 
+    from simengine.data.decode import WEB_FORMATS, load_rgb
+    from simengine.dedup.keypoints import agreeing_matches, keypoints
+    from simengine.dedup.layout import file_layout, layout_descriptor
     from simengine.index import items_db
-    from simengine.model.feature_cache import FeatureCache
 
     decision = stored_decision(model.path)
     picture = load_rgb(image, name=name, formats=WEB_FORMATS, **({"max_pixels": max_pixels} if max_pixels else {}))
@@ -163,34 +180,52 @@ def copies_in_index(index, model, image: bytes, name: str, k: int = NEIGHBOURS, 
                                      flip=model.flip)
     query = normalise(features)[0]
     _, found = index.search(model.embed_features(features), k)
-    rows = index.items([int(i) for i in found[0] if i >= 0])
     exact = set(items_db.live_ids_by_sha(index.conn, index.version, [hashlib.sha256(image).hexdigest()]).values())
-    ids = [i for i in rows if i not in exact]
-    candidate_features, _ = FeatureCache(model.encoder, flip=model.flip).features(
-        [rows[i]["path"] for i in ids], [rows[i]["sha256"] for i in ids])
-    layouts, _ = layout_descriptors([rows[i]["path"] for i in ids])
-    query_layout, query_keypoints = layout_descriptor(picture), None
+    rows = index.items([int(i) for i in found[0] if i >= 0] + sorted(exact))
     members = [Member(ReportedImage(rows[i]["path"], rows[i]["sha256"], "index", i), "exact", *EXACT)
                for i in sorted(exact)]
+    ids = [i for i in rows if i not in exact]
+    candidate_features = _item_features(model, [rows[i] for i in ids])
+    query_layout = layout_descriptor(picture)
+    query_keypoints = lru_cache(maxsize=1)(lambda: keypoints(picture))  # only when some candidate needs them
     for n, item_id in enumerate(ids):
+        path = rows[item_id]["path"]
         if np.isnan(candidate_features[n]).any():
             continue
         backbone = float(normalise(candidate_features[n:n + 1])[0] @ query)
-        layout = float(layouts[n] @ query_layout)
 
         def matches() -> int:
-            nonlocal query_keypoints
-            query_keypoints = query_keypoints or keypoints(picture)
             try:
-                return agreeing_matches(query_keypoints, keypoints(rows[item_id]["path"]))
+                return agreeing_matches(query_keypoints(), keypoints(path))
             except ImageLoadError:
                 return 0
 
+        try:
+            layout = float(file_layout(path) @ query_layout) if backbone >= decision.min_backbone else -1.0
+        except ImageLoadError:
+            continue
         same, agreeing = decision.accepts(backbone, layout, matches)
         if same:
-            members.append(Member(ReportedImage(rows[item_id]["path"], rows[item_id]["sha256"], "index", item_id), "near",
-                                  backbone, layout, agreeing))
-    return sorted(members, key=lambda m: (m.kind != "exact", -m.backbone))
+            members.append(Member(ReportedImage(path, rows[item_id]["sha256"], "index", item_id), "near", backbone,
+                                  layout, agreeing))
+    return decision, sorted(members, key=lambda m: (m.kind != "exact", -m.backbone))
+
+
+def _item_features(model: "Model", rows: list[dict[str, Any]]) -> np.ndarray:
+    """Backbone features of indexed items (NaN rows for files gone): from the feature cache, or from the files when
+    the cache cannot be opened (a read-only cache folder under a service account)."""
+    import sqlite3
+
+    from simengine.model.feature_cache import FeatureCache
+
+    paths, shas = [r["path"] for r in rows], [r["sha256"] for r in rows]
+    try:
+        return FeatureCache(model.encoder, flip=model.flip).features(paths, shas)[0]
+    except (OSError, sqlite3.Error):
+        result = model.encoder.embed_paths(paths, flip=model.flip)
+        out = np.full((len(rows), model.encoder.dim), np.nan, np.float32)
+        out[result.ok] = result.vectors
+        return out
 
 
 def _default_model(against: str | os.PathLike | None) -> Path:
@@ -258,6 +293,8 @@ class _Search:
         return sorted(groups, key=lambda g: g.keeper.path)
 
     def across(self, images: list[ReportedImage], others: list[ReportedImage]) -> list[DuplicateGroup]:
+        in_other_set = {image.path for image in others}
+        images = [image for image in images if image.path not in in_other_set]  # a file is no copy of itself
         offset = len(images)  # the other set's images are numbered after the source's
         everything = images + others
         first_with_hash: dict[str, int] = {}
@@ -287,27 +324,36 @@ class _Search:
         features, failed = self.cache.features([images[n].path for n in rows], [images[n].sha256 for n in rows],
                                                progress=self.progress)
         self.skipped += [(path, reason) for _, path, reason in failed]
-        ok = ~np.isnan(features).any(axis=1)
-        return normalise(features[ok]), np.asarray(rows, np.int64)[ok]
+        rows = np.asarray(rows, np.int64)
+        if failed:
+            ok = ~np.isnan(features).any(axis=1)
+            features, rows = features[ok], rows[ok]
+        features /= np.linalg.norm(features, axis=1, keepdims=True)  # in place: at 1M images each copy is 5 GB
+        return features, rows
 
-    def _verified(self, images: Sequence[ReportedImage], pairs, ordered: bool = False) -> dict[tuple[int, int], tuple]:
+    def _verified(self, images: Sequence[ReportedImage], pairs: Iterable[tuple[int, int, float]],
+                  ordered: bool = False) -> dict[tuple[int, int], tuple]:
         """{(a, b): (backbone cosine, layout cosine, agreeing matches or None)} of the candidate pairs the decision
-        accepts; keys are (smaller, larger) unless `ordered`."""
+        accepts, verified as the search yields them; keys are (smaller, larger) unless `ordered`."""
         from simengine.dedup.keypoints import agreeing_matches, keypoints
-        from simengine.dedup.layout import layout_descriptors
+        from simengine.dedup.layout import file_layout
 
-        candidates = [(int(a), int(b), float(cos)) for a, b, cos in pairs]
-        needed = sorted({n for a, b, _ in candidates for n in (a, b)})
-        layouts, failed = layout_descriptors([images[n].path for n in needed])
-        self.skipped += [(images[needed[row]].path, reason) for row, reason in failed]
-        broken = {needed[row] for row, _ in failed}
-        position = {n: row for row, n in enumerate(needed)}
+        layouts: dict[int, np.ndarray | None] = {}  # 252 bytes an image: kept for the whole run
+
+        def layout(n: int) -> np.ndarray | None:
+            if n not in layouts:
+                try:
+                    layouts[n] = file_layout(images[n].path)
+                except ImageLoadError as exc:  # changed or removed since its features were read
+                    self.skipped.append((images[n].path, str(exc)))
+                    layouts[n] = None
+            return layouts[n]
 
         @lru_cache(maxsize=KEYPOINT_CACHE)
         def image_keypoints(n: int):
             try:
                 return keypoints(images[n].path)
-            except ImageLoadError as exc:  # changed or removed since it was read
+            except ImageLoadError as exc:
                 self.skipped.append((images[n].path, str(exc)))
                 return None
 
@@ -316,13 +362,14 @@ class _Search:
             return 0 if found_a is None or found_b is None else agreeing_matches(found_a, found_b)
 
         accepted = {}
-        for a, b, cos in candidates:
-            if a in broken or b in broken:
+        for a, b, cos in pairs:
+            layout_a, layout_b = layout(a), layout(b)
+            if layout_a is None or layout_b is None:
                 continue
-            layout = float(layouts[position[a]] @ layouts[position[b]])
-            same, agreeing = self.decision.accepts(cos, layout, lambda: matches(a, b))
+            layout_cos = float(layout_a @ layout_b)
+            same, agreeing = self.decision.accepts(cos, layout_cos, lambda: matches(a, b))
             if same:
-                accepted[(a, b) if ordered else (min(a, b), max(a, b))] = (cos, layout, agreeing)
+                accepted[(a, b) if ordered else (min(a, b), max(a, b))] = (cos, layout_cos, agreeing)
         return accepted
 
 

@@ -16,7 +16,11 @@ from PIL import Image
 
 from simengine.data.decode import load_rgb
 
-SHORT_SIDE = 320  # small images are enlarged to this, so that ORB's fixed-size patches find corners
+# Every image is scaled to a short side of 320 px (ORB's fixed-size patches need enough pixels to find corners) and
+# a long side of at most 1280 px: pictures of any size meet at one scale, within ORB's pyramid, and a thin strip
+# cannot grow to gigapixels.
+SHORT_SIDE = 320
+LONG_SIDE_MAX = 1280
 KEYPOINTS = 1000
 RATIO = 0.8
 REPROJECTION_PX = 4.0
@@ -32,11 +36,14 @@ def keypoints(image: str | os.PathLike | Image.Image) -> Keypoints:
     """ORB keypoints of an image, or of an image file (raises ImageLoadError when it cannot be decoded)."""
     import cv2
 
-    grey = np.asarray((image if isinstance(image, Image.Image) else load_rgb(image)).convert("L"))
-    scale = SHORT_SIDE / min(grey.shape)
-    if scale > 1:
-        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    found, descriptors = cv2.ORB_create(nfeatures=KEYPOINTS).detectAndCompute(grey, None)
+    picture = image if isinstance(image, Image.Image) else load_rgb(image, draft_size=(SHORT_SIDE, SHORT_SIDE))
+    scale = min(SHORT_SIDE / min(picture.size), LONG_SIDE_MAX / max(picture.size))
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    grey = np.asarray(picture.convert("L").resize(size, Image.Resampling.BILINEAR))
+    try:
+        found, descriptors = cv2.ORB_create(nfeatures=KEYPOINTS).detectAndCompute(grey, None)
+    except cv2.error:  # nothing ORB can use (an image a few pixels across)
+        return Keypoints(np.zeros((0, 2), np.float32), None)
     return Keypoints(np.float32([k.pt for k in found]).reshape(-1, 2), descriptors)
 
 

@@ -44,14 +44,19 @@ def layout_descriptor(img: Image.Image) -> np.ndarray:
     return coefficients / np.linalg.norm(coefficients)
 
 
+def file_layout(path: str | os.PathLike) -> np.ndarray:
+    """The descriptor of an image file (ImageLoadError when it cannot be decoded). JPEGs are decoded at a reduced
+    size (draft mode): the thumbnail needs few pixels."""
+    return layout_descriptor(load_rgb(path, draft_size=(4 * SIDE, 4 * SIDE)))
+
+
 def layout_descriptors(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Descriptors of image files (zero rows where decoding failed) and the failures as (row, reason). JPEGs are
-    decoded at a reduced size (draft mode): the thumbnail needs few pixels."""
+    """Descriptors of image files (zero rows where decoding failed) and the failures as (row, reason)."""
     out = np.zeros((len(paths), DIM), np.float32)
     failed = []
     for row, path in enumerate(paths):
         try:
-            out[row] = layout_descriptor(load_rgb(path, draft_size=(4 * SIDE, 4 * SIDE)))
+            out[row] = file_layout(path)
         except ImageLoadError as exc:
             failed.append((row, str(exc)))
     return out, failed

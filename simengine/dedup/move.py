@@ -1,7 +1,8 @@
 """Moving duplicates aside: planned first (a dry run prints the plan), then done file by file, each move recorded.
 
 Nothing is deleted. Only the source's duplicates move, never a keeper and never an image of the other set. A file
-that changed since it was read (its content hash differs) or whose target exists is left where it is, and reported.
+that changed since it was read (its content hash differs), whose keeper is gone, or whose target exists is left
+where it is, and reported.
 Targets keep each file's path below the source folder (or below the files' common folder), so equal names never
 collide. Every move is appended to `moves.csv` in the target folder, so that it can be undone.
 """
@@ -30,18 +31,29 @@ class Move:
     keeper: str
 
 
+def check_target(source: str | os.PathLike, target_dir: str | os.PathLike) -> Path:
+    """The resolved target folder; refused inside the scanned folder (the next scan would find the moved files
+    again). Cheap: run it before the scan, so that a bad target never costs one."""
+    target, scanned = Path(target_dir).resolve(), Path(source).resolve()
+    if scanned.is_dir() and (target == scanned or scanned in target.parents):
+        raise SimengineError(f"--move-to {target} is inside the scanned folder {scanned}: choose a folder outside it")
+    if target.exists() and not target.is_dir():
+        raise SimengineError(f"--move-to {target} is a file, not a folder")
+    return target
+
+
 def plan_moves(report: DuplicateReport, target_dir: str | os.PathLike) -> list[Move]:
-    """Where each of the source's duplicates would go; refuses a target inside the scanned folder (the next scan
-    would find the moved files again)."""
-    target_dir = Path(target_dir).absolute()
-    source = Path(report.source).absolute()
-    if source.is_dir() and (target_dir == source or source in target_dir.parents):
-        raise SimengineError(f"--move-to {target_dir} is inside the scanned folder {source}: choose a folder outside it")
-    members = [(m.image, g.keeper.path) for g in report.groups for m in g.duplicates if m.image.origin == "source"]
+    """Where each of the source's duplicates would go. Never a keeper (a file that is some group's keeper stays,
+    whatever else it is) and never an image of the other set."""
+    target = check_target(report.source, target_dir)
+    keepers = {g.keeper.path for g in report.groups}
+    members = [(m.image, g.keeper.path) for g in report.groups for m in g.duplicates
+               if m.image.origin == "source" and m.image.path not in keepers]
     if not members:
         return []
-    root = source if source.is_dir() else Path(os.path.commonpath([str(Path(i.path).parent) for i, _ in members]))
-    return [Move(Path(image.path), target_dir / Path(image.path).relative_to(root), image.sha256, keeper)
+    scanned = Path(report.source).resolve()
+    root = scanned if scanned.is_dir() else Path(os.path.commonpath([str(Path(i.path).parent) for i, _ in members]))
+    return [Move(Path(image.path), target / Path(image.path).relative_to(root), image.sha256, keeper)
             for image, keeper in members]
 
 
@@ -52,6 +64,8 @@ def apply_moves(moves: list[Move], target_dir: str | os.PathLike) -> tuple[list[
     for move in moves:
         if not move.source.is_file():
             left.append((str(move.source), "no longer there"))
+        elif not Path(move.keeper).is_file():
+            left.append((str(move.source), f"its keeper {move.keeper} is no longer there"))
         elif move.target.exists():
             left.append((str(move.source), f"{move.target} already exists"))
         elif sha256_file(move.source) != move.sha256:
@@ -60,7 +74,7 @@ def apply_moves(moves: list[Move], target_dir: str | os.PathLike) -> tuple[list[
             move.target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(move.source, move.target)
             new_log = not log_path.exists()
-            with log_path.open("a", newline="") as out:
+            with log_path.open("a", newline="", encoding="utf-8") as out:
                 writer = csv.writer(out)
                 if new_log:
                     writer.writerow(["moved_at", "from", "to", "sha256", "keeper"])

@@ -10,7 +10,7 @@ import numpy as np
 from simengine.index import faiss_factory
 
 QUERY_BATCH = 4096
-NEIGHBOURS = 16  # candidates per image; an image with more copies than this finds the rest through its keeper
+NEIGHBOURS = 16  # candidates per image
 
 
 def search_type(n: int, requested: str = "auto") -> str:
@@ -26,13 +26,15 @@ def near_pairs(vectors: np.ndarray, ids: np.ndarray, threshold: float, k: int = 
                index_type: str = "auto", against: tuple[np.ndarray, np.ndarray] | None = None,
                ) -> Iterator[tuple[int, int, float]]:
     """(id, id, cosine) for every pair within `k` neighbours whose cosine is at least `threshold`. The vectors are
-    L2-normalised. Within one set, each pair comes once; with `against` (vectors, ids of another set), the pairs
-    are (this set's id, the other set's id)."""
+    L2-normalised. Within one set, each pair comes once, as (smaller id, larger id), found from either side (B may
+    be among A's k nearest while A is not among B's); with `against` (vectors, ids of another set), the pairs are
+    (this set's id, the other set's id)."""
     base_vectors, base_ids = against if against is not None else (vectors, ids)
     if len(vectors) == 0 or len(base_vectors) == 0:
         return
     index = faiss_factory.build(base_vectors, base_ids, search_type(len(base_ids), index_type))
     k = min(k + (against is None), len(base_ids))  # within one set, each image finds itself first
+    seen: set[tuple[int, int]] = set()  # within one set: the pairs found so far, as many as are yielded
     for start in range(0, len(vectors), QUERY_BATCH):
         sims, found = faiss_factory.search(index, vectors[start:start + QUERY_BATCH], k)
         for row, (query_sims, query_found) in enumerate(zip(sims, found)):
@@ -40,5 +42,8 @@ def near_pairs(vectors: np.ndarray, ids: np.ndarray, threshold: float, k: int = 
             for similarity, other in zip(query_sims, query_found):
                 if other < 0 or similarity < threshold:
                     break  # best first: the rest are below the threshold too
-                if against is not None or query < other:
+                if against is not None:
                     yield query, int(other), float(similarity)
+                elif query != other and (pair := (min(query, int(other)), max(query, int(other)))) not in seen:
+                    seen.add(pair)
+                    yield *pair, float(similarity)

@@ -19,7 +19,7 @@ MAX_THUMBNAILS = 2000  # beyond, groups are listed by path: the page stays a few
 
 def write_csv(report: DuplicateReport, path: str | os.PathLike) -> Path:
     path = Path(path)
-    with path.open("w", newline="") as out:
+    with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
         for n, group in enumerate(report.groups, 1):

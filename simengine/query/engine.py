@@ -14,6 +14,7 @@ import numpy as np
 from simengine.data.decode import MAX_PIXELS
 from simengine.data.evalsets import read_csv
 from simengine.data.imagenette import class_name
+from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
@@ -195,15 +196,15 @@ class Engine:
         predicted, confidence = (votes.most_common(1)[0] if votes else (None, 0))
         return NeighboursResult(ref, k, found, predicted, confidence / verified if verified else 0.0, verified)
 
-    def copies(self, image: bytes, name: str = "<bytes>", k: int = 16) -> CopiesResult:
+    def copies(self, image: bytes, name: str = "<bytes>", k: int = NEIGHBOURS) -> CopiesResult:
         """The indexed items that are copies of one picture (the bytes of an image file): exact, or resized,
         recompressed, cropped, recoloured, watermarked copies, by the model's same-picture decision (see
         `dedup.find.copies_in_index`). Not other photos of the same class: that is `neighbours`."""
-        from simengine.dedup.find import copies_in_index, stored_decision
+        from simengine.dedup.find import copies_in_index
 
         self.refresh()
-        members = copies_in_index(self.index, self.model, image, name, k, self.max_pixels)
-        return CopiesResult(name, [m.to_dict() for m in members], stored_decision(self.model.path).to_dict())
+        decision, members = copies_in_index(self.index, self.model, image, name, k, self.max_pixels)
+        return CopiesResult(name, [m.to_dict() for m in members], decision.to_dict())
 
     # --- batch -------------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from simengine.data.decode import MAX_PIXELS, image_format
+from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, ModelChangedError, NotCalibratedError,
                               SimengineError, UnsupportedImageError)
 from simengine.query.engine import Engine
@@ -193,7 +194,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return await answer(lambda ref: worker.engine.neighbours(ref, k), 1, uploads, ids)
 
     @app.post("/v1/duplicates")
-    async def duplicates(image: UploadFile = File(...), k: int = Query(16, ge=1, le=100)) -> dict:
+    async def duplicates(image: UploadFile = File(...), k: int = Query(NEIGHBOURS, ge=1, le=32)) -> dict:
         """Indexed copies of an uploaded `image` (exact, or resized, recompressed, cropped, recoloured, watermarked):
         the same picture, not the same class. Candidates are its `k` nearest items."""
         name, data = await read_upload(image, 0)
@@ -208,6 +209,8 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
             raise HTTPException(415, str(exc)) from None
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc)) from None
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
         return result.to_dict()
 
     @app.get("/v1/items/{item_id}")

@@ -108,7 +108,7 @@ def train_model(
     # The twin is written first, beside the bundle, and moved inside it before the bundle's own atomic rename:
     # a bundle is complete with its twin, or not there.
     twin = _save_general_twin(out.parent / f".{out.name}.{GENERAL_DIR}", encoder, x, y, fit, hold, opts, finetune,
-                              finetuned, dataset, holdout_sha256, progress)
+                              finetuned, dataset, holdout_sha256, {SAME_PICTURE: extra[SAME_PICTURE]}, progress)
     try:
         path = save_bundle(out, config, embedding_head, pair_head, encoder, finetuned, extra, {GENERAL_DIR: twin})
     finally:
@@ -144,10 +144,11 @@ def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptio
 
 def _save_general_twin(target: Path, encoder: Encoder, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
                        hold: np.ndarray, opts: TrainOptions, finetune, finetuned, dataset: dict,
-                       holdout_sha256: list[str], progress: bool) -> Path:
+                       holdout_sha256: list[str], extra: dict[str, bytes], progress: bool) -> Path:
     """The bundle's general twin (see `model.general`): the backbone's features as the embedding (an identity
     projection), a pair head trained on them, and thresholds on the cosine: those transfer to classes never seen
-    (0.879 pair accuracy on unseen Imagenette halves, against 0.880 calibrated on them), learned ones do not."""
+    (0.879 pair accuracy on unseen Imagenette halves, against 0.880 calibrated on them), learned ones do not.
+    `extra` files go in too (the same-picture decision: it depends on the backbone alone, which the twin shares)."""
     import dataclasses
 
     import torch
@@ -167,7 +168,7 @@ def _save_general_twin(target: Path, encoder: Encoder, x: np.ndarray, y: np.ndar
     calibration = dataclasses.replace(calibration, default="distance")
     config = _bundle_config(encoder, identity, pair_head, opts, finetune, History(), p_hist, dataset, holdout_sha256,
                             calibration, {}) | {"general": True}
-    return save_bundle(target, config, identity, pair_head, encoder, finetuned)
+    return save_bundle(target, config, identity, pair_head, encoder, finetuned, extra)
 
 
 def evaluate_embeddings(

@@ -93,3 +93,19 @@ def test_a_model_without_the_decision_says_how_to_get_one(collection, bundle_dir
         find_duplicates(collection, model_dir=bare)
     write_same_picture(bare, same_picture_file(DECISION, {}, "test"))
     assert len(find_duplicates(collection, model_dir=bare).groups) == 4
+
+
+def test_a_file_met_twice_is_never_its_own_duplicate(collection, bundle_dir, tmp_path):
+    """A link to a file, a path listed twice, or an --against set that holds the source: the same file is read
+    once and never reported (or moved) as a copy of itself."""
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{collection / 'clock.jpg'}\n{collection / 'clock.jpg'}\n{collection / 'moon-link.jpg'}\n")
+    (collection / "moon-link.jpg").symlink_to(collection / "clock.jpg")
+    try:
+        report = find_duplicates(listed, model_dir=bundle_dir, decision=DECISION)
+        assert report.groups == [] and len(report.skipped) == 2
+        assert all("the same file again" in reason for _, reason in report.skipped)
+        overlapping = find_duplicates(collection / "sub", against=collection, model_dir=bundle_dir, decision=DECISION)
+        assert overlapping.groups == []
+    finally:
+        (collection / "moon-link.jpg").unlink()

@@ -43,3 +43,8 @@ def test_textures_of_one_kind_do_not_match():
     """Brick, gravel and grass: different photos of repetitive surfaces, where stray matches are likeliest."""
     textures = [keypoints(photo(name)) for name in ("brick", "gravel", "grass")]
     assert max(agreeing_matches(a, b) for a in textures for b in textures if a is not b) < 15
+
+
+def test_tiny_and_thin_images_give_no_keypoints_not_an_error():
+    strip, speck = keypoints(Image.new("RGB", (1, 40000), "red")), keypoints(Image.new("RGB", (3, 3)))
+    assert agreeing_matches(strip, speck) == 0 and agreeing_matches(strip, keypoints(photo("coffee"))) == 0

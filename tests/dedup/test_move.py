@@ -59,9 +59,23 @@ def test_changed_gone_or_colliding_files_stay_where_they_are(folder, tmp_path):
     assert (folder / "b.jpg").read_bytes() == b"edited since" and (target / "d.jpg").read_bytes() == b"already here"
 
 
-def test_a_target_inside_the_scanned_folder_is_refused(folder):
+def test_a_target_inside_the_scanned_folder_or_a_file_is_refused(folder, tmp_path):
     with pytest.raises(SimengineError, match="inside the scanned folder"):
         plan_moves(report_of(folder, {"a.jpg": ["b.jpg"]}), folder / "dups")
+    with pytest.raises(SimengineError, match="inside the scanned folder"):  # the same folder, spelled with ..
+        plan_moves(report_of(folder, {"a.jpg": ["b.jpg"]}), folder / "sub" / ".." / "dups")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SimengineError, match="is a file"):
+        plan_moves(report_of(folder, {"a.jpg": ["b.jpg"]}), tmp_path / "a-file")
+
+
+def test_a_keeper_never_moves_and_a_missing_keeper_stops_its_moves(folder, tmp_path):
+    report = report_of(folder, {"a.jpg": ["b.jpg"], "b.jpg": ["c.jpg"]})  # b is a keeper too: it stays
+    planned = plan_moves(report, tmp_path / "dups")
+    assert [m.source.name for m in planned] == ["c.jpg"]
+    (folder / "b.jpg").unlink()
+    done, left = apply_moves(planned, tmp_path / "dups")
+    assert not done and "keeper" in left[0][1] and (folder / "c.jpg").exists()
 
 
 def test_images_of_the_other_set_never_move(folder, tmp_path):
