@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python benchmarks/index_write.py --index indexes/default
 	$(BIN)/python benchmarks/unseen_classes.py --data $(DATA)
 	$(BIN)/python benchmarks/collection.py --data $(DATA) --model indexes/default-model --n 10000
+	$(BIN)/python benchmarks/dedup.py --data $(DATA) --model indexes/default-model
 
 # Ablation of the backbone's input size, crop and pooling (about 30 min: it embeds the dataset four times).
 bench-ablation: install

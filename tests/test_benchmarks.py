@@ -141,3 +141,15 @@ def test_unseen_halves_and_the_control_classifier():
     kept_w, kept_b = unseen_classes.without_classes((weight, bias), ["n01440764", "n03888257"])
     assert kept_b.shape == (998,) and 0 not in kept_b and 701 not in kept_b and 700 in kept_b
     assert torch.equal(kept_w[:, 0], kept_b)
+
+
+def test_dedup_script(fixture_data, bundle_dir, tmp_path):
+    import dedup
+
+    dedup.main(["--data", str(fixture_data), "--model", str(bundle_dir), "--originals", "3", "--distractors", "4",
+                "--scale-n", "3000", "--html", str(tmp_path / "leakage.html"), "--out", str(tmp_path)])
+    data = _written(tmp_path, "dedup")
+    assert data["set"]["files"] == 7 + data["set"]["copies"] and set(data["imagededup"]) == set(dedup.HASHES)
+    assert 0 <= data["simengine"]["precision"] <= 1 and 0 <= data["simengine"]["recall"] <= 1
+    assert data["leakage"]["val_images"] == 12 and (tmp_path / "leakage.html").is_file()
+    assert data["scale"]["found"] == data["scale"]["planted_pairs"] == 1000
