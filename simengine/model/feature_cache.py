@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -31,21 +31,32 @@ class FeatureCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS features (sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL)")
 
     def lookup(self, shas: Sequence[str]) -> dict[str, np.ndarray]:
-        found = {}
+        """{sha256: vector} of the cached ones among `shas`."""
+        found: dict[str, np.ndarray] = {}
+        for sha, vector in self._cached(shas):
+            found[sha] = vector
+        return found
+
+    def _cached(self, shas: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
         unique = list(dict.fromkeys(shas))
         for start in range(0, len(unique), 900):  # sqlite's bound-parameter limit
             part = unique[start:start + 900]
             marks = ",".join("?" * len(part))
             for sha, blob in self.db.execute(f"SELECT sha256, vector FROM features WHERE sha256 IN ({marks})", part):
-                found[sha] = np.frombuffer(blob, dtype=np.float32)
-        return found
+                yield sha, np.frombuffer(blob, dtype=np.float32)
 
     def features(
         self, paths: Sequence[str | Path], shas: Sequence[str], progress: bool = False
     ) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
-        """Features for each path (NaN rows where decoding failed), computing and storing what is missing."""
-        found = self.lookup(shas)
-        missing = [i for i, sha in enumerate(shas) if sha not in found]
+        """Features for each path (NaN rows where decoding failed), computing and storing what is missing. Vectors go
+        straight into the output matrix, the only copy held: at a million images each copy is gigabytes."""
+        out = np.full((len(shas), self.encoder.dim), np.nan, dtype=np.float32)
+        rows_of: dict[str, list[int]] = {}
+        for row, sha in enumerate(shas):
+            rows_of.setdefault(sha, []).append(row)
+        for sha, vector in self._cached(shas):
+            out[rows_of[sha]] = vector
+        missing = [rows[0] for sha, rows in rows_of.items() if np.isnan(out[rows[0], 0])]
         failed: list[tuple[int, str, str]] = []
         if missing:
             log.info("computing %d of %d features (%s)", len(missing), len(shas), self.path.name)
@@ -55,15 +66,13 @@ class FeatureCache:
             for start in range(0, len(missing), CHUNK):
                 chunk = missing[start:start + CHUNK]
                 result = self.encoder.embed_paths([paths[i] for i in chunk], flip=self.flip)
-                rows = [(shas[chunk[j]], result.vectors[r].tobytes()) for r, j in enumerate(result.ok)]
+                done = [(shas[chunk[j]], result.vectors[r]) for r, j in enumerate(result.ok)]
                 with self.db:
-                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", rows)
-                for r, j in enumerate(result.ok):
-                    found[shas[chunk[j]]] = result.vectors[r]
-                failed.extend((chunk[j], path, reason) for j, path, reason in result.failed)
+                    self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)",
+                                        [(sha, vector.tobytes()) for sha, vector in done])
+                for sha, vector in done:
+                    out[rows_of[sha]] = vector
+                for j, path, reason in result.failed:  # every row of those bytes failed alike
+                    failed.extend((row, str(paths[row]), reason) for row in rows_of[shas[chunk[j]]])
                 bar.update(len(chunk))
-        out = np.full((len(shas), self.encoder.dim), np.nan, dtype=np.float32)
-        for i, sha in enumerate(shas):
-            if sha in found:
-                out[i] = found[sha]
         return out, failed

@@ -85,3 +85,25 @@ def test_feature_cache_reuses_and_resumes(encoder, files, tmp_path):
     finally:
         del encoder.embed_paths
     assert calls == [3] and not failed and np.isfinite(feats).all()
+
+
+def test_feature_cache_embeds_equal_bytes_once_and_fills_every_row(encoder, files, tmp_path):
+    import shutil
+
+    from simengine.hashing import sha256_file
+    from simengine.model.feature_cache import FeatureCache
+
+    twin = tmp_path / "same-bytes.jpg"
+    shutil.copyfile(files[0], twin)
+    broken = tmp_path / "broken-again.jpg"
+    shutil.copyfile(files[-2], broken)  # the truncated JPEG, twice
+    paths = [files[0], twin, files[-2], broken]
+    calls = []
+    original = encoder.embed_paths
+    encoder.embed_paths = lambda p, **kw: calls.append(len(p)) or original(p, **kw)
+    try:
+        feats, failed = FeatureCache(encoder, root=tmp_path).features(paths, [sha256_file(p) for p in paths])
+    finally:
+        del encoder.embed_paths
+    assert calls == [2] and np.array_equal(feats[0], feats[1])
+    assert np.isnan(feats[2:]).all() and sorted(row for row, _, _ in failed) == [2, 3]
