@@ -11,29 +11,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from simengine.model.runtime_choice import cpu_facts
+
 RESULTS = Path(__file__).parent / "results"
-PACKAGES = ("simengine", "torch", "timm", "onnxruntime", "faiss-cpu", "numpy", "pillow")
-# The vector-instruction flags that decide which kernels run (AVX2-only machines differ from AVX-512/AMX ones).
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-             "amx_int8")
-
-
-def cpu_facts() -> tuple[str, list[str]]:
-    """The CPU model and which of CPU_FLAGS it has (from /proc/cpuinfo)."""
-    cpu, flags = platform.processor() or "", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    return cpu, [f for f in CPU_FLAGS if f in flags]
-
-
+PACKAGES = ("simengine", "torch", "timm", "onnxruntime", "openvino", "faiss-cpu", "numpy", "pillow")
 def environment() -> dict:
     """Machine, versions and the exact command, recorded with every result."""
     versions = {}

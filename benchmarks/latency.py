@@ -1,5 +1,7 @@
-"""Speed: embedding throughput per runtime and batch size against a plain timm baseline (same run), fast-path
-accuracy against fp32 torch eager, index build time, warm query latency (Python API) and cold CLI latency.
+"""Speed: embedding throughput per runtime and batch size against a plain timm baseline and timm eager channels_last
+batch 32 (same run), the model alone per runtime, the accuracy gate of every runtime against fp32 torch eager (P@1,
+MAP@R, pair and triplet accuracy on val; a reduced precision's verdict is recorded for `--runtime auto`), index
+build time, warm query latency (Python API) and cold CLI latency.
 
     python benchmarks/latency.py --data ../shared/data/imagenette2-160 --index indexes/default
 """
@@ -49,21 +51,54 @@ def plain_timm_baseline(encoder: Encoder, paths: list[Path]) -> float:
     return len(paths) / seconds
 
 
-def throughput_table(encoder: Encoder, paths: list[Path], batch_sizes: list[int]) -> list[dict]:
-    torch_encoder = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime="torch")
+def runtime_names() -> list[str]:
+    """The ONNX runtimes `auto` chooses among on this machine, in the order it measures them."""
+    from simengine.model.runtime_choice import candidates, cpu_facts
+
+    return candidates(cpu_facts()[1])
+
+
+def encoders(encoder: Encoder) -> dict[str, Encoder]:
+    """The backbone on every runtime measured here, torch eager (channels_last) included."""
+    out = {name: Encoder.from_torch(encoder.identity, encoder.torch_model, runtime=name) for name in runtime_names()}
+    out["torch"] = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime="torch")
+    return out
+
+
+def throughput_table(runtimes: dict[str, Encoder], chosen: str, paths: list[Path], batch_sizes: list[int]) -> list[dict]:
+    """Files to features (JPEG decoding included) per runtime, against the one-image-at-a-time timm baseline and
+    against ONNX Runtime fp32 at batch 32 (today's default before the measured choice)."""
     rows = [{"runtime": "timm eager, contiguous, 1 image at a time (baseline)", "batch": 1,
-             "images_per_s": plain_timm_baseline(encoder, paths)}]
-    for name, enc, batches in (("torch eager, channels_last, inference_mode", torch_encoder, [32]),
-                               ("onnxruntime (default)", encoder, batch_sizes)):
-        for b in batches:
+             "images_per_s": plain_timm_baseline(runtimes["torch"], paths)}]
+    for name, enc in runtimes.items():
+        label = ("timm eager, channels_last, inference_mode" if name == "torch" else name) + (
+            " (auto's choice)" if name == chosen else "")
+        for b in (batch_sizes if name == "onnxruntime" else [32]):
             enc.embed_paths(paths[: 2 * b], batch_size=b)  # warm-up
             runs = [len(paths) / timed(enc.embed_paths, paths, batch_size=b)[0] for _ in range(3)]
-            rows.append({"runtime": name, "batch": b, "images_per_s": statistics.median(runs)})
+            rows.append({"runtime": label, "batch": b, "images_per_s": statistics.median(runs)})
     base = rows[0]["images_per_s"]
+    ort32 = max((r for r in rows if r["runtime"].startswith("onnxruntime")), key=lambda r: (r["batch"] == 32, r["batch"]))
+    ort32 = ort32["images_per_s"]
     for r in rows:
         r["ms_per_image"] = 1000 / r["images_per_s"]
         r["ratio_vs_baseline"] = r["images_per_s"] / base
+        r["ratio_vs_onnxruntime_fp32"] = r["images_per_s"] / ort32
     return rows
+
+
+def model_only(runtimes: dict[str, Encoder], paths: list[Path], batch: int = 32, runs: int = 5) -> list[dict]:
+    """The forward pass alone on one preprocessed batch, per runtime, interleaved so that drift hits all alike."""
+    x = np.stack([runtimes["torch"].load_image(p) for p in paths[:batch]])
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    for enc in runtimes.values():
+        enc.forward(x)  # warm-up
+    for _ in range(runs):
+        for name, enc in runtimes.items():
+            times[name].append(timed(enc.forward, x)[0])
+    ort = batch / statistics.median(times["onnxruntime"])
+    return [{"runtime": name, "batch": batch, "images_per_s": batch / statistics.median(t),
+             "ratio_vs_onnxruntime_fp32": batch / statistics.median(t) / ort} for name, t in times.items()]
 
 
 def decode_throughput(encoder: Encoder, paths: list[Path]) -> dict:
@@ -76,26 +111,38 @@ def decode_throughput(encoder: Encoder, paths: list[Path]) -> dict:
             "decode_preprocess_4_threads_images_per_s": len(paths) / pooled}
 
 
-def fast_path_accuracy(engine: Engine, val_paths: list[Path], val_labels: list[str]) -> list[dict]:
-    """Retrieval and pair accuracy of val queries embedded by ONNX Runtime vs fp32 torch eager, same gallery."""
+def accuracy_gate(engine: Engine, runtimes: dict[str, Encoder], val_paths: list[Path], val_labels: list[str]
+                  ) -> list[dict]:
+    """Retrieval, pair and triplet accuracy of val queries embedded by each runtime vs fp32 torch eager (same gallery
+    and heads). A reduced precision's verdict (within GATE_TOLERANCE on every metric) is recorded on this machine,
+    so that `--runtime auto` may choose it."""
     from simengine.evaluation.decisions import evaluate_decisions
     from simengine.evaluation.metrics import retrieval_metrics
+    from simengine.model.runtime_choice import GATE_TOLERANCE, record_gate
 
     model = engine.model
-    rows = engine.index.items(items_db.live_ids(engine.index.conn, engine.index.version))
-    ids = np.array(sorted(rows))
+    items = engine.index.items(items_db.live_ids(engine.index.conn, engine.index.version))
+    ids = np.array(sorted(items))
     gallery = engine.index.vectors(ids)
-    labels = [rows[i]["label"] for i in ids]
-    torch_encoder = Encoder.from_torch(model.encoder.identity, Encoder.load(model.encoder.name).torch_model, runtime="torch")
-    rows = []
-    for name, enc in (("onnxruntime", model.encoder), ("torch eager fp32", torch_encoder)):
-        result = enc.embed_paths(val_paths, flip=model.flip)
+    labels = [items[i]["label"] for i in ids]
+    metrics = {}
+    for name in ["torch", *(n for n in runtimes if n != "torch")]:
+        result = runtimes[name].embed_paths(val_paths, flip=model.flip)
         emb = model.embed_features(result.vectors)
         y = [val_labels[i] for i in result.ok]
-        row = {"runtime": name} | retrieval_metrics(emb, y, gallery, labels)
+        row = retrieval_metrics(emb, y, gallery, labels)
         decisions = evaluate_decisions(emb, y, model.pair_logits, engine.calibration, n=10_000)
-        row["pair_accuracy"] = decisions[engine.mode]["pair_accuracy"]
-        row["triplet_accuracy"] = decisions[engine.mode]["triplet_accuracy"]
+        metrics[name] = {"precision_at_1": row["precision_at_1"], "map_at_r": row["map_at_r"],
+                         "pair_accuracy": decisions[engine.mode]["pair_accuracy"],
+                         "triplet_accuracy": decisions[engine.mode]["triplet_accuracy"]}
+    export = model.config["onnx"]["backbone"]["sha256"]
+    rows = []
+    for name, m in metrics.items():
+        worst = max(abs(m[k] - metrics["torch"][k]) for k in m)
+        row = {"runtime": "torch eager fp32" if name == "torch" else name, **m, "largest_difference": worst,
+               "passes_gate": worst <= GATE_TOLERANCE}
+        if name.endswith("bf16"):
+            row["recorded"] = record_gate(export, name, metrics["torch"], m)["passed"]
         rows.append(row)
     return rows
 
@@ -138,12 +185,12 @@ def cold_cli(index: Path, a: Path, b: Path, runs: int) -> dict:
     return {"median_s": statistics.median(times), "runs_s": times, "peak_rss_mb": peak_kb / 1024}
 
 
-def index_build_time(data: str, index: Path, split: str) -> dict:
+def index_build_time(data: str, model_dir: Path, split: str) -> dict:
     """Wall time of `simengine index build` with the index's model, features already cached (warm) ."""
     from simengine.workflows import build_index_from_source
 
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, (path, report, _) = timed(build_index_from_source, data, Path(tmp) / "bench", [split], index / "model")
+        seconds, (path, report, _) = timed(build_index_from_source, data, Path(tmp) / "bench", [split], model_dir)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"split": split, "items": len(report.added), "warm_seconds": seconds, "size_mb": size / 2**20}
 
@@ -165,15 +212,18 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     sample = [val[i].path for i in rng.choice(len(val), min(args.images, len(val)), replace=False)]
     encoder = Encoder.load()
-    result = {"threads": os.cpu_count(), "images": len(sample)}
-    result["throughput"] = throughput_table(encoder, sample, [int(b) for b in args.batch_sizes.split(",")])
+    runtimes = encoders(encoder)
+    chosen = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime="auto").runtime.name
+    result = {"threads": os.cpu_count(), "images": len(sample), "auto_chose": chosen}
+    result["throughput"] = throughput_table(runtimes, chosen, sample, [int(b) for b in args.batch_sizes.split(",")])
+    result["model_only"] = model_only(runtimes, sample)
     result["decode"] = decode_throughput(encoder, sample)
-    best = max(r["images_per_s"] for r in result["throughput"])
+    best = max(r["images_per_s"] for r in result["model_only"])
     result["achieved_gflops"] = best * LITE0_GFLOPS
     engine = Engine.open(args.index)
     check = val if not args.accuracy_images else [val[i] for i in rng.choice(len(val), args.accuracy_images, replace=False)]
-    result["fast_path_accuracy"] = fast_path_accuracy(engine, [i.path for i in check], [i.label for i in check])
-    result["index_build"] = index_build_time(args.data, args.index, "train")
+    result["fast_path_accuracy"] = accuracy_gate(engine, runtimes, [i.path for i in check], [i.label for i in check])
+    result["index_build"] = index_build_time(args.data, engine.index.model_dir, "train")
     result["warm_queries"] = warm_queries(engine, [i.path for i in val], args.queries)
     result["cold_cli_pair"] = cold_cli(args.index, val[0].path, val[1].path, args.cold_runs)
     write(args.name, result, markdown(result), args.out)
@@ -181,19 +231,25 @@ def main(argv=None) -> dict:
 
 
 def markdown(r: dict) -> str:
-    t = table(["runtime", "batch", "images/s", "ms/image", "× baseline"],
-              [[x["runtime"], x["batch"], x["images_per_s"], x["ms_per_image"], x["ratio_vs_baseline"]] for x in r["throughput"]])
+    t = table(["runtime", "batch", "images/s", "ms/image", "× baseline", "× onnxruntime fp32 b32"],
+              [[x["runtime"], x["batch"], x["images_per_s"], x["ms_per_image"], x["ratio_vs_baseline"],
+                x["ratio_vs_onnxruntime_fp32"]] for x in r["throughput"]])
+    m = table(["runtime", "batch", "images/s", "× onnxruntime fp32"],
+              [[x["runtime"], x["batch"], x["images_per_s"], x["ratio_vs_onnxruntime_fp32"]] for x in r["model_only"]])
     d = r["decode"]
-    acc = table(["runtime", "P@1", "MAP@R", "pair acc (10k)", "triplet acc (10k)"],
-                [[x["runtime"], x["precision_at_1"], x["map_at_r"], x["pair_accuracy"], x["triplet_accuracy"]] for x in r["fast_path_accuracy"]])
+    acc = table(["runtime", "P@1", "MAP@R", "pair acc (10k)", "triplet acc (10k)", "largest difference", "within 0.002"],
+                [[x["runtime"], x["precision_at_1"], x["map_at_r"], x["pair_accuracy"], x["triplet_accuracy"],
+                  x["largest_difference"], x["passes_gate"]] for x in r["fast_path_accuracy"]])
     q = table(["question", "p50 ms", "p95 ms", "p99 ms", "n"],
               [[k, v["p50_ms"], v["p95_ms"], v["p99_ms"], v["n"]] for k, v in r["warm_queries"].items()])
     c, b = r["cold_cli_pair"], r["index_build"]
     return (f"# Latency and throughput\n\n## Embedding throughput (JPEG decoding included, {r['images']} val images, "
-            f"{r['threads']} cores; median of 3)\n\n{t}\n\nDecoding + preprocessing alone: "
+            f"{r['threads']} cores; median of 3; `--runtime auto` chose {r['auto_chose']})\n\n{t}\n\n"
+            f"## Model alone (one preprocessed batch, median of 5, runtimes interleaved)\n\n{m}\n\n"
+            f"Decoding + preprocessing alone: "
             f"{d['decode_preprocess_1_thread_images_per_s']:.0f} images/s on 1 thread, "
             f"{d['decode_preprocess_4_threads_images_per_s']:.0f} on 4. Best rate × {LITE0_GFLOPS} GFLOP/image = "
-            f"{r['achieved_gflops']:.0f} GFLOP/s achieved.\n\n## Fast path vs fp32 torch eager (val queries, same gallery and heads)\n\n"
+            f"{r['achieved_gflops']:.0f} GFLOP/s achieved (best model-only rate).\n\n## Accuracy gate: each runtime vs fp32 torch eager (val queries, same gallery and heads)\n\n"
             f"{acc}\n\n## Index build\n\n{b['items']} items ({b['split']}), features cached: {b['warm_seconds']:.1f} s, "
             f"{b['size_mb']:.1f} MB on disk (model bundle included).\n\n## Warm queries (Python API)\n\n{q}\n\n"
             f"## Cold CLI\n\n`simengine query a.jpg b.jpg`: median {c['median_s']:.2f} s over {len(c['runs_s'])} runs; "

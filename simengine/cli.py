@@ -115,6 +115,12 @@ def data_sample(kind, data_dir, split, n, seed, out):
 
 # --- train ---------------------------------------------------------------------------------------------------------
 
+_runtime_option = click.option(
+    "--runtime", type=click.Choice(["auto", "onnxruntime", "openvino", "openvino-bf16", "torch"]), default="auto",
+    show_default=True, help="Inference runtime for embedding (auto: the fastest measured on this machine, within "
+                            "tolerance of fp32; bf16 only once the accuracy gate passed it here).")
+
+
 def _training_options(f):
     options = [
         click.option("--backbone", default=None, help="timm model name (default: efficientnet_b0 if its weights are reachable, else tf_efficientnet_lite0)."),
@@ -134,7 +140,7 @@ def _training_options(f):
         click.option("--finetune", is_flag=True, help="Fine-tune the backbone's last blocks on images first (GPU recommended)."),
         click.option("--finetune-blocks", type=int, default=2, show_default=True, help="Blocks to unfreeze (-1: all)."),
         click.option("--finetune-steps", type=int, default=300, show_default=True),
-        click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True, help="Inference runtime for embedding."),
+        _runtime_option,
     ]
     for option in reversed(options):
         f = option(f)
@@ -350,9 +356,18 @@ def index_info(index_dir, as_json):
     from simengine.index.reader import Index
     from simengine.index.store import resolve_index_dir
 
-    info = Index(resolve_index_dir(index_dir)).info()
+    from simengine.model.bundle import read_config
+    from simengine.model.runtime_choice import recorded_choice
+
+    index = Index(resolve_index_dir(index_dir))
+    info = index.info()
+    export = (read_config(index.model_dir).get("onnx") or {}).get("backbone", {}).get("sha256")
+    choice = recorded_choice(export) if export else None
+    info["runtime"] = (f"{choice['chosen']} (measured here " + ", ".join(
+        f"{r['runtime']} {r['images_per_s']} img/s" for r in choice["measured"] if "images_per_s" in r) + ")"
+        if choice else "not measured on this machine yet (the first query measures)")
     if as_json:
-        _echo_json(info)
+        _echo_json(dict(info, runtime_choice=choice))
         return
     for key, value in info.items():
         if key == "classes":
@@ -452,7 +467,8 @@ def _bound(params: tuple[str, ...]) -> dict[str, object]:
 @_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_index_option
-def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, index_dir):
+@_runtime_option
+def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, index_dir, runtime):
     """Ask about images (paths, or id:N for indexed items).
 
     \b
@@ -481,7 +497,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
         parse_refs(images)
     if (where or params) and k is None:
         raise SimengineError("--where and --param filter nearest neighbours: give one image with --k")
-    engine = Engine.open(index_dir, mode)
+    engine = Engine.open(index_dir, mode, runtime)
     if batch:
         for csv_path, width in ((pairs_csv, 2), (triplets_csv, 3)):
             if csv_path:
@@ -501,13 +517,14 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
 @_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_index_option
-def search(image, k, where, params, as_json, index_dir):
+@_runtime_option
+def search(image, k, where, params, as_json, index_dir, runtime):
     """Nearest neighbours of IMAGE (a path or id:N), verified by the pair head."""
     from simengine.query.engine import Engine
     from simengine.query.refs import parse_refs
 
     parse_refs([image])
-    _print_neighbours(Engine.open(index_dir).neighbours(image, k, where, _bound(params)), as_json)
+    _print_neighbours(Engine.open(index_dir, runtime=runtime).neighbours(image, k, where, _bound(params)), as_json)
 
 
 @cli.command()
@@ -527,8 +544,9 @@ def search(image, k, where, params, as_json, index_dir):
                    "the plan and moves nothing unless --yes.")
 @click.option("--yes", is_flag=True, help="With --move-to: carry out the moves (logged to moves.csv there).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_runtime_option
 @click.pass_context
-def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, as_json):
+def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, as_json, runtime):
     """Find exact and near-duplicate images in SOURCE (a folder, a text file of paths, or a CSV/parquet table).
 
     \b
@@ -545,7 +563,7 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
     if yes and not move_to:
         raise click.UsageError("--yes needs --move-to")
     report, planned, done, left = dedup_collection(source, against, model_dir, csv_path, html_path, move_to, yes,
-                                                   path_column, _progress(ctx))
+                                                   path_column, _progress(ctx), runtime)
     moves = {"planned": [{"from": str(m.source), "to": str(m.target)} for m in planned], "moved": len(done),
              "left": [{"path": p, "reason": r} for p, r in left], "dry_run": not yes} if move_to else None
     if as_json:
@@ -624,8 +642,9 @@ def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
               help="Most images embedded in one batch (uploads of concurrent requests are batched together).")
 @click.option("--max-wait-ms", type=float, default=4, show_default=True,
               help="How long a batch waits for more images before it runs.")
+@_runtime_option
 def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_hosts, mode, max_upload_mb, max_pixels,
-          timeout, max_pending, max_batch, max_wait_ms):
+          timeout, max_pending, max_batch, max_wait_ms, runtime):
     """Serve the index over HTTP: JSON API under /v1 (docs at /docs), Prometheus metrics at /metrics, a web page
     at /. Stops on Ctrl-C or SIGTERM after finishing the requests in flight."""
     from simengine.data.decode import MAX_PIXELS
@@ -635,7 +654,7 @@ def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_ho
     limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels or MAX_PIXELS,
                            timeout_s=timeout, max_pending=max_pending, max_batch_size=max_batch,
                            max_wait_s=max_wait_ms / 1000)
-    run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits)
+    run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits, runtime)
 
 
 def _print_pair(r, as_json):

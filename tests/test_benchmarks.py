@@ -37,7 +37,9 @@ def test_latency_script(fixture_data, built_index, tmp_path):
                   "--queries", "3", "--cold-runs", "1", "--out", str(tmp_path)])
     data = _written(tmp_path, "latency")
     assert data["throughput"][0]["ratio_vs_baseline"] == pytest.approx(1.0)
-    assert {r["runtime"] for r in data["fast_path_accuracy"]} == {"onnxruntime", "torch eager fp32"}
+    assert {r["runtime"] for r in data["fast_path_accuracy"]} == {"torch eager fp32", *latency.runtime_names()}
+    assert {r["runtime"] for r in data["model_only"]} == {"torch", *latency.runtime_names()}
+    assert all(r["passes_gate"] for r in data["fast_path_accuracy"] if not r["runtime"].endswith("bf16"))
     assert data["cold_cli_pair"]["median_s"] > 0
 
 

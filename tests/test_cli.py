@@ -263,3 +263,12 @@ def test_cli_dedup_reports_then_moves_only_with_yes(fixture_data, bundle_dir, tm
     assert all(not Path(p).exists() for p in planned) and (target / "moves.csv").is_file()
     code, out = run("dedup", folder, "--model", bundle_dir, "--yes")
     assert code == 2 and "--yes needs --move-to" in out
+
+
+def test_index_info_shows_the_measured_runtime(built_index, val):
+    code, out = run("-q", "query", val["coffee"][0], val["coffee"][1], "--index", built_index)  # measures, once
+    assert code == 0
+    code, out = run("index", "info", "--index", built_index, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["runtime_choice"]["chosen"] in info["runtime"]
+    assert {r["runtime"] for r in info["runtime_choice"]["measured"]} >= {"onnxruntime"}

@@ -143,14 +143,15 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_bundle(path: str | os.PathLike, runtime: str = "auto") -> Model:
-    """Load a bundle on ONNX Runtime when its exports are present and current, else on torch (and say so)."""
+    """Load a bundle on its ONNX exports when they are present and current (the backbone on the runtime asked for;
+    "auto": the fastest measured here, see `runtime_choice`), else on torch (and say so)."""
     path = Path(path)
     config = read_config(path)
-    if runtime in ("auto", "onnxruntime"):
+    if runtime != "torch":
         stale = _stale_exports(path, config)
         if not stale:
-            return _load_onnx(path, config)
-        if runtime == "onnxruntime":
+            return _load_onnx(path, config, runtime)
+        if runtime != "auto":
             raise BundleError(f"{path}: ONNX exports unusable: {stale}")
         log.warning("%s: ONNX exports unusable (%s); falling back to torch", path, stale)
     return _load_torch(path, config)
@@ -174,13 +175,17 @@ def _stale_exports(path: Path, config: dict[str, Any]) -> str:
     return ""
 
 
-def _load_onnx(path: Path, config: dict[str, Any]) -> Model:
+def _load_onnx(path: Path, config: dict[str, Any], runtime: str) -> Model:
+    from simengine.model.encoder import backbone_runtime
+
     heads = config["heads"]
-    encoder = Encoder(config["encoder"], OnnxRuntime(path / ONNX_FILES["backbone"]), heads["embedding"]["in_dim"])
+    backbone, choice = backbone_runtime(path / ONNX_FILES["backbone"], config["onnx"]["backbone"]["sha256"],
+                                        tuple(config["encoder"]["data_config"]["input_size"]), runtime)
+    encoder = Encoder(config["encoder"], backbone, heads["embedding"]["in_dim"], runtime_choice=choice)
     embed = OnnxRuntime(path / ONNX_FILES["embedding"], threads=1)
     pair = OnnxRuntime(path / ONNX_FILES["pair"], threads=1)
     return Model(path, config, bundle_hash(path), encoder, embed,
-                 lambda a, b: pair(np.concatenate([a, b], axis=1)), "onnxruntime")
+                 lambda a, b: pair(np.concatenate([a, b], axis=1)), backbone.name)
 
 
 def build_heads(config: dict[str, Any], state: dict):

@@ -75,9 +75,10 @@ class Engine:
         return self.index.item(item_id)
 
     def info(self) -> dict:
-        """The index's summary, with the runtime the model runs on here."""
+        """The index's summary, with the runtime the model runs on here (and the measurement behind an "auto"
+        choice)."""
         self.refresh()
-        return dict(self.index.info(), runtime=self.model.runtime)
+        return dict(self.index.info(), runtime=self.model.runtime, runtime_choice=self.model.encoder.runtime_choice)
 
     # --- embedding ---------------------------------------------------------------------------------------------
 

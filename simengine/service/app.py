@@ -84,12 +84,12 @@ class EngineWorker:
 
 def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = None,
                limits: ServiceLimits = ServiceLimits(), api_key: str | None = None,
-               hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS) -> FastAPI:
+               hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS, runtime: str = "auto") -> FastAPI:
     """The HTTP app over one index (the model and index are loaded here, once). `api_key` protects /v1 and
     /metrics; `hosts` are the Host names answered."""
     # Starlette spools an upload to a temporary file past this size; keep every accepted body in memory.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_body_bytes)
-    worker = EngineWorker(lambda: Engine.open(index_dir, mode, max_pixels=limits.max_pixels))
+    worker = EngineWorker(lambda: Engine.open(index_dir, mode, runtime, max_pixels=limits.max_pixels))
     metrics = Metrics()
     # Up to three images per admitted request: the batcher's own bound is never the one that refuses first.
     max_queued = max(3 * limits.max_pending, limits.max_batch_size)
@@ -272,14 +272,14 @@ def _swagger_assets() -> Path:
 def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8000,
           allow_remote: bool = False, api_key: str | None = None, no_auth: bool = False,
           extra_hosts: list[str] | tuple[str, ...] = (), mode: str | None = None,
-          limits: ServiceLimits = ServiceLimits()) -> None:
+          limits: ServiceLimits = ServiceLimits(), runtime: str = "auto") -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM, then finish the requests in flight. Beyond loopback it needs
     allow_remote, and an API key unless no_auth."""
     import uvicorn
 
     check_exposure(host, allow_remote, api_key, no_auth)
     hosts = allowed_hosts(host, extra_hosts)
-    app = create_app(index_dir, mode, limits, api_key, hosts)
+    app = create_app(index_dir, mode, limits, api_key, hosts, runtime)
     _log_request_ids()
     if host in ("0.0.0.0", "::") and not extra_hosts:
         log.warning("listening on all interfaces, but answering only the Host names %s: add --allowed-host NAME "

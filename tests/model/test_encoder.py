@@ -39,10 +39,12 @@ def test_a_failure_inside_preprocessing_is_an_image_load_error_naming_the_image(
         f"{files[0]}: cannot preprocess (odd shape)", f"{files[1]}: cannot preprocess (odd shape)"]
 
 
-def test_onnx_runtime_agrees_with_torch(encoder, files):
-    assert encoder.runtime.name == "onnxruntime"
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_onnx_runtimes_agree_with_torch(encoder, files, runtime):
+    onnx_encoder = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime=runtime)
+    assert onnx_encoder.runtime.name == runtime
     torch_encoder = Encoder.from_torch(encoder.identity, encoder.torch_model, runtime="torch")
-    a = encoder.embed_paths(files[:6]).vectors
+    a = onnx_encoder.embed_paths(files[:6]).vectors
     b = torch_encoder.embed_paths(files[:6]).vectors
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 1 - 1e-5
