@@ -15,6 +15,8 @@ from simengine.model.runtime_choice import cpu_facts
 
 RESULTS = Path(__file__).parent / "results"
 PACKAGES = ("simengine", "torch", "timm", "onnxruntime", "openvino", "faiss-cpu", "numpy", "pillow")
+
+
 def environment() -> dict:
     """Machine, versions and the exact command, recorded with every result."""
     versions = {}

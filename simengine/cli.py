@@ -365,7 +365,7 @@ def index_info(index_dir, as_json):
     choice = recorded_choice(export) if export else None
     info["runtime"] = (f"{choice['chosen']} (measured here " + ", ".join(
         f"{r['runtime']} {r['images_per_s']} img/s" for r in choice["measured"] if "images_per_s" in r) + ")"
-        if choice else "not measured on this machine yet (the first query measures)")
+        if choice else "not measured on this machine yet (the first use with --runtime auto measures)")
     if as_json:
         _echo_json(dict(info, runtime_choice=choice))
         return

@@ -34,8 +34,9 @@ def test_latency_script(fixture_data, built_index, tmp_path):
     import latency
 
     latency.main(["--data", str(fixture_data), "--index", str(built_index), "--images", "8", "--batch-sizes", "4",
-                  "--queries", "3", "--cold-runs", "1", "--out", str(tmp_path)])
+                  "--queries", "3", "--cold-runs", "1", "--cold-build-images", "4", "--out", str(tmp_path)])
     data = _written(tmp_path, "latency")
+    assert [r["runtime"] for r in data["cold_build"]] == ["onnxruntime", "auto"] and data["cold_build"][0]["images"] == 4
     assert data["throughput"][0]["ratio_vs_baseline"] == pytest.approx(1.0)
     assert {r["runtime"] for r in data["fast_path_accuracy"]} == {"torch eager fp32", *latency.runtime_names()}
     assert {r["runtime"] for r in data["model_only"]} == {"torch", *latency.runtime_names()}

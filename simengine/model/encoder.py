@@ -73,7 +73,8 @@ class Encoder:
         if runtime == "torch" or (runtime == "auto" and onnxruntime_version() is None):
             return cls(identity, TorchRuntime(model), dim, model)
         if onnxruntime_version() is None:
-            raise SimengineError("runtime onnxruntime requested but onnxruntime is not installed")
+            raise SimengineError(f"runtime {runtime} needs onnxruntime (it checks the ONNX export), which is not "
+                                 "installed")
         path = cached_onnx_path(identity)
         record = ensure_onnx(model, identity, path)
         runtime_, choice = backbone_runtime(path, record["sha256"], tuple(identity["data_config"]["input_size"]),

@@ -5,11 +5,13 @@ Candidates run the same ONNX export: ONNX Runtime fp32, OpenVINO fp32, and OpenV
 AVX512-BF16. Each embeds a fixed probe batch; one whose features drift from ONNX Runtime fp32's (mean cosine below
 PROBE_MIN_COSINE) is never chosen, and a reduced precision is chosen only once the accuracy gate has passed it on
 this machine (`record_gate`: P@1, MAP@R, pair and triplet accuracy within GATE_TOLERANCE of fp32, measured by
-benchmarks/runtime_gate.py). Where nothing else is installed or eligible, ONNX Runtime fp32 is the answer.
+benchmarks/latency.py), with the same OpenVINO version and CPU flags. Where nothing else is installed or eligible,
+ONNX Runtime fp32 is the answer.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from simengine.model.runtimes import OnnxRuntime, OpenVinoRuntime, Runtime, onnxruntime_version, openvino_version
+from simengine.model.runtimes import (OnnxRuntime, OpenVinoRuntime, Runtime, onnxruntime_version, openvino_version,
+                                     probe_batch)
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +31,12 @@ log = logging.getLogger(__name__)
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
              "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+REDUCED = ("bf16",)  # precisions that need the accuracy gate
 PROBE_BATCH = 32
 PROBE_MIN_COSINE = 0.999
 GATE_TOLERANCE = 0.002
 TIMED_RUNS = 3
+RECORD_VERSION = 1  # bumped when the runtimes' settings change, so that old measurements are not reused
 
 
 def cpu_facts() -> tuple[str, list[str]]:
@@ -68,9 +73,12 @@ def make_runtime(onnx_path: str | os.PathLike, name: str) -> Runtime:
     raise ValueError(name)
 
 
+@functools.cache
 def _machine() -> dict[str, Any]:
+    """What a measurement holds for: the CPU, the cores this process may use, the runtimes' versions."""
     cpu, flags = cpu_facts()
-    return {"cpu": cpu, "cpu_flags": flags, "onnxruntime": onnxruntime_version(), "openvino": openvino_version()}
+    return {"cpu": cpu, "cpu_flags": flags, "arch": platform.machine(), "cores": len(os.sched_getaffinity(0)),
+            "onnxruntime": onnxruntime_version(), "openvino": openvino_version(), "record_version": RECORD_VERSION}
 
 
 def _choice_path(export_sha256: str) -> Path:
@@ -82,7 +90,12 @@ def _choice_path(export_sha256: str) -> Path:
 def recorded_choice(export_sha256: str) -> dict[str, Any] | None:
     """The choice measured on this machine for this export, or None when none was (without measuring)."""
     record = _read(_choice_path(export_sha256))
-    return record if record is not None and record.get("machine") == _machine() else None
+    if record is None or record.get("machine") != _machine() or record.get("export_sha256") != export_sha256:
+        return None
+    for row in record["measured"]:  # a gate verdict given since the measurement makes it stale
+        if row["runtime"].endswith(REDUCED) and row.get("gate") != gate_result(export_sha256, row["runtime"]):
+            return None
+    return record
 
 
 def choose_runtime(onnx_path: str | os.PathLike, export_sha256: str, input_shape: tuple[int, ...]
@@ -101,8 +114,8 @@ def choose_runtime(onnx_path: str | os.PathLike, export_sha256: str, input_shape
 
 
 def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
-    probe = np.random.default_rng(0).standard_normal((PROBE_BATCH, *input_shape)).astype(np.float32)
-    reference = None
+    probe = probe_batch(input_shape, PROBE_BATCH)
+    reference = OnnxRuntime(onnx_path)(probe)  # fp32, the yardstick of every candidate
     rows = []
     for name in candidates(machine["cpu_flags"]):
         try:
@@ -116,10 +129,8 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
         except Exception as exc:  # an optional runtime that fails here is not a candidate
             rows.append({"runtime": name, "error": str(exc)})
             continue
-        if reference is None:
-            reference = out  # onnxruntime fp32 comes first
         cosine = float(np.mean(_cosines(out, reference)))
-        reduced = name.endswith("bf16")
+        reduced = name.endswith(REDUCED)
         gate = gate_result(export_sha256, name) if reduced else None
         rows.append({"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds)), 1),
                      "mean_cosine_to_fp32": round(cosine, 6), "gate": gate,
@@ -146,19 +157,27 @@ def record_gate(export_sha256: str, runtime: str, reference: dict[str, float], m
                 ) -> dict[str, Any]:
     """Store the accuracy gate's verdict for a reduced-precision runtime on this machine: passed when every metric is
     within GATE_TOLERANCE of the fp32 reference. A new verdict invalidates the runtime choice."""
-    cpu, flags = cpu_facts()
     worst = max(abs(measured[k] - reference[k]) for k in reference)
-    verdict = {"runtime": runtime, "cpu": cpu, "cpu_flags": flags, "reference": reference, "measured": measured,
-               "largest_difference": worst, "tolerance": GATE_TOLERANCE, "passed": worst <= GATE_TOLERANCE}
+    verdict = {"runtime": runtime, "export_sha256": export_sha256, "machine": _gate_machine(), "reference": reference,
+               "measured": measured, "largest_difference": worst, "tolerance": GATE_TOLERANCE,
+               "passed": worst <= GATE_TOLERANCE}
     _write(gate_path(export_sha256, runtime), verdict)
     _choice_path(export_sha256).unlink(missing_ok=True)
     return verdict
 
 
+def _gate_machine() -> dict[str, Any]:
+    """What a verdict holds for: the CPU and its flags, and the OpenVINO that ran the kernels."""
+    machine = _machine()
+    return {k: machine[k] for k in ("cpu", "cpu_flags", "arch", "openvino")}
+
+
 def gate_result(export_sha256: str, runtime: str) -> dict[str, Any] | None:
-    """The gate's verdict for this runtime on this CPU, or None when it has not run here."""
+    """The gate's verdict for this runtime and export on this machine, or None when it has not run here."""
     verdict = _read(gate_path(export_sha256, runtime))
-    return verdict if verdict is not None and verdict.get("cpu") == cpu_facts()[0] else None
+    if verdict is None or verdict.get("export_sha256") != export_sha256 or verdict.get("machine") != _gate_machine():
+        return None
+    return verdict
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -170,10 +189,13 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _write(path: Path, record: dict[str, Any]) -> None:
     """Atomically, and only as a cache: a read-only cache folder costs a measurement per process, not a failure."""
+    import tempfile
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=2))
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(record, indent=2))
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot record %s: %s", path, exc)

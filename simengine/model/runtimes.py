@@ -53,7 +53,7 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))  # the cores this process may use
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -64,7 +64,8 @@ class OnnxRuntime:
 
 class OpenVinoRuntime:
     """OpenVINO on the CPU over the ONNX export, compiled once per machine into OpenVINO's model cache. `precision`
-    "bf16" runs in bfloat16 where the CPU has it (AMX or AVX512-BF16; OpenVINO falls back to fp32 elsewhere)."""
+    "bf16" runs in bfloat16 where the CPU has it (AMX or AVX512-BF16; OpenVINO falls back to fp32 elsewhere). One
+    infer request, so one caller at a time (the service embeds on one batcher thread)."""
 
     def __init__(self, path: str | os.PathLike, precision: str = "fp32", cache: str | os.PathLike | None = None):
         import openvino as ov
@@ -91,11 +92,13 @@ PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
 def openvino_version() -> str | None:
+    """From the package's metadata: importing OpenVINO to ask would cost every cold query its load time."""
+    from importlib import metadata
+
     try:
-        from openvino import __version__
-    except ImportError:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
         return None
-    return __version__
 
 
 def onnxruntime_version() -> str | None:
