@@ -14,6 +14,7 @@ adds it to a bundle trained before.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -26,7 +27,7 @@ import numpy as np
 from simengine.data.decode import load_rgb
 from simengine.data.folders import Item
 from simengine.errors import BundleError, SimengineError
-from simengine.evaluation.metrics import normalise
+from simengine.evaluation.metrics import normalise, row_cosines
 from simengine.model.encoder import Encoder
 
 SAME_PICTURE = "same_picture.json"
@@ -76,10 +77,6 @@ class PairSignals:
     backbone: np.ndarray
     layout: np.ndarray
     matches: np.ndarray
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (normalise(a) * normalise(b)).sum(axis=1)
 
 
 def _above_all_but(values: np.ndarray, share: float) -> float:
@@ -154,13 +151,15 @@ def calibrate_on_items(encoder: Encoder, items: Sequence[Item], features: np.nda
     if len(rows) < 2:
         raise SimengineError("same-picture calibration needs at least 2 readable originals with another image of "
                              "their class")
+    # each image once, for its copies and as a negative: at most 3 × ORIGINALS images of about 40 kB
+    item_keypoints = functools.lru_cache(maxsize=None)(lambda row: keypoints(items[row].path))
     kinds: dict[str, int] = {}
     copy_of, copy_layouts, copy_matches = [], [], []
     with tempfile.TemporaryDirectory(prefix="simengine-copies-") as tmp:
         paths = []
         for row in rows:
             original = load_rgb(items[row].path)
-            original_keypoints = keypoints(items[row].path)
+            original_keypoints = item_keypoints(row)
             for _ in range(2):
                 copy, names = make_copy(original, rng)
                 for name in names:
@@ -178,7 +177,7 @@ def calibrate_on_items(encoder: Encoder, items: Sequence[Item], features: np.nda
     anchors, others = np.r_[rows, rows], np.r_[by_backbone, by_layout]
     negative = PairSignals(row_cosines(features[anchors], features[others]),
                            row_cosines(layouts[anchors], layouts[others]),
-                           np.array([agreeing_matches(keypoints(items[a].path), keypoints(items[o].path))
+                           np.array([agreeing_matches(item_keypoints(a), item_keypoints(o))
                                      for a, o in zip(anchors, others)]))
     decision, accuracy = fit_same_picture(positive, negative, target_far)
     info = {"accuracy": accuracy, "originals": int(len(rows)), "copies": int(len(ok)),
@@ -207,10 +206,10 @@ def read_same_picture(bundle_dir: str | os.PathLike) -> tuple[SamePicture, dict[
 
 def write_same_picture(bundle_dir: str | os.PathLike, data: bytes) -> Path:
     """Add (or replace) a bundle's calibration atomically: readers see the old file or the new one."""
+    from simengine.index.store import write_durably
+
     path = Path(bundle_dir) / SAME_PICTURE
-    tmp = path.with_name(f".{SAME_PICTURE}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_durably(path, data)
     return path
 
 

@@ -57,6 +57,11 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine of each row of `a` with the same row of `b`."""
+    return (normalise(a) * normalise(b)).sum(axis=1)
+
+
 def accuracy(predicted: Sequence[bool], labels: Sequence[int]) -> float:
     return float(np.mean(np.asarray(predicted, bool) == np.asarray(labels, bool)))
 

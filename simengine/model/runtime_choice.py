@@ -114,6 +114,10 @@ def choose_runtime(onnx_path: str | os.PathLike, export_sha256: str, input_shape
 
 
 def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
+    # Imported here, not at the top: benchmarks/common.py takes cpu_facts from this module, also when it runs
+    # beside an older simengine (benchmarks/index_write.py's format-1 side), whose evaluation was one module.
+    from simengine.evaluation.metrics import row_cosines
+
     probe = probe_batch(input_shape, PROBE_BATCH)
     reference = OnnxRuntime(onnx_path)(probe)  # fp32, the yardstick of every candidate
     rows = []
@@ -129,7 +133,7 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
         except Exception as exc:  # an optional runtime that fails here is not a candidate
             rows.append({"runtime": name, "error": str(exc)})
             continue
-        cosine = float(np.mean(_cosines(out, reference)))
+        cosine = float(np.mean(row_cosines(out, reference)))
         reduced = name.endswith(REDUCED)
         gate = gate_result(export_sha256, name) if reduced else None
         rows.append({"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds)), 1),
@@ -141,10 +145,6 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
              ", ".join(f"{r['runtime']} {r.get('images_per_s', 'failed')}" for r in rows))
     return {"export_sha256": export_sha256, "machine": machine, "measured": rows, "chosen": chosen,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def gate_path(export_sha256: str, runtime: str) -> Path:
@@ -189,13 +189,10 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _write(path: Path, record: dict[str, Any]) -> None:
     """Atomically, and only as a cache: a read-only cache folder costs a measurement per process, not a failure."""
-    import tempfile
+    from simengine.index.store import write_durably
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(record, indent=2))
-        os.replace(tmp, path)
+        write_durably(path, json.dumps(record, indent=2).encode())
     except OSError as exc:
         log.warning("cannot record %s: %s", path, exc)
