@@ -1,7 +1,8 @@
 """Speed: embedding throughput per runtime and batch size against a plain timm baseline and timm eager channels_last
-batch 32 (same run), the model alone per runtime, the accuracy gate of every runtime against fp32 torch eager (P@1,
-MAP@R, pair and triplet accuracy on val; a reduced precision's verdict is recorded for `--runtime auto`), index
-build time, warm query latency (Python API) and cold CLI latency.
+batch 32 (same run), the model alone per runtime, decoding alone, the accuracy gate of every runtime against fp32
+torch eager (evaluation.runtime_gate on val; a reduced precision's verdict is recorded for `--runtime auto`), index
+build time, warm query latency (Python API) and cold CLI latency. The index's bundle is quantized to int8 first
+(`simengine quantize`, calibrated on 300 train images) when it has no int8 model and NNCF is installed.
 
     python benchmarks/latency.py --data ../shared/data/imagenette2-160 --index indexes/default
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, table, write  # noqa: E402
 
 from simengine.data.folders import scan_split  # noqa: E402
-from simengine.index import items_db  # noqa: E402
+from simengine.evaluation.runtime_gate import run_gate  # noqa: E402
 from simengine.model.encoder import Encoder  # noqa: E402
 from simengine.data.decode import load_rgb  # noqa: E402
 from simengine.query.engine import Engine  # noqa: E402
@@ -51,26 +52,35 @@ def plain_timm_baseline(encoder: Encoder, paths: list[Path]) -> float:
     return len(paths) / seconds
 
 
-def runtime_names() -> list[str]:
-    """The ONNX runtimes `auto` chooses among on this machine, in the order it measures them."""
-    from simengine.model.runtime_choice import candidates, cpu_facts
-
-    return candidates(cpu_facts()[1])
-
-
 def encoders(model_dir: Path) -> dict[str, Encoder]:
     """The index's backbone (its bundle's export, the one the gate's verdicts are recorded for) on every runtime
-    measured here, and on torch eager (channels_last)."""
+    `auto` measures here, in its order, and on torch eager (channels_last)."""
     from simengine.model.bundle import ONNX_FILES, load_bundle, read_config
-    from simengine.model.encoder import backbone_runtime
+    from simengine.model.runtime_choice import candidates, cpu_facts, make_runtime
 
     config = read_config(model_dir)
-    export, shape = config["onnx"]["backbone"]["sha256"], tuple(config["encoder"]["data_config"]["input_size"])
+    onnx, export = model_dir / ONNX_FILES["backbone"], config["onnx"]["backbone"]["sha256"]
     dim = config["heads"]["embedding"]["in_dim"]
-    out = {name: Encoder(config["encoder"], backbone_runtime(model_dir / ONNX_FILES["backbone"], export, shape, name)[0],
-                         dim) for name in runtime_names()}
+    out = {name: Encoder(config["encoder"], make_runtime(onnx, name, export), dim)
+           for name in candidates(cpu_facts()[1], onnx, export)}
     out["torch"] = load_bundle(model_dir, "torch").encoder
     return out
+
+
+def ensure_int8(model_dir: Path, data: str) -> dict | None:
+    """The bundle's int8 record, quantizing it first when it has none and NNCF is installed (None without NNCF)."""
+    from importlib.util import find_spec
+
+    from simengine.model.bundle import ONNX_FILES, read_config
+    from simengine.model.quantize import int8_model
+    from simengine.workflows import quantize_model
+
+    found = int8_model(model_dir / ONNX_FILES["backbone"], read_config(model_dir)["onnx"]["backbone"]["sha256"])
+    if found is not None:
+        return found[1]
+    if find_spec("nncf") is None or find_spec("openvino") is None:
+        return None
+    return quantize_model(model_dir, data, gate=False)["int8"]  # the gate below judges it beside the others
 
 
 def throughput_table(runtimes: dict[str, Encoder], chosen: str, paths: list[Path], batch_sizes: list[int]) -> list[dict]:
@@ -110,50 +120,26 @@ def model_only(runtimes: dict[str, Encoder], paths: list[Path], batch: int = 32,
              "ratio_vs_onnxruntime_fp32": batch / statistics.median(t) / ort} for name, t in times.items()]
 
 
-def decode_throughput(encoder: Encoder, paths: list[Path]) -> dict:
+def decode_throughput(encoder: Encoder, paths: list[Path], model_rows: list[dict], files_rows: list[dict]) -> dict:
+    """Decoding + preprocessing alone, on one thread and on a pool of one thread per usable core; and for the chosen
+    runtime the rate a perfect overlap of decoding and inference would reach on these cores (both share them:
+    cores / (cores / model rate + 1 / one-thread decode rate)), against the measured files-to-features rate."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from simengine.model.runtimes import usable_cores
+
+    cores = usable_cores()
     one, _ = timed(lambda: [encoder.load_image(p) for p in paths])
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(cores) as pool:
         pooled, _ = timed(lambda: list(pool.map(encoder.load_image, paths)))
-    return {"decode_preprocess_1_thread_images_per_s": len(paths) / one,
-            "decode_preprocess_4_threads_images_per_s": len(paths) / pooled}
-
-
-def accuracy_gate(engine: Engine, runtimes: dict[str, Encoder], val_paths: list[Path], val_labels: list[str]
-                  ) -> list[dict]:
-    """Retrieval, pair and triplet accuracy of val queries embedded by each runtime vs fp32 torch eager (same gallery
-    and heads). A reduced precision's verdict (within GATE_TOLERANCE on every metric) is recorded on this machine,
-    so that `--runtime auto` may choose it."""
-    from simengine.evaluation.decisions import evaluate_decisions
-    from simengine.evaluation.metrics import retrieval_metrics
-    from simengine.model.runtime_choice import GATE_TOLERANCE, record_gate
-
-    model = engine.model
-    items = engine.index.items(items_db.live_ids(engine.index.conn, engine.index.version))
-    ids = np.array(sorted(items))
-    gallery = engine.index.vectors(ids)
-    labels = [items[i]["label"] for i in ids]
-    metrics = {}
-    for name in ["torch", *(n for n in runtimes if n != "torch")]:
-        result = runtimes[name].embed_paths(val_paths, flip=model.flip)
-        emb = model.embed_features(result.vectors)
-        y = [val_labels[i] for i in result.ok]
-        row = retrieval_metrics(emb, y, gallery, labels)
-        decisions = evaluate_decisions(emb, y, model.pair_logits, engine.calibration, n=10_000)
-        metrics[name] = {"precision_at_1": row["precision_at_1"], "map_at_r": row["map_at_r"],
-                         "pair_accuracy": decisions[engine.mode]["pair_accuracy"],
-                         "triplet_accuracy": decisions[engine.mode]["triplet_accuracy"]}
-    export = model.config["onnx"]["backbone"]["sha256"]
-    rows = []
-    for name, m in metrics.items():
-        worst = max(abs(m[k] - metrics["torch"][k]) for k in m)
-        row = {"runtime": "torch eager fp32" if name == "torch" else name, **m, "largest_difference": worst,
-               "passes_gate": worst <= GATE_TOLERANCE}
-        if name.endswith("bf16"):
-            row["recorded"] = record_gate(export, name, metrics["torch"], m)["passed"]
-        rows.append(row)
-    return rows
+    decode = len(paths) / one
+    chosen = next(r for r in files_rows if r["runtime"].endswith("(auto's choice)") and r["batch"] == 32)
+    model = next(r for r in model_rows if chosen["runtime"].startswith(r["runtime"] + " "))["images_per_s"]
+    bound = cores / (cores / model + 1 / decode)
+    return {"cores": cores, "decode_preprocess_1_thread_images_per_s": decode,
+            "decode_preprocess_pool_images_per_s": len(paths) / pooled,
+            "overlap_bound_images_per_s": bound, "files_to_features_images_per_s": chosen["images_per_s"],
+            "share_of_bound": chosen["images_per_s"] / bound}
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -250,6 +236,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--accuracy-images", type=int, default=0, help="val images for the fast-path accuracy check (0: all)")
     parser.add_argument("--cold-build-images", type=int, default=500, help="JPEG files for the empty-cache index build")
+    parser.add_argument("--no-quantize", dest="quantize", action="store_false",
+                        help="do not quantize the index's bundle to int8 when it has no int8 model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="latency")
     args = parser.parse_args(argv)
@@ -259,15 +247,19 @@ def main(argv=None) -> dict:
     sample = [val[i].path for i in rng.choice(len(val), min(args.images, len(val)), replace=False)]
     # The gate first: its verdicts decide what `auto` may choose, and every timed step below runs on that choice.
     gate_engine = Engine.open(args.index, runtime="onnxruntime")
-    runtimes = encoders(gate_engine.index.model_dir)
-    check = val if not args.accuracy_images else [val[i] for i in rng.choice(len(val), args.accuracy_images, replace=False)]
+    model_dir = gate_engine.index.model_dir
     result = {"threads": os.cpu_count(), "images": len(sample)}
-    result["fast_path_accuracy"] = accuracy_gate(gate_engine, runtimes, [i.path for i in check], [i.label for i in check])
+    result["int8"] = ensure_int8(model_dir, args.data) if args.quantize else None
+    runtimes = encoders(model_dir)
+    check = val if not args.accuracy_images else [val[i] for i in rng.choice(len(val), args.accuracy_images, replace=False)]
+    result["fast_path_accuracy"] = run_gate(gate_engine.model, {"torch": runtimes["torch"], **runtimes},
+                                            [i.path for i in check], [i.label for i in check], reference="torch")
     engine = Engine.open(args.index)
     result["auto_chose"] = chosen = engine.model.runtime
+    result["runtime_choice"] = engine.model.encoder.runtime_choice
     result["throughput"] = throughput_table(runtimes, chosen, sample, [int(b) for b in args.batch_sizes.split(",")])
     result["model_only"] = model_only(runtimes, sample)
-    result["decode"] = decode_throughput(runtimes["onnxruntime"], sample)
+    result["decode"] = decode_throughput(runtimes["onnxruntime"], sample, result["model_only"], result["throughput"])
     best = max(r["images_per_s"] for r in result["model_only"])
     result["achieved_gflops"] = best * LITE0_GFLOPS
     result["index_build"] = index_build_time(args.data, engine.index.model_dir, "train")
@@ -285,9 +277,15 @@ def markdown(r: dict) -> str:
     m = table(["runtime", "batch", "images/s", "× onnxruntime fp32"],
               [[x["runtime"], x["batch"], x["images_per_s"], x["ratio_vs_onnxruntime_fp32"]] for x in r["model_only"]])
     d = r["decode"]
-    acc = table(["runtime", "P@1", "MAP@R", "pair acc (10k)", "triplet acc (10k)", "largest difference", "within 0.002"],
-                [[x["runtime"], x["precision_at_1"], x["map_at_r"], x["pair_accuracy"], x["triplet_accuracy"],
-                  x["largest_difference"], x["passes_gate"]] for x in r["fast_path_accuracy"]])
+    acc = table(["runtime", "P@1", "MAP@R", "P@1 in fp32 index", "MAP@R in fp32 index", "pair acc (10k)",
+                 "triplet acc (10k)", "largest difference", "within 0.002"],
+                [[x["runtime"], x["precision_at_1"], x["map_at_r"], x["precision_at_1_in_fp32_index"],
+                  x["map_at_r_in_fp32_index"], x["pair_accuracy"], x["triplet_accuracy"], x["largest_difference"],
+                  x["passes_gate"]] for x in r["fast_path_accuracy"]])
+    i8 = r.get("int8")
+    int8 = (f"int8 model (`simengine quantize`, NNCF {i8['nncf']}, preset {i8['preset']}): calibrated on "
+            f"{i8['calibration_images']} train images; kept in float: {', '.join(i8['kept_in_float'])}.\n\n"
+            if i8 else "No int8 model (NNCF not installed, or --no-quantize).\n\n")
     q = table(["question", "p50 ms", "p95 ms", "p99 ms", "n"],
               [[k, v["p50_ms"], v["p95_ms"], v["p99_ms"], v["n"]] for k, v in r["warm_queries"].items()])
     c, b = r["cold_cli_pair"], r["index_build"]
@@ -299,9 +297,16 @@ def markdown(r: dict) -> str:
             f"## Model alone (one preprocessed batch, median of 5, runtimes interleaved)\n\n{m}\n\n"
             f"Decoding + preprocessing alone: "
             f"{d['decode_preprocess_1_thread_images_per_s']:.0f} images/s on 1 thread, "
-            f"{d['decode_preprocess_4_threads_images_per_s']:.0f} on 4. Best rate × {LITE0_GFLOPS} GFLOP/image = "
-            f"{r['achieved_gflops']:.0f} GFLOP/s achieved (best model-only rate).\n\n## Accuracy gate: each runtime vs fp32 torch eager (val queries, same gallery and heads)\n\n"
-            f"{acc}\n\n## Index build\n\nFrom JPEG files with an empty feature cache (the runtime choice made once "
+            f"{d['decode_preprocess_pool_images_per_s']:.0f} on a pool of {d['cores']} (one per usable core). "
+            f"Decoding and inference share the {d['cores']} cores: a perfect overlap would give "
+            f"{d['overlap_bound_images_per_s']:.0f} images/s from files with {r['auto_chose']}; measured "
+            f"{d['files_to_features_images_per_s']:.0f} ({100 * d['share_of_bound']:.0f} %). "
+            f"Best rate × {LITE0_GFLOPS} GFLOP/image = "
+            f"{r['achieved_gflops']:.0f} GFLOP/s achieved (best model-only rate).\n\n"
+            f"## Accuracy gate: each runtime vs fp32 torch eager\n\nAll {r['fast_path_accuracy'][0]['images']} val "
+            f"images, each the query once: P@1 and MAP@R among the others embedded by the same runtime, and among "
+            f"the fp32 embeddings (an fp32 index queried on the runtime); pair and triplet accuracy at the bundle's "
+            f"thresholds on 10,000 balanced sets.\n\n{int8}{acc}\n\n## Index build\n\nFrom JPEG files with an empty feature cache (the runtime choice made once "
             f"per machine kept; median of 2, interleaved):\n\n{cold}\n\n"
             f"{b['items']} items ({b['split']}), features cached: {b['warm_seconds']:.1f} s, "
             f"{b['size_mb']:.1f} MB on disk (model bundle included).\n\n## Warm queries (Python API)\n\n{q}\n\n"

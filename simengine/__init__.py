@@ -9,6 +9,7 @@ The public face, imported lazily so that `import simengine` stays light (and nev
     build_index_from_source         the whole `simengine index build` job
     find_duplicates, dedup_collection   duplicate groups (dedup/); the whole `simengine dedup` job
     load_bundle, Encoder            the model (model/)
+    quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
     train_model                     train both heads into a bundle (training/, imports torch)
 """
 
@@ -36,6 +37,7 @@ _EXPORTS = {
     "dedup_collection": "simengine.workflows",
     "load_bundle": "simengine.model.bundle",
     "Encoder": "simengine.model.encoder",
+    "quantize_model": "simengine.workflows",
     "train_model": "simengine.training.pipeline",
 }
 

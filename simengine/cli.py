@@ -116,9 +116,10 @@ def data_sample(kind, data_dir, split, n, seed, out):
 # --- train ---------------------------------------------------------------------------------------------------------
 
 _runtime_option = click.option(
-    "--runtime", type=click.Choice(["auto", "onnxruntime", "openvino", "openvino-bf16", "torch"]), default="auto",
-    show_default=True, help="Inference runtime for embedding (auto: the fastest measured on this machine, within "
-                            "tolerance of fp32; bf16 only once the accuracy gate passed it here).")
+    "--runtime", type=click.Choice(["auto", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8", "torch"]),
+    default="auto", show_default=True,
+    help="Inference runtime for embedding (auto: the fastest measured on this machine, within tolerance of fp32; "
+         "bf16 and int8 only once the accuracy gate passed them here; int8 needs `simengine quantize`).")
 
 
 def _training_options(f):
@@ -356,13 +357,13 @@ def index_info(index_dir, as_json):
     from simengine.index.reader import Index
     from simengine.index.store import resolve_index_dir
 
-    from simengine.model.bundle import read_config
+    from simengine.model.bundle import ONNX_FILES, read_config
     from simengine.model.runtime_choice import recorded_choice
 
     index = Index(resolve_index_dir(index_dir))
     info = index.info()
     export = (read_config(index.model_dir).get("onnx") or {}).get("backbone", {}).get("sha256")
-    choice = recorded_choice(export) if export else None
+    choice = recorded_choice(export, index.model_dir / ONNX_FILES["backbone"]) if export else None
     info["runtime"] = (f"{choice['chosen']} (measured here " + ", ".join(
         f"{r['runtime']} {r['images_per_s']} img/s" for r in choice["measured"] if "images_per_s" in r) + ")"
         if choice else "not measured on this machine yet (the first use with --runtime auto measures)")
@@ -587,6 +588,48 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
             click.echo(f"moved {len(done)} files to {move_to}" if yes else
                        f"dry run: {len(planned)} files would move; add --yes to move them")
     if left:
+        ctx.exit(1)
+
+
+@cli.command("quantize")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Model bundle whose backbone is quantized (the int8 model is stored in it).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+              help="Images like those the model will embed: an ImageFolder dataset (calibration on train/, the gate "
+                   "on val/), a folder with class subfolders, or a list or table of paths.")
+@click.option("--images", type=click.IntRange(16), default=300, show_default=True,
+              help="Calibration images (NNCF's default subset size).")
+@click.option("--gate-images", type=click.IntRange(0), default=0, show_default=True,
+              help="Labelled images for the accuracy gate (0: all that the calibration did not use).")
+@click.option("--gate/--no-gate", default=True, show_default=True,
+              help="Run the accuracy gate; without a passing gate `--runtime auto` never chooses int8.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def quantize(ctx, model_dir, data_dir, images, gate_images, gate, as_json):
+    """Quantize the model's backbone to int8 (NNCF post-training quantization for OpenVINO; the first and last
+    convolutions stay in floating point), then gate it: P@1, MAP@R, pair and triplet accuracy on held-out labelled
+    images within 0.002 of fp32. A passing verdict lets `--runtime auto` choose `openvino-int8` on this machine
+    when it measures fastest; `--runtime openvino-int8` runs it regardless. Exit 1 when the gate fails."""
+    from simengine.workflows import quantize_model
+
+    result = quantize_model(model_dir, data_dir, images, gate_images, gate, progress=_progress(ctx))
+    rows = result["gate"] or []
+    passed = all(r["passes_gate"] for r in rows) if rows else None
+    if as_json:
+        _echo_json(dict(result, passed=passed))
+    else:
+        record = result["int8"]
+        click.echo(f"{model_dir}: int8 backbone written (calibrated on {record['calibration_images']} images, "
+                   f"{record['calibration_skipped']} skipped; kept in float: {', '.join(record['kept_in_float'])})")
+        for r in rows:
+            click.echo(f"  {r['runtime']:14s} P@1 {r['precision_at_1']:.4f}  MAP@R {r['map_at_r']:.4f}  "
+                       f"in the fp32 index: P@1 {r['precision_at_1_in_fp32_index']:.4f}  "
+                       f"pair {r['pair_accuracy']:.4f}  triplet {r['triplet_accuracy']:.4f}  "
+                       f"largest difference {r['largest_difference']:.4f}")
+        click.echo("gate not run: --runtime auto will not choose int8" if passed is None else
+                   f"gate {'passed' if passed else 'FAILED'} on {rows[0]['images']} images (tolerance 0.002): "
+                   f"--runtime auto {'may choose' if passed else 'will not choose'} int8 on this machine")
+    if passed is False:
         ctx.exit(1)
 
 

@@ -105,3 +105,50 @@ def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | Non
     planned = plan_moves(report, move_to) if move_to else []
     done, left = apply_moves(planned, move_to) if planned and apply else ([], [])
     return report, planned, done, left
+
+
+def quantize_model(model_dir: str | os.PathLike, data: str | os.PathLike, images: int | None = None,
+                   gate_images: int = 0, gate: bool = True, seed: int = 0, progress: bool = False) -> dict:
+    """The whole `simengine quantize` job: an int8 model of the bundle's backbone calibrated on `images` drawn
+    from `data` (its train split for an ImageFolder dataset), then the accuracy gate on labelled images the
+    calibration did not use (the val split, else the rest of `data`; at most `gate_images`, 0: all), whose verdict
+    lets `--runtime auto` choose int8 on this machine. Returns the int8 record and the gate's rows."""
+    import random
+
+    from simengine.data.folders import scan_split
+    from simengine.data.sources import is_image_folder, scan_source
+    from simengine.model.bundle import ONNX_FILES, load_bundle
+    from simengine.model.encoder import Encoder
+    from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES, quantize_backbone
+    from simengine.model.runtime_choice import make_runtime
+
+    images = CALIBRATION_IMAGES if images is None else images
+    if images < MIN_CALIBRATION_IMAGES:
+        raise SimengineError(f"at least {MIN_CALIBRATION_IMAGES} calibration images are needed, not {images}")
+    model = load_bundle(model_dir, "onnxruntime")
+    onnx, export = model.path / ONNX_FILES["backbone"], model.config["onnx"]["backbone"]["sha256"]
+    root = Path(data)
+    split_dataset = root.is_dir() and is_image_folder(root) and (root / "val").is_dir()
+    items = scan_split(root, "train") if split_dataset else scan_source(root, progress=progress).items
+    if not items:
+        raise SimengineError(f"{data}: no images")
+    random.Random(seed).shuffle(items)
+    calibration, rest = items[:images], items[images:]
+    record = quantize_backbone(onnx, export, model.encoder.load_image, [i.path for i in calibration], progress)
+    result = {"model": str(model.path), "int8": record, "gate": None}
+    if not gate:
+        return result
+    held_out = scan_split(root, "val") if split_dataset else [i for i in rest if i.label is not None]
+    if len({i.label for i in held_out}) < 2:
+        raise SimengineError(f"{data}: the accuracy gate needs labelled images of two classes or more beyond the "
+                             f"{len(calibration)} calibration images (class folders, or a table's label column); "
+                             "without a passing gate `--runtime auto` never chooses int8 (--no-gate to skip it)")
+    if gate_images:
+        held_out = random.Random(seed).sample(held_out, min(gate_images, len(held_out)))
+    from simengine.evaluation.runtime_gate import run_gate
+
+    encoders = {name: Encoder(model.config["encoder"], make_runtime(onnx, name, export), model.encoder.dim)
+                for name in ("onnxruntime", "openvino-int8")}
+    result["gate"] = run_gate(model, encoders, [i.path for i in held_out], [i.label for i in held_out],
+                              reference="onnxruntime")
+    return result

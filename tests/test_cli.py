@@ -272,3 +272,17 @@ def test_index_info_shows_the_measured_runtime(built_index, val):
     info = json.loads(out)
     assert code == 0 and info["runtime_choice"]["chosen"] in info["runtime"]
     assert {r["runtime"] for r in info["runtime_choice"]["measured"]} >= {"onnxruntime"}
+
+
+def test_cli_quantize_json_and_exit_code(bundle_dir, fixture_data, tmp_path):
+    """JSON on stdout alone (NNCF's own progress output kept off it); exit 1 exactly when the gate fails."""
+    import shutil
+
+    copy = shutil.copytree(bundle_dir, tmp_path / "bundle")
+    result = CliRunner().invoke(cli, ["quantize", "--model", str(copy), "--data", str(fixture_data), "--images", "16",
+                                      "--json"])
+    data = json.loads(result.stdout)
+    assert data["int8"]["calibration_images"] == 16 and (copy / "backbone-int8.xml").is_file()
+    assert result.exit_code == (0 if data["passed"] else 1)
+    code, out = run("quantize", "--model", copy, "--data", fixture_data, "--images", "8")
+    assert code == 2 and "8 is not in the range x>=16" in out

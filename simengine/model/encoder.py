@@ -15,11 +15,11 @@ import numpy as np
 from simengine.errors import ImageLoadError, SimengineError
 from simengine.data.decode import MAX_PIXELS, load_rgb
 from simengine.model.preprocess import Preprocess
-from simengine.model.runtimes import Runtime, TorchRuntime, onnxruntime_version
+from simengine.model.runtimes import Runtime, TorchRuntime, onnxruntime_version, usable_cores
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnxruntime", "openvino", "openvino-bf16", "torch")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8", "torch")
 
 
 @dataclass
@@ -114,10 +114,11 @@ class Encoder:
         flip: bool = False,
         progress: bool = False,
     ) -> EmbedResult:
-        """Embed image files, decoding in a thread pool one batch ahead; undecodable files go to `failed`."""
+        """Embed image files, decoding in a thread pool (one thread per usable core) one batch ahead of inference;
+        undecodable files go to `failed`."""
         from tqdm import tqdm
 
-        workers = workers or min(4, os.cpu_count() or 1)
+        workers = workers or usable_cores()
         vectors, ok, failed = [], [], []
         starts = range(0, len(paths), batch_size)
         with ThreadPoolExecutor(workers) as pool, \
@@ -160,7 +161,7 @@ def backbone_runtime(onnx_path: Path, export_sha256: str, input_shape: tuple[int
     from simengine.model.runtime_choice import make_runtime
 
     try:
-        return make_runtime(onnx_path, runtime), None
+        return make_runtime(onnx_path, runtime, export_sha256), None
     except ImportError as exc:
         raise SimengineError(f"runtime {runtime} requested but not installed ({exc}); pip install "
                              f"'simengine[openvino]'") from exc

@@ -23,7 +23,8 @@ class FeatureCache:
     def __init__(self, encoder: Encoder, flip: bool = False, root: Path | None = None):
         self.encoder, self.flip = encoder, flip
         ident = encoder.identity
-        view = ("flip" if flip else "center") + ("-bf16" if encoder.runtime.name.endswith("bf16") else "")
+        tag = encoder.runtime.features_tag
+        view = ("flip" if flip else "center") + (f"-{tag}" if tag else "")
         root = root or cache_dir() / "features"
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / f"{ident['backbone']}-{ident['weights_sha256'][:12]}-{view}.sqlite"

@@ -1,16 +1,20 @@
 """Which runtime embeds fastest on this machine, within tolerance of fp32: measured once per machine and model export,
 recorded next to the model cache, and reused.
 
-Candidates run the same ONNX export: ONNX Runtime fp32, OpenVINO fp32, and OpenVINO bf16 where the CPU has AMX or
-AVX512-BF16. Each embeds a fixed probe batch; one whose features drift from ONNX Runtime fp32's (mean cosine below
-PROBE_MIN_COSINE) is never chosen, and a reduced precision is chosen only once the accuracy gate has passed it on
-this machine (`record_gate`: P@1, MAP@R, pair and triplet accuracy within GATE_TOLERANCE of fp32, measured by
-benchmarks/latency.py), with the same OpenVINO version and CPU flags. Where nothing else is installed or eligible,
-ONNX Runtime fp32 is the answer.
+Candidates run the same ONNX export: ONNX Runtime fp32, OpenVINO fp32, OpenVINO bf16 where the CPU has AMX or
+AVX512-BF16, and OpenVINO int8 where the bundle holds a model quantized from the export (`model.quantize`). Each
+embeds a fixed probe batch. A full-precision one whose features drift from ONNX Runtime fp32's (mean cosine below
+PROBE_MIN_COSINE) is never chosen. A reduced precision is chosen only once the accuracy gate passed the very model it
+runs on this machine (`record_gate`: P@1, MAP@R, pair and triplet accuracy within GATE_TOLERANCE of fp32 on labelled
+images, see `evaluation.runtime_gate`), with the same OpenVINO version and CPU flags: its probe cosine is recorded
+but does not decide, because random probe pixels lie outside the range int8 was calibrated on. Where nothing else
+is installed or eligible, ONNX Runtime fp32 is the answer. Processes that start together measure once: the others
+wait for the record (a measurement timed while another runs would be wrong anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -18,12 +22,12 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from simengine.model.runtimes import (OnnxRuntime, OpenVinoRuntime, Runtime, onnxruntime_version, openvino_version,
-                                     probe_batch)
+                                     probe_batch, usable_cores)
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +35,13 @@ log = logging.getLogger(__name__)
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
              "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-REDUCED = ("bf16",)  # precisions that need the accuracy gate
+REDUCED = ("bf16", "int8")  # precisions that need the accuracy gate
 PROBE_BATCH = 32
 PROBE_MIN_COSINE = 0.999
 GATE_TOLERANCE = 0.002
 TIMED_RUNS = 3
-RECORD_VERSION = 1  # bumped when the runtimes' settings change, so that old measurements are not reused
+MEASUREMENT_LOCK_TIMEOUT_S = 600.0
+RECORD_VERSION = 2  # bumped when the runtimes' settings change, so that old measurements are not reused
 
 
 def cpu_facts() -> tuple[str, list[str]]:
@@ -55,29 +60,53 @@ def cpu_facts() -> tuple[str, list[str]]:
     return cpu, [f for f in CPU_FLAGS if f in flags]
 
 
-def candidates(flags: list[str]) -> list[str]:
-    """The runtimes worth measuring here."""
+def candidates(flags: list[str], onnx_path: str | os.PathLike, export_sha256: str) -> list[str]:
+    """The runtimes worth measuring here for this export."""
+    from simengine.model.quantize import int8_model
+
     names = ["onnxruntime"]
     if openvino_version() is not None:
         names.append("openvino")
         if any(f in flags for f in BF16_FLAGS):
             names.append("openvino-bf16")
+        if int8_model(onnx_path, export_sha256) is not None:
+            names.append("openvino-int8")
     return names
 
 
-def make_runtime(onnx_path: str | os.PathLike, name: str) -> Runtime:
+def make_runtime(onnx_path: str | os.PathLike, name: str, export_sha256: str) -> Runtime:
     if name == "onnxruntime":
         return OnnxRuntime(onnx_path)
     if name in ("openvino", "openvino-bf16"):
         return OpenVinoRuntime(onnx_path, "bf16" if name.endswith("bf16") else "fp32")
+    if name == "openvino-int8":
+        from simengine.errors import SimengineError
+        from simengine.model.quantize import int8_model, int8_sha256
+
+        found = int8_model(onnx_path, export_sha256)
+        if found is None:
+            raise SimengineError(f"{Path(onnx_path).parent}: no int8 model quantized from this export; run "
+                                 "`simengine quantize --model MODEL --data IMAGES`")
+        xml, record = found
+        return OpenVinoRuntime(xml, name=name, features_tag=f"int8-{int8_sha256(record)[:12]}")
     raise ValueError(name)
+
+
+def runtime_model_sha256(onnx_path: str | os.PathLike, export_sha256: str, name: str) -> str:
+    """The hash of the model file(s) a runtime runs: what its gate verdict holds for."""
+    if name == "openvino-int8":
+        from simengine.model.quantize import int8_model, int8_sha256
+
+        found = int8_model(onnx_path, export_sha256)
+        return int8_sha256(found[1]) if found else ""
+    return export_sha256
 
 
 @functools.cache
 def _machine() -> dict[str, Any]:
     """What a measurement holds for: the CPU, the cores this process may use, the runtimes' versions."""
     cpu, flags = cpu_facts()
-    return {"cpu": cpu, "cpu_flags": flags, "arch": platform.machine(), "cores": len(os.sched_getaffinity(0)),
+    return {"cpu": cpu, "cpu_flags": flags, "arch": platform.machine(), "cores": usable_cores(),
             "onnxruntime": onnxruntime_version(), "openvino": openvino_version(), "record_version": RECORD_VERSION}
 
 
@@ -87,13 +116,18 @@ def _choice_path(export_sha256: str) -> Path:
     return cache_dir() / "runtimes" / f"choice-{export_sha256[:16]}.json"
 
 
-def recorded_choice(export_sha256: str) -> dict[str, Any] | None:
-    """The choice measured on this machine for this export, or None when none was (without measuring)."""
+def recorded_choice(export_sha256: str, onnx_path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The choice measured on this machine for this export, or None when none was (without measuring). With
+    `onnx_path`, also None when the candidates changed since (an int8 model quantized or removed)."""
     record = _read(_choice_path(export_sha256))
     if record is None or record.get("machine") != _machine() or record.get("export_sha256") != export_sha256:
         return None
-    for row in record["measured"]:  # a gate verdict given since the measurement makes it stale
-        if row["runtime"].endswith(REDUCED) and row.get("gate") != gate_result(export_sha256, row["runtime"]):
+    measured = [row["runtime"] for row in record["measured"]]
+    if onnx_path is not None and measured != candidates(record["machine"]["cpu_flags"], onnx_path, export_sha256):
+        return None
+    for row in record["measured"]:  # a gate verdict given since the measurement, or another model, makes it stale
+        if row["runtime"].endswith(REDUCED) and row.get("gate") != gate_result(row.get("model_sha256", ""),
+                                                                                row["runtime"]):
             return None
     return record
 
@@ -102,15 +136,39 @@ def choose_runtime(onnx_path: str | os.PathLike, export_sha256: str, input_shape
                    ) -> tuple[Runtime, dict[str, Any]]:
     """The fastest eligible runtime for this export on this machine, and the record of why (measured once, then
     read from the record)."""
-    record = recorded_choice(export_sha256)
+    record = recorded_choice(export_sha256, onnx_path)
     if record is None:
-        record = _measure(onnx_path, export_sha256, input_shape, _machine())
-        _write(_choice_path(export_sha256), record)
+        with _measurement_lock(export_sha256):
+            record = recorded_choice(export_sha256, onnx_path)  # measured by another process while this one waited
+            if record is None:
+                record = _measure(onnx_path, export_sha256, input_shape, _machine())
+                _write(_choice_path(export_sha256), record)
     try:
-        return make_runtime(onnx_path, record["chosen"]), record
+        return make_runtime(onnx_path, record["chosen"], export_sha256), record
     except Exception as exc:  # a runtime that measured well but cannot start now: the safe default
         log.warning("runtime %s unavailable (%s); using onnxruntime", record["chosen"], exc)
         return OnnxRuntime(onnx_path), dict(record, chosen="onnxruntime")
+
+
+@contextlib.contextmanager
+def _measurement_lock(export_sha256: str) -> Iterator[None]:
+    """One measurement at a time per export on this machine: two at once would share the cores and time each other.
+    A cache folder where no lock can be made (read-only) measures unlocked rather than fail."""
+    from filelock import FileLock, Timeout
+
+    path = _choice_path(export_sha256).with_suffix(".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=MEASUREMENT_LOCK_TIMEOUT_S)
+        lock.acquire()
+    except (OSError, Timeout) as exc:
+        log.warning("measuring without the lock %s: %s", path, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
@@ -121,9 +179,9 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
     probe = probe_batch(input_shape, PROBE_BATCH)
     reference = OnnxRuntime(onnx_path)(probe)  # fp32, the yardstick of every candidate
     rows = []
-    for name in candidates(machine["cpu_flags"]):
+    for name in candidates(machine["cpu_flags"], onnx_path, export_sha256):
         try:
-            runtime = make_runtime(onnx_path, name)
+            runtime = make_runtime(onnx_path, name, export_sha256)
             out = runtime(probe)  # the first call also warms up
             seconds = []
             for _ in range(TIMED_RUNS):
@@ -134,11 +192,15 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
             rows.append({"runtime": name, "error": str(exc)})
             continue
         cosine = float(np.mean(row_cosines(out, reference)))
-        reduced = name.endswith(REDUCED)
-        gate = gate_result(export_sha256, name) if reduced else None
-        rows.append({"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds)), 1),
-                     "mean_cosine_to_fp32": round(cosine, 6), "gate": gate,
-                     "eligible": cosine >= PROBE_MIN_COSINE and (not reduced or bool(gate and gate["passed"]))})
+        row = {"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds)), 1),
+               "mean_cosine_to_fp32": round(cosine, 6)}
+        if name.endswith(REDUCED):
+            row["model_sha256"] = runtime_model_sha256(onnx_path, export_sha256, name)
+            row["gate"] = gate_result(row["model_sha256"], name)
+            row["eligible"] = bool(row["gate"] and row["gate"]["passed"])
+        else:
+            row["eligible"] = cosine >= PROBE_MIN_COSINE
+        rows.append(row)
     eligible = [r for r in rows if r.get("eligible")]
     chosen = max(eligible, key=lambda r: r["images_per_s"])["runtime"] if eligible else "onnxruntime"
     log.info("embedding runtime chosen by measurement: %s (%s)", chosen,
@@ -147,22 +209,22 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def gate_path(export_sha256: str, runtime: str) -> Path:
+def gate_path(model_sha256: str, runtime: str) -> Path:
     from simengine.locations import cache_dir
 
-    return cache_dir() / "runtimes" / f"gate-{export_sha256[:16]}-{runtime}.json"
+    return cache_dir() / "runtimes" / f"gate-{model_sha256[:16]}-{runtime}.json"
 
 
-def record_gate(export_sha256: str, runtime: str, reference: dict[str, float], measured: dict[str, float]
+def record_gate(model_sha256: str, runtime: str, reference: dict[str, float], measured: dict[str, float]
                 ) -> dict[str, Any]:
-    """Store the accuracy gate's verdict for a reduced-precision runtime on this machine: passed when every metric is
-    within GATE_TOLERANCE of the fp32 reference. A new verdict invalidates the runtime choice."""
+    """Store the accuracy gate's verdict for a reduced-precision runtime running the model `model_sha256` (see
+    `runtime_model_sha256`) on this machine: passed when every metric is within GATE_TOLERANCE of the fp32
+    reference. A new verdict makes a recorded choice that saw another one stale."""
     worst = max(abs(measured[k] - reference[k]) for k in reference)
-    verdict = {"runtime": runtime, "export_sha256": export_sha256, "machine": _gate_machine(), "reference": reference,
+    verdict = {"runtime": runtime, "model_sha256": model_sha256, "machine": _gate_machine(), "reference": reference,
                "measured": measured, "largest_difference": worst, "tolerance": GATE_TOLERANCE,
                "passed": worst <= GATE_TOLERANCE}
-    _write(gate_path(export_sha256, runtime), verdict)
-    _choice_path(export_sha256).unlink(missing_ok=True)
+    _write(gate_path(model_sha256, runtime), verdict)
     return verdict
 
 
@@ -172,10 +234,11 @@ def _gate_machine() -> dict[str, Any]:
     return {k: machine[k] for k in ("cpu", "cpu_flags", "arch", "openvino")}
 
 
-def gate_result(export_sha256: str, runtime: str) -> dict[str, Any] | None:
-    """The gate's verdict for this runtime and export on this machine, or None when it has not run here."""
-    verdict = _read(gate_path(export_sha256, runtime))
-    if verdict is None or verdict.get("export_sha256") != export_sha256 or verdict.get("machine") != _gate_machine():
+def gate_result(model_sha256: str, runtime: str) -> dict[str, Any] | None:
+    """The gate's verdict for this runtime and model on this machine, or None when it has not run here."""
+    verdict = _read(gate_path(model_sha256, runtime))
+    if (not model_sha256 or verdict is None or verdict.get("model_sha256") != model_sha256
+            or verdict.get("machine") != _gate_machine()):
         return None
     return verdict
 

@@ -20,8 +20,15 @@ EXPORT_TOLERANCE = 1e-3
 PROBE_SEED = 1234
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or `taskset` narrows)."""
+    return len(os.sched_getaffinity(0))
+
+
 class Runtime(Protocol):
     name: str
+    features_tag: str  # what sets its features apart from fp32 ones ("" for fp32), so they are cached apart
+
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -30,6 +37,7 @@ class TorchRuntime:
     """torch eager, channels_last, inference_mode."""
 
     name = "torch"
+    features_tag = ""
 
     def __init__(self, model):
         import torch
@@ -48,12 +56,13 @@ class OnnxRuntime:
     """An ONNX Runtime CPU session over an exported graph with one input and one output."""
 
     name = "onnxruntime"
+    features_tag = ""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))  # the cores this process may use
+        options.intra_op_num_threads = threads or usable_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -63,18 +72,21 @@ class OnnxRuntime:
 
 
 class OpenVinoRuntime:
-    """OpenVINO on the CPU over the ONNX export, compiled once per machine into OpenVINO's model cache. `precision`
-    "bf16" runs in bfloat16 where the CPU has it (AMX or AVX512-BF16; OpenVINO falls back to fp32 elsewhere). One
-    infer request, so one caller at a time (the service embeds on one batcher thread)."""
+    """OpenVINO on the CPU over the ONNX export (or an int8 model quantized from it, see `model.quantize`), compiled
+    once per machine into OpenVINO's model cache. `precision` "bf16" runs in bfloat16 where the CPU has it (AMX or
+    AVX512-BF16; OpenVINO falls back to fp32 elsewhere). One infer request, so one caller at a time (the service
+    embeds on one batcher thread)."""
 
-    def __init__(self, path: str | os.PathLike, precision: str = "fp32", cache: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike, precision: str = "fp32", cache: str | os.PathLike | None = None,
+                 name: str | None = None, features_tag: str | None = None):
         import openvino as ov
 
         from simengine.locations import cache_dir
 
         if precision not in PRECISIONS:
             raise SimengineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"
+        self.name = name or ("openvino" if precision == "fp32" else f"openvino-{precision}")
+        self.features_tag = features_tag if features_tag is not None else ("" if precision == "fp32" else precision)
         # LATENCY: one stream over every core. THROUGHPUT splits the cores into streams that one synchronous
         # request cannot fill (54-62 images/s against 125 here, on 2 cores).
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[precision],

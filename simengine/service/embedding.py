@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from simengine.data.decode import WEB_FORMATS
 from simengine.model.bundle import Model
+from simengine.model.runtimes import usable_cores
 from simengine.query.refs import Embedded
 from simengine.service.batching import DynamicBatcher
 
@@ -34,7 +34,7 @@ class UploadEmbedder:
 
     def __init__(self, max_batch_size: int = MAX_BATCH_SIZE, max_wait_s: float = MAX_WAIT_S, max_queued: int = 1024,
                  decode_workers: int | None = None, on_batch: Callable[[int, float], None] | None = None):
-        self.decode_pool = ThreadPoolExecutor(decode_workers or len(os.sched_getaffinity(0)), "simengine-decode")
+        self.decode_pool = ThreadPoolExecutor(decode_workers or usable_cores(), "simengine-decode")
         self.batcher = DynamicBatcher(embed_batch, max_batch_size, max_wait_s, max_queued, on_batch,
                                       name="simengine-embed")
 

@@ -73,3 +73,66 @@ def test_a_verdict_from_another_openvino_is_not_reused(export, monkeypatch, tmp_
     verdict["machine"]["openvino"] = "2020.1"
     runtime_choice.gate_path(sha, "openvino-bf16").write_text(json.dumps(verdict))
     assert runtime_choice.gate_result(sha, "openvino-bf16") is None
+
+
+def test_an_int8_model_is_measured_but_chosen_only_after_a_passing_gate(export, monkeypatch, tmp_path, encoder, val):
+    """Quantizing adds a candidate (the recorded choice goes stale); int8 is eligible only with a passing verdict
+    for that very model, and removing the model makes the choice stale again."""
+    from simengine.model.quantize import INT8_RECORD, int8_sha256, quantize_backbone
+
+    path, sha, shape = export
+    monkeypatch.setenv("SIMENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime_choice, "TIMED_RUNS", 1)
+    onnx = tmp_path / "backbone.onnx"
+    onnx.write_bytes(path.read_bytes())
+    _, before = runtime_choice.choose_runtime(onnx, sha, shape)
+    assert "openvino-int8" not in {r["runtime"] for r in before["measured"]}
+    paths = [p for ps in val.values() for p in ps] * 2
+    record = quantize_backbone(onnx, sha, encoder.load_image, paths[:16])
+    assert runtime_choice.recorded_choice(sha, onnx) is None  # a new candidate
+    _, record_ = runtime_choice.choose_runtime(onnx, sha, shape)
+    int8 = next(r for r in record_["measured"] if r["runtime"] == "openvino-int8")
+    assert int8["gate"] is None and not int8["eligible"] and record_["chosen"] != "openvino-int8"
+    metrics = {"precision_at_1": 0.986, "map_at_r": 0.978, "pair_accuracy": 0.985, "triplet_accuracy": 0.981}
+    runtime_choice.record_gate(int8_sha256(record), "openvino-int8", metrics, dict(metrics, pair_accuracy=0.984))
+    assert runtime_choice.recorded_choice(sha, onnx) is None  # a verdict given since
+    _, record_ = runtime_choice.choose_runtime(onnx, sha, shape)
+    assert next(r for r in record_["measured"] if r["runtime"] == "openvino-int8")["eligible"]
+    (tmp_path / INT8_RECORD).unlink()
+    assert runtime_choice.recorded_choice(sha, onnx) is None  # the candidate is gone
+
+
+MEASURE_ONCE = """
+import json, sys, time
+from simengine.model import runtime_choice
+
+measure = runtime_choice._measure
+def counted(*args):
+    with open(sys.argv[4], "a") as log:
+        log.write("measured\\n")
+    time.sleep(1.0)  # long enough for the other process to arrive while this one measures
+    return measure(*args)
+runtime_choice._measure = counted
+runtime_choice.TIMED_RUNS = 1
+runtime, record = runtime_choice.choose_runtime(sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3])))
+print(json.dumps({"chosen": record["chosen"], "measured_at": record["measured_at"]}))
+"""
+
+
+def test_processes_that_start_together_measure_once(export, tmp_path):
+    """The second process waits for the first one's measurement instead of timing the runtimes beside it."""
+    import os
+    import subprocess
+    import sys
+
+    path, sha, shape = export
+    env = dict(os.environ, SIMENGINE_CACHE=str(tmp_path / "cache"))
+    log = tmp_path / "measurements.log"
+    script = tmp_path / "choose.py"
+    script.write_text(MEASURE_ONCE)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), sha, json.dumps(shape), str(log)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert log.read_text().count("measured") == 1
+    assert outs[0] == outs[1]  # the same record, read by the process that waited

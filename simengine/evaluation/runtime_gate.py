@@ -1,0 +1,70 @@
+"""The accuracy gate of a reduced-precision runtime: does it answer the three questions as fp32 does?
+
+Every runtime embeds the same labelled images with the bundle's heads. The gate compares, against the fp32
+reference runtime:
+- retrieval among the images themselves, each left out of its own search (P@1 and MAP@R): an index built and
+  queried on the runtime;
+- retrieval of its queries in the reference's embeddings (`*_in_fp32_index`): an index built in fp32 and queried
+  on the runtime, as after `--runtime auto` switches to it on an existing index;
+- pair and triplet accuracy at the bundle's calibrated thresholds, on the same 10,000 balanced pairs and triplets.
+
+A runtime passes when every one is within GATE_TOLERANCE of the reference; the verdict of a reduced precision is
+recorded on this machine (`runtime_choice.record_gate`), so that `--runtime auto` may choose it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from simengine.evaluation.decisions import evaluate_decisions
+from simengine.evaluation.metrics import retrieval_metrics
+from simengine.model.bundle import ONNX_FILES, Model
+from simengine.model.encoder import Encoder
+from simengine.model.runtime_choice import GATE_TOLERANCE, REDUCED, record_gate, runtime_model_sha256
+
+DECISION_SETS = 10_000
+
+
+def run_gate(model: Model, encoders: dict[str, Encoder], paths: Sequence[str | os.PathLike], labels: Sequence[str],
+             reference: str, record: bool = True) -> list[dict[str, Any]]:
+    """One row per runtime (its metrics, the largest difference from `reference`, passed or not); with `record`, the
+    verdicts of reduced precisions are stored for `--runtime auto`."""
+    embedded = {name: _embed(model, encoder, paths) for name, encoder in encoders.items()}
+    ok = set.intersection(*(set(found) for _, found in embedded.values()))  # the same files, for every runtime
+    if len({label for i, label in enumerate(labels) if i in ok}) < 2:
+        from simengine.errors import SimengineError
+
+        raise SimengineError("the accuracy gate needs labelled images of at least two classes")
+    rows_of = {name: [row for row, i in enumerate(found) if i in ok] for name, (_, found) in embedded.items()}
+    y = [labels[i] for i in sorted(ok)]
+    vectors = {name: emb[rows_of[name]] for name, (emb, _) in embedded.items()}
+    metrics = {name: _metrics(model, vectors[name], vectors[reference], y) for name in encoders}
+    export = model.config["onnx"]["backbone"]["sha256"]
+    rows = []
+    for name, m in metrics.items():
+        worst = max(abs(m[k] - metrics[reference][k]) for k in m)
+        row = {"runtime": name, **m, "images": len(y), "largest_difference": worst,
+               "passes_gate": worst <= GATE_TOLERANCE}
+        if record and name.endswith(REDUCED):
+            model_sha = runtime_model_sha256(model.path / ONNX_FILES["backbone"], export, name)
+            row["recorded"] = record_gate(model_sha, name, metrics[reference], m)["passed"]
+        rows.append(row)
+    return rows
+
+
+def _embed(model: Model, encoder: Encoder, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[int]]:
+    result = encoder.embed_paths(paths, flip=model.flip)
+    return model.embed_features(result.vectors), result.ok
+
+
+def _metrics(model: Model, emb: np.ndarray, reference_emb: np.ndarray, labels: list[str]) -> dict[str, float]:
+    within = retrieval_metrics(emb, labels, emb, labels, exclude_self=True)
+    mixed = retrieval_metrics(emb, labels, reference_emb, labels, exclude_self=True)
+    calibration = model.calibration
+    decisions = evaluate_decisions(emb, labels, model.pair_logits, calibration, n=DECISION_SETS)[calibration.default]
+    return {"precision_at_1": within["precision_at_1"], "map_at_r": within["map_at_r"],
+            "precision_at_1_in_fp32_index": mixed["precision_at_1"], "map_at_r_in_fp32_index": mixed["map_at_r"],
+            "pair_accuracy": decisions["pair_accuracy"], "triplet_accuracy": decisions["triplet_accuracy"]}
