@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES
+
 log = logging.getLogger("simengine")
 
 
@@ -363,7 +365,7 @@ def index_info(index_dir, as_json):
     index = Index(resolve_index_dir(index_dir))
     info = index.info()
     export = (read_config(index.model_dir).get("onnx") or {}).get("backbone", {}).get("sha256")
-    choice = recorded_choice(export, index.model_dir / ONNX_FILES["backbone"]) if export else None
+    choice = recorded_choice(index.model_dir / ONNX_FILES["backbone"], export) if export else None
     info["runtime"] = (f"{choice['chosen']} (measured here " + ", ".join(
         f"{r['runtime']} {r['images_per_s']} img/s" for r in choice["measured"] if "images_per_s" in r) + ")"
         if choice else "not measured on this machine yet (the first use with --runtime auto measures)")
@@ -597,7 +599,7 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
               help="Images like those the model will embed: an ImageFolder dataset (calibration on train/, the gate "
                    "on val/), a folder with class subfolders, or a list or table of paths.")
-@click.option("--images", type=click.IntRange(16), default=300, show_default=True,
+@click.option("--images", type=click.IntRange(MIN_CALIBRATION_IMAGES), default=CALIBRATION_IMAGES, show_default=True,
               help="Calibration images (NNCF's default subset size).")
 @click.option("--gate-images", type=click.IntRange(0), default=0, show_default=True,
               help="Labelled images for the accuracy gate (0: all that the calibration did not use).")

@@ -110,9 +110,11 @@ def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | Non
 def quantize_model(model_dir: str | os.PathLike, data: str | os.PathLike, images: int | None = None,
                    gate_images: int = 0, gate: bool = True, seed: int = 0, progress: bool = False) -> dict:
     """The whole `simengine quantize` job: an int8 model of the bundle's backbone calibrated on `images` drawn
-    from `data` (its train split for an ImageFolder dataset), then the accuracy gate on labelled images the
-    calibration did not use (the val split, else the rest of `data`; at most `gate_images`, 0: all), whose verdict
-    lets `--runtime auto` choose int8 on this machine. Returns the int8 record and the gate's rows."""
+    from `data`, then the accuracy gate on labelled images the calibration did not use, whose verdict lets
+    `--runtime auto` choose int8 on this machine. An ImageFolder dataset calibrates on train/ and gates on val/;
+    anything else (a folder of class folders, a list, a table with labels) is split, calibration first. At most
+    `gate_images` are gated (0: all). The gate's images are found before anything is quantized. Returns the int8
+    record and the gate's rows."""
     import random
 
     from simengine.data.folders import scan_split
@@ -125,26 +127,29 @@ def quantize_model(model_dir: str | os.PathLike, data: str | os.PathLike, images
     images = CALIBRATION_IMAGES if images is None else images
     if images < MIN_CALIBRATION_IMAGES:
         raise SimengineError(f"at least {MIN_CALIBRATION_IMAGES} calibration images are needed, not {images}")
-    model = load_bundle(model_dir, "onnxruntime")
-    onnx, export = model.path / ONNX_FILES["backbone"], model.config["onnx"]["backbone"]["sha256"]
     root = Path(data)
-    split_dataset = root.is_dir() and is_image_folder(root) and (root / "val").is_dir()
-    items = scan_split(root, "train") if split_dataset else scan_source(root, progress=progress).items
-    if not items:
+    if root.is_dir() and is_image_folder(root) and (root / "val").is_dir():
+        items, held_out = scan_split(root, "train"), (scan_split(root, "val") if gate else [])
+        random.Random(seed).shuffle(items)
+        calibration = items[:images]
+    else:
+        items = scan_source(root, labels="folders" if root.is_dir() else "auto", progress=progress).items
+        random.Random(seed).shuffle(items)
+        calibration, held_out = items[:images], [i for i in items[images:] if i.label is not None]
+    if not calibration:
         raise SimengineError(f"{data}: no images")
-    random.Random(seed).shuffle(items)
-    calibration, rest = items[:images], items[images:]
-    record = quantize_backbone(onnx, export, model.encoder.load_image, [i.path for i in calibration], progress)
-    result = {"model": str(model.path), "int8": record, "gate": None}
-    if not gate:
-        return result
-    held_out = scan_split(root, "val") if split_dataset else [i for i in rest if i.label is not None]
-    if len({i.label for i in held_out}) < 2:
+    if gate and len({i.label for i in held_out}) < 2:
         raise SimengineError(f"{data}: the accuracy gate needs labelled images of two classes or more beyond the "
                              f"{len(calibration)} calibration images (class folders, or a table's label column); "
                              "without a passing gate `--runtime auto` never chooses int8 (--no-gate to skip it)")
     if gate_images:
         held_out = random.Random(seed).sample(held_out, min(gate_images, len(held_out)))
+    model = load_bundle(model_dir, "onnxruntime")
+    onnx, export = model.path / ONNX_FILES["backbone"], model.config["onnx"]["backbone"]["sha256"]
+    record = quantize_backbone(onnx, export, model.encoder.load_image, [i.path for i in calibration], progress)
+    result = {"model": str(model.path), "int8": record, "gate": None}
+    if not gate:
+        return result
     from simengine.evaluation.runtime_gate import run_gate
 
     encoders = {name: Encoder(model.config["encoder"], make_runtime(onnx, name, export), model.encoder.dim)

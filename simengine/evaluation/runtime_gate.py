@@ -8,7 +8,7 @@ reference runtime:
   on the runtime, as after `--runtime auto` switches to it on an existing index;
 - pair and triplet accuracy at the bundle's calibrated thresholds, on the same 10,000 balanced pairs and triplets.
 
-A runtime passes when every one is within GATE_TOLERANCE of the reference; the verdict of a reduced precision is
+A runtime passes when every one is within `runtime_choice.GATE_TOLERANCE` of the reference; the verdict of a reduced precision is
 recorded on this machine (`runtime_choice.record_gate`), so that `--runtime auto` may choose it.
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 
 from simengine.evaluation.decisions import evaluate_decisions
 from simengine.evaluation.metrics import retrieval_metrics
-from simengine.model.bundle import ONNX_FILES, Model
+from simengine.model.bundle import Model
 from simengine.model.encoder import Encoder
-from simengine.model.runtime_choice import GATE_TOLERANCE, REDUCED, record_gate, runtime_model_sha256
+from simengine.model.runtime_choice import REDUCED, gate_verdict, record_gate
 
 DECISION_SETS = 10_000
 
@@ -45,12 +45,11 @@ def run_gate(model: Model, encoders: dict[str, Encoder], paths: Sequence[str | o
     export = model.config["onnx"]["backbone"]["sha256"]
     rows = []
     for name, m in metrics.items():
-        worst = max(abs(m[k] - metrics[reference][k]) for k in m)
-        row = {"runtime": name, **m, "images": len(y), "largest_difference": worst,
-               "passes_gate": worst <= GATE_TOLERANCE}
-        if record and name.endswith(REDUCED):
-            model_sha = runtime_model_sha256(model.path / ONNX_FILES["backbone"], export, name)
-            row["recorded"] = record_gate(model_sha, name, metrics[reference], m)["passed"]
+        worst, passed = gate_verdict(metrics[reference], m)
+        row = {"runtime": name, **m, "images": len(y), "largest_difference": worst, "passes_gate": passed}
+        if record and name.endswith(REDUCED):  # for the model this encoder ran, whatever lies on disk now
+            row["recorded"] = record_gate(encoders[name].runtime.model_sha256 or export, name, metrics[reference],
+                                          m)["passed"]
         rows.append(row)
     return rows
 

@@ -13,19 +13,21 @@ may run the model is the accuracy gate's verdict (`evaluation.runtime_gate`), ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from simengine.errors import SimengineError
 from simengine.hashing import sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,34 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size
 MIN_CALIBRATION_IMAGES = 16
 PRESET = "mixed"  # symmetric weights, asymmetric activations: the more accurate of NNCF's two presets here, as fast
 RECORD_VERSION = 1
+TEMP_PREFIX = ".int8."
 
 
 def int8_model(onnx_path: str | os.PathLike, export_sha256: str) -> tuple[Path, dict[str, Any]] | None:
     """The int8 model beside `onnx_path` and its record, when it was quantized from this export and both of its files
     match the record; else None."""
     folder = Path(onnx_path).parent
+    files = (folder / INT8_RECORD, folder / INT8_MODEL, folder / Path(INT8_MODEL).with_suffix(".bin"))
     try:
-        record = json.loads((folder / INT8_RECORD).read_text())
+        stamps = tuple((f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in files)
+    except OSError:
+        return None
+    found = _checked(folder, stamps)
+    if found is None or found[1].get("source_export_sha256") != export_sha256:
+        return None
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _checked(folder: Path, stamps: tuple) -> tuple[Path, dict[str, Any]] | None:
+    """The files hashed once per version of them (`stamps`: size, mtime, inode of each): a cold query asks three
+    times."""
+    record_path, xml, weights = folder / INT8_RECORD, folder / INT8_MODEL, folder / Path(INT8_MODEL).with_suffix(".bin")
+    try:
+        record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
-    xml, weights = folder / INT8_MODEL, folder / Path(INT8_MODEL).with_suffix(".bin")
-    if (record.get("record_version") != RECORD_VERSION or record.get("source_export_sha256") != export_sha256
-            or not (xml.is_file() and weights.is_file())):
+    if record.get("record_version") != RECORD_VERSION:
         return None
     if sha256_file(xml) != record.get("xml_sha256") or sha256_file(weights) != record.get("bin_sha256"):
         log.warning("%s: does not match its record; not used", xml)
@@ -60,6 +77,8 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
     """Quantize the export at `onnx_path` to int8, calibrated on `paths` (decoded and preprocessed by `load_image`,
     which raises ImageLoadError for a bad file: it is skipped and counted), and write it beside the export. With
     `progress`, NNCF's progress bars go to stderr. Returns the record."""
+    from importlib import metadata
+
     from simengine.errors import ImageLoadError
 
     try:
@@ -82,14 +101,21 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
                              f"at least {MIN_CALIBRATION_IMAGES} are needed")
     model = ov.Core().read_model(str(onnx_path))
     kept = _first_and_last_convolution(model)
+    # NNCF logs and draws its progress bars on stdout, where `--json` output goes.
+    from nncf.common.logging.logger import stdout_handler
+
     nncf.set_log_level(logging.WARNING)
-    # NNCF draws its progress bars on stdout, where `--json` output goes.
+    stdout_handler.setStream(sys.stderr)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(sys.stderr if progress else devnull):
         quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset(PRESET),
                                   subset_size=len(batches), ignored_scope=nncf.IgnoredScope(names=kept))
     folder = onnx_path.parent
-    with tempfile.TemporaryDirectory(prefix=".int8.", dir=folder) as tmp:
-        ov.save_model(quantized, str(Path(tmp) / INT8_MODEL))
+    for leftover in folder.glob(f"{TEMP_PREFIX}*"):  # from a run that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    (folder / INT8_RECORD).unlink(missing_ok=True)  # the model files change under it from here on
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=folder) as tmp:
+        # compress_to_fp16=False: the layers kept in float keep fp32 weights, as the export has them.
+        ov.save_model(quantized, str(Path(tmp) / INT8_MODEL), compress_to_fp16=False)
         for produced in Path(tmp).iterdir():
             os.replace(produced, folder / produced.name)
     xml = folder / INT8_MODEL

@@ -3,13 +3,13 @@ recorded next to the model cache, and reused.
 
 Candidates run the same ONNX export: ONNX Runtime fp32, OpenVINO fp32, OpenVINO bf16 where the CPU has AMX or
 AVX512-BF16, and OpenVINO int8 where the bundle holds a model quantized from the export (`model.quantize`). Each
-embeds a fixed probe batch. A full-precision one whose features drift from ONNX Runtime fp32's (mean cosine below
-PROBE_MIN_COSINE) is never chosen. A reduced precision is chosen only once the accuracy gate passed the very model it
-runs on this machine (`record_gate`: P@1, MAP@R, pair and triplet accuracy within GATE_TOLERANCE of fp32 on labelled
-images, see `evaluation.runtime_gate`), with the same OpenVINO version and CPU flags: its probe cosine is recorded
-but does not decide, because random probe pixels lie outside the range int8 was calibrated on. Where nothing else
-is installed or eligible, ONNX Runtime fp32 is the answer. Processes that start together measure once: the others
-wait for the record (a measurement timed while another runs would be wrong anyway).
+embeds a fixed probe batch. One whose features drift from ONNX Runtime fp32's (mean cosine below PROBE_MIN_COSINE;
+int8's is recorded but does not decide, because random probe pixels lie outside the range it was calibrated on) is
+never chosen. A reduced precision is chosen only once the accuracy gate passed the very model it runs on this machine
+(`record_gate`: P@1, MAP@R, pair and triplet accuracy within GATE_TOLERANCE of fp32 on labelled images, see
+`evaluation.runtime_gate`), with the same OpenVINO version and CPU flags. Where nothing else is installed or
+eligible, ONNX Runtime fp32 is the answer. Processes that start together measure one at a time, and the later ones
+find the record written (two measurements at once would time each other).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REDUCED = ("bf16", "int8")  # precisions that need the accuracy gate
 PROBE_BATCH = 32
 PROBE_MIN_COSINE = 0.999
+# int8 is judged by the gate alone: random probe pixels lie outside the range it was calibrated on (0.98 here).
+PROBE_EXEMPT = ("int8",)
 GATE_TOLERANCE = 0.002
 TIMED_RUNS = 3
 MEASUREMENT_LOCK_TIMEOUT_S = 600.0
@@ -74,7 +76,9 @@ def candidates(flags: list[str], onnx_path: str | os.PathLike, export_sha256: st
     return names
 
 
-def make_runtime(onnx_path: str | os.PathLike, name: str, export_sha256: str) -> Runtime:
+def make_runtime(onnx_path: str | os.PathLike, name: str, export_sha256: str, model_sha256: str | None = None
+                 ) -> Runtime:
+    """The runtime `name` over this export (int8: the model quantized from it; with `model_sha256`, only that one)."""
     if name == "onnxruntime":
         return OnnxRuntime(onnx_path)
     if name in ("openvino", "openvino-bf16"):
@@ -88,7 +92,10 @@ def make_runtime(onnx_path: str | os.PathLike, name: str, export_sha256: str) ->
             raise SimengineError(f"{Path(onnx_path).parent}: no int8 model quantized from this export; run "
                                  "`simengine quantize --model MODEL --data IMAGES`")
         xml, record = found
-        return OpenVinoRuntime(xml, name=name, features_tag=f"int8-{int8_sha256(record)[:12]}")
+        sha = int8_sha256(record)
+        if model_sha256 is not None and sha != model_sha256:
+            raise SimengineError(f"{xml}: changed since it was measured")
+        return OpenVinoRuntime(xml, name=name, features_tag=f"int8-{sha[:12]}", model_sha256=sha)
     raise ValueError(name)
 
 
@@ -110,24 +117,29 @@ def _machine() -> dict[str, Any]:
             "onnxruntime": onnxruntime_version(), "openvino": openvino_version(), "record_version": RECORD_VERSION}
 
 
-def _choice_path(export_sha256: str) -> Path:
+def _choice_path(onnx_path: str | os.PathLike, export_sha256: str) -> Path:
+    """One record per export and int8 model beside it (none: "fp"): copies of a bundle, and its general twin, share
+    the export but not always an int8 model, and each keeps its own measurement."""
     from simengine.locations import cache_dir
 
-    return cache_dir() / "runtimes" / f"choice-{export_sha256[:16]}.json"
+    int8 = runtime_model_sha256(onnx_path, export_sha256, "openvino-int8")
+    return cache_dir() / "runtimes" / f"choice-{export_sha256[:16]}-{int8[:12] or 'fp'}.json"
 
 
-def recorded_choice(export_sha256: str, onnx_path: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The choice measured on this machine for this export, or None when none was (without measuring). With
-    `onnx_path`, also None when the candidates changed since (an int8 model quantized or removed)."""
-    record = _read(_choice_path(export_sha256))
+def recorded_choice(onnx_path: str | os.PathLike, export_sha256: str) -> dict[str, Any] | None:
+    """The choice measured on this machine for this export and the models beside it, or None when none was
+    (without measuring), or when it is stale: other candidates, another reduced-precision model, or a gate verdict
+    given since."""
+    record = _read(_choice_path(onnx_path, export_sha256))
     if record is None or record.get("machine") != _machine() or record.get("export_sha256") != export_sha256:
         return None
-    measured = [row["runtime"] for row in record["measured"]]
-    if onnx_path is not None and measured != candidates(record["machine"]["cpu_flags"], onnx_path, export_sha256):
+    if [row["runtime"] for row in record["measured"]] != candidates(record["machine"]["cpu_flags"], onnx_path,
+                                                                    export_sha256):
         return None
-    for row in record["measured"]:  # a gate verdict given since the measurement, or another model, makes it stale
-        if row["runtime"].endswith(REDUCED) and row.get("gate") != gate_result(row.get("model_sha256", ""),
-                                                                                row["runtime"]):
+    for row in record["measured"]:
+        if row["runtime"].endswith(REDUCED) and (
+                row.get("model_sha256") != runtime_model_sha256(onnx_path, export_sha256, row["runtime"])
+                or row.get("gate") != gate_result(row["model_sha256"], row["runtime"])):
             return None
     return record
 
@@ -136,39 +148,43 @@ def choose_runtime(onnx_path: str | os.PathLike, export_sha256: str, input_shape
                    ) -> tuple[Runtime, dict[str, Any]]:
     """The fastest eligible runtime for this export on this machine, and the record of why (measured once, then
     read from the record)."""
-    record = recorded_choice(export_sha256, onnx_path)
+    record = recorded_choice(onnx_path, export_sha256)
     if record is None:
-        with _measurement_lock(export_sha256):
-            record = recorded_choice(export_sha256, onnx_path)  # measured by another process while this one waited
+        with _measurement_lock():
+            record = recorded_choice(onnx_path, export_sha256)  # measured by another process while this one waited
             if record is None:
                 record = _measure(onnx_path, export_sha256, input_shape, _machine())
-                _write(_choice_path(export_sha256), record)
+                _write(_choice_path(onnx_path, export_sha256), record)
+    chosen = next((row for row in record["measured"] if row["runtime"] == record["chosen"]), {})
     try:
-        return make_runtime(onnx_path, record["chosen"], export_sha256), record
+        return make_runtime(onnx_path, record["chosen"], export_sha256, chosen.get("model_sha256")), record
     except Exception as exc:  # a runtime that measured well but cannot start now: the safe default
         log.warning("runtime %s unavailable (%s); using onnxruntime", record["chosen"], exc)
         return OnnxRuntime(onnx_path), dict(record, chosen="onnxruntime")
 
 
 @contextlib.contextmanager
-def _measurement_lock(export_sha256: str) -> Iterator[None]:
-    """One measurement at a time per export on this machine: two at once would share the cores and time each other.
-    A cache folder where no lock can be made (read-only) measures unlocked rather than fail."""
+def _measurement_lock() -> Iterator[None]:
+    """One measurement at a time on this machine: two at once would share the cores and time each other. Where no
+    lock can be made (a read-only cache folder, a file system without locks) it measures unlocked rather than fail."""
     from filelock import FileLock, Timeout
 
-    path = _choice_path(export_sha256).with_suffix(".lock")
+    from simengine.locations import cache_dir
+
+    path = cache_dir() / "runtimes" / "measure.lock"
+    lock = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path), timeout=MEASUREMENT_LOCK_TIMEOUT_S)
         lock.acquire()
-    except (OSError, Timeout) as exc:
+    except (OSError, NotImplementedError, Timeout) as exc:
         log.warning("measuring without the lock %s: %s", path, exc)
-        yield
-        return
+        lock = None
     try:
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
@@ -194,12 +210,13 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
         cosine = float(np.mean(row_cosines(out, reference)))
         row = {"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds)), 1),
                "mean_cosine_to_fp32": round(cosine, 6)}
+        close = cosine >= PROBE_MIN_COSINE or name.endswith(PROBE_EXEMPT)
         if name.endswith(REDUCED):
-            row["model_sha256"] = runtime_model_sha256(onnx_path, export_sha256, name)
+            row["model_sha256"] = runtime.model_sha256 or export_sha256
             row["gate"] = gate_result(row["model_sha256"], name)
-            row["eligible"] = bool(row["gate"] and row["gate"]["passed"])
+            row["eligible"] = close and bool(row["gate"] and row["gate"]["passed"])
         else:
-            row["eligible"] = cosine >= PROBE_MIN_COSINE
+            row["eligible"] = close
         rows.append(row)
     eligible = [r for r in rows if r.get("eligible")]
     chosen = max(eligible, key=lambda r: r["images_per_s"])["runtime"] if eligible else "onnxruntime"
@@ -220,12 +237,17 @@ def record_gate(model_sha256: str, runtime: str, reference: dict[str, float], me
     """Store the accuracy gate's verdict for a reduced-precision runtime running the model `model_sha256` (see
     `runtime_model_sha256`) on this machine: passed when every metric is within GATE_TOLERANCE of the fp32
     reference. A new verdict makes a recorded choice that saw another one stale."""
-    worst = max(abs(measured[k] - reference[k]) for k in reference)
+    worst, passed = gate_verdict(reference, measured)
     verdict = {"runtime": runtime, "model_sha256": model_sha256, "machine": _gate_machine(), "reference": reference,
-               "measured": measured, "largest_difference": worst, "tolerance": GATE_TOLERANCE,
-               "passed": worst <= GATE_TOLERANCE}
+               "measured": measured, "largest_difference": worst, "tolerance": GATE_TOLERANCE, "passed": passed}
     _write(gate_path(model_sha256, runtime), verdict)
     return verdict
+
+
+def gate_verdict(reference: dict[str, float], measured: dict[str, float]) -> tuple[float, bool]:
+    """The largest difference of any metric from the fp32 reference, and whether it is within GATE_TOLERANCE."""
+    worst = max(abs(measured[k] - reference[k]) for k in reference)
+    return worst, worst <= GATE_TOLERANCE
 
 
 def _gate_machine() -> dict[str, Any]:

@@ -21,14 +21,17 @@ PROBE_SEED = 1234
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container or `taskset` narrows)."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may run on (its CPU affinity, which a container or `taskset` narrows; all of them
+    where the platform has no affinity, as on macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class Runtime(Protocol):
     name: str
     features_tag: str  # what sets its features apart from fp32 ones ("" for fp32), so they are cached apart
-
+    model_sha256: str | None  # the model file it runs when that is not the export (an int8 model), for the gate
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -38,6 +41,7 @@ class TorchRuntime:
 
     name = "torch"
     features_tag = ""
+    model_sha256 = None
 
     def __init__(self, model):
         import torch
@@ -57,6 +61,7 @@ class OnnxRuntime:
 
     name = "onnxruntime"
     features_tag = ""
+    model_sha256 = None
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
@@ -78,7 +83,7 @@ class OpenVinoRuntime:
     embeds on one batcher thread)."""
 
     def __init__(self, path: str | os.PathLike, precision: str = "fp32", cache: str | os.PathLike | None = None,
-                 name: str | None = None, features_tag: str | None = None):
+                 name: str | None = None, features_tag: str | None = None, model_sha256: str | None = None):
         import openvino as ov
 
         from simengine.locations import cache_dir
@@ -87,6 +92,7 @@ class OpenVinoRuntime:
             raise SimengineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.name = name or ("openvino" if precision == "fp32" else f"openvino-{precision}")
         self.features_tag = features_tag if features_tag is not None else ("" if precision == "fp32" else precision)
+        self.model_sha256 = model_sha256
         # LATENCY: one stream over every core. THROUGHPUT splits the cores into streams that one synchronous
         # request cannot fill (54-62 images/s against 125 here, on 2 cores).
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[precision],

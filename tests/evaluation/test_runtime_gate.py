@@ -9,7 +9,7 @@ from simengine.model.encoder import Encoder
 
 
 class Scrambled:
-    """fp32 features with every other image's swapped for its neighbour's: a runtime that is wrong, not noisy."""
+    """fp32 features each moved to the next image in the batch: a runtime that is wrong, not noisy."""
 
     name, features_tag = "scrambled", "scrambled"
 

@@ -29,7 +29,7 @@ def test_the_choice_is_measured_once_and_recorded(export, monkeypatch):
     assert runtime.name == record["chosen"] and record["chosen"] in {r["runtime"] for r in record["measured"]}
     assert all(r["mean_cosine_to_fp32"] > 0.999 for r in record["measured"] if "images_per_s" in r)
     monkeypatch.setattr(runtime_choice, "_measure", lambda *a: pytest.fail("measured again"))
-    assert runtime_choice.choose_runtime(path, sha, shape)[1] == record == runtime_choice.recorded_choice(sha)
+    assert runtime_choice.choose_runtime(path, sha, shape)[1] == record == runtime_choice.recorded_choice(path, sha)
 
 
 def test_bf16_needs_the_gate_on_this_machine(export, monkeypatch, tmp_path, request):
@@ -47,7 +47,7 @@ def test_bf16_needs_the_gate_on_this_machine(export, monkeypatch, tmp_path, requ
     assert bf16["gate"] is None and not bf16["eligible"]
     metrics = {"precision_at_1": 0.986, "map_at_r": 0.978, "pair_accuracy": 0.985, "triplet_accuracy": 0.981}
     failed = runtime_choice.record_gate(sha, "openvino-bf16", metrics, dict(metrics, map_at_r=0.97))
-    assert not failed["passed"] and runtime_choice.recorded_choice(sha) is None  # a verdict invalidates the choice
+    assert not failed["passed"] and runtime_choice.recorded_choice(path, sha) is None  # a verdict since: stale
     runtime_choice.record_gate(sha, "openvino-bf16", metrics, dict(metrics, map_at_r=0.9775))
     _, record = runtime_choice.choose_runtime(path, sha, shape)
     bf16 = next(r for r in record["measured"] if r["runtime"] == "openvino-bf16")
@@ -76,8 +76,8 @@ def test_a_verdict_from_another_openvino_is_not_reused(export, monkeypatch, tmp_
 
 
 def test_an_int8_model_is_measured_but_chosen_only_after_a_passing_gate(export, monkeypatch, tmp_path, encoder, val):
-    """Quantizing adds a candidate (the recorded choice goes stale); int8 is eligible only with a passing verdict
-    for that very model, and removing the model makes the choice stale again."""
+    """Quantizing adds a candidate (the recorded choice no longer applies); int8 is eligible only with a passing
+    verdict for that very model; without the model, the measurement made without one applies again."""
     from simengine.model.quantize import INT8_RECORD, int8_sha256, quantize_backbone
 
     path, sha, shape = export
@@ -89,31 +89,44 @@ def test_an_int8_model_is_measured_but_chosen_only_after_a_passing_gate(export, 
     assert "openvino-int8" not in {r["runtime"] for r in before["measured"]}
     paths = [p for ps in val.values() for p in ps] * 2
     record = quantize_backbone(onnx, sha, encoder.load_image, paths[:16])
-    assert runtime_choice.recorded_choice(sha, onnx) is None  # a new candidate
+    assert runtime_choice.recorded_choice(onnx, sha) is None  # a new candidate
     _, record_ = runtime_choice.choose_runtime(onnx, sha, shape)
     int8 = next(r for r in record_["measured"] if r["runtime"] == "openvino-int8")
     assert int8["gate"] is None and not int8["eligible"] and record_["chosen"] != "openvino-int8"
     metrics = {"precision_at_1": 0.986, "map_at_r": 0.978, "pair_accuracy": 0.985, "triplet_accuracy": 0.981}
     runtime_choice.record_gate(int8_sha256(record), "openvino-int8", metrics, dict(metrics, pair_accuracy=0.984))
-    assert runtime_choice.recorded_choice(sha, onnx) is None  # a verdict given since
+    assert runtime_choice.recorded_choice(onnx, sha) is None  # a verdict given since
     _, record_ = runtime_choice.choose_runtime(onnx, sha, shape)
     assert next(r for r in record_["measured"] if r["runtime"] == "openvino-int8")["eligible"]
-    (tmp_path / INT8_RECORD).unlink()
-    assert runtime_choice.recorded_choice(sha, onnx) is None  # the candidate is gone
+    # Quantized again (say with --no-gate): another model, which the old verdict does not cover.
+    again = quantize_backbone(onnx, sha, encoder.load_image, paths[1:17])
+    assert int8_sha256(again) != int8_sha256(record) and runtime_choice.recorded_choice(onnx, sha) is None
+    runtime, record_ = runtime_choice.choose_runtime(onnx, sha, shape)
+    assert not next(r for r in record_["measured"] if r["runtime"] == "openvino-int8")["eligible"]
+    assert runtime.name != "openvino-int8"
+    (tmp_path / INT8_RECORD).unlink()  # no int8 model any more: the measurement made without one holds again
+    assert runtime_choice.recorded_choice(onnx, sha) == before
 
 
 MEASURE_ONCE = """
 import json, sys, time
+from pathlib import Path
 from simengine.model import runtime_choice
 
+log = Path(sys.argv[4])
 measure = runtime_choice._measure
 def counted(*args):
-    with open(sys.argv[4], "a") as log:
-        log.write("measured\\n")
-    time.sleep(1.0)  # long enough for the other process to arrive while this one measures
+    with open(log, "a") as out:
+        out.write("measured\\n")
+    deadline = time.monotonic() + 60
+    while log.read_text().count("arrived") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the other process is on its way in: without the lock it would measure too
+    time.sleep(0.5)
     return measure(*args)
 runtime_choice._measure = counted
 runtime_choice.TIMED_RUNS = 1
+with open(log, "a") as out:
+    out.write("arrived\\n")
 runtime, record = runtime_choice.choose_runtime(sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3])))
 print(json.dumps({"chosen": record["chosen"], "measured_at": record["measured_at"]}))
 """

@@ -107,15 +107,29 @@ def test_unknown_mode_is_an_error(built_index):
         Engine.open(built_index, mode="vibes")
 
 
-def test_query_path_does_not_import_torch(built_index, val):
+def query_in_a_fresh_process(index, a, b, runtime: str = "auto") -> None:
+    """A pair query in its own process, which must import neither torch nor NNCF."""
     script = (
         "import sys\nfrom simengine.query.engine import Engine\n"
-        f"r = Engine.open({str(built_index)!r}).pair({str(val['coffee'][0])!r}, {str(val['coffee'][1])!r})\n"
-        "assert r.same\nassert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')\n"
+        f"r = Engine.open({str(index)!r}, runtime={runtime!r}).pair({str(a)!r}, {str(b)!r})\n"
+        "assert r.same\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'nncf' not in sys.modules, 'nncf was imported'\nprint('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_query_path_does_not_import_torch(built_index, val):
+    query_in_a_fresh_process(built_index, val["coffee"][0], val["coffee"][1])
+
+
+def test_the_int8_query_path_does_not_import_torch_or_nncf(index_copy, fixture_data, val):
+    from simengine.index.reader import Index
+    from simengine.workflows import quantize_model
+
+    quantize_model(Index(index_copy).model_dir, fixture_data, images=16, gate=False)
+    query_in_a_fresh_process(index_copy, val["coffee"][0], val["coffee"][1], runtime="openvino-int8")
 
 
 def test_a_long_lived_engine_follows_writes_and_a_rebuild(index_copy, fixture_data, model, val):
