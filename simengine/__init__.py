@@ -10,6 +10,7 @@ The public face, imported lazily so that `import simengine` stays light (and nev
     find_duplicates, dedup_collection   duplicate groups (dedup/); the whole `simengine dedup` job
     load_bundle, Encoder            the model (model/)
     quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
+    embed_collection                embeddings of a collection as shards, locally or on Ray (shards/)
     train_model                     train both heads into a bundle (training/, imports torch)
 """
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "load_bundle": "simengine.model.bundle",
     "Encoder": "simengine.model.encoder",
     "quantize_model": "simengine.workflows",
+    "embed_collection": "simengine.shards.embed",
     "train_model": "simengine.training.pipeline",
 }
 

@@ -593,6 +593,46 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
         ctx.exit(1)
 
 
+@cli.command("embed")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the shards: img_emb/img_emb_{k}.npy and metadata/metadata_{k}.parquet (clip-retrieval's "
+                   "layout, which autofaiss reads). A rerun into the same folder embeds only unfinished shards.")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Model bundle whose embedding is written.")
+@click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True, help="Images per shard.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="Embed on Ray: `--ray` alone starts a local Ray on 127.0.0.1; `--ray ADDRESS` joins a cluster "
+                   "(`--ray auto`: the one this machine belongs to). Needs `simengine[ray]`.")
+@click.option("--workers", type=click.IntRange(1), help="Ray actors embedding at once (default: half the "
+                                                        "cluster's CPUs, each actor asking for half a CPU).")
+@click.option("--labels", type=click.Choice(["auto", "folders", "table", "none"]), default="auto", show_default=True,
+              help="Where labels come from (auto: a table's label column or an ImageFolder's class folders).")
+@click.option("--path-column", default="path", show_default=True,
+              help="The column of a CSV/parquet table that holds image paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_runtime_option
+@click.pass_context
+def embed(ctx, source, out, model_dir, shard_size, ray_address, workers, labels, path_column, as_json, runtime):
+    """Embed every image of SOURCE (a folder, a list of paths, a CSV/parquet table) into shards under --out, on this
+    machine or on Ray. Files that cannot be read are reported and skipped; exit 1 when none could be embedded."""
+    from simengine.shards.embed import embed_collection
+
+    report = embed_collection(source, out, model_dir, shard_size, runtime,
+                              None if ray_address in (None, "local") else ray_address, ray_address is not None,
+                              workers, path_column, labels, _progress(ctx))
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        for failure in report.failed:
+            click.echo(f"skipped: {one_line(failure['path'])}: {one_line(failure['reason'])}", err=True)
+        click.echo(f"{out}: {report.vectors} vectors in {len(report.embedded_shards)} new shards "
+                   f"({len(report.skipped_shards)} of {report.shards} already done) on {report.backend}, "
+                   f"{report.seconds:.1f} s")
+    if report.failed and not report.vectors:
+        ctx.exit(1)
+
+
 @cli.command("quantize")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Model bundle whose backbone is quantized (the int8 model is stored in it).")

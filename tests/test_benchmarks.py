@@ -162,3 +162,14 @@ def test_dedup_script(fixture_data, bundle_dir, tmp_path):
     assert 0 <= data["simengine"]["precision"] <= 1 and 0 <= data["simengine"]["recall"] <= 1
     assert data["leakage"]["val_images"] == 12 and (tmp_path / "leakage.html").is_file()
     assert data["scale"]["found"] == data["scale"]["planted_pairs"] == 1000
+
+
+def test_embed_ray_script(fixture_data, bundle_dir, tmp_path):
+    import embed_ray
+
+    embed_ray.main(["--data", str(fixture_data), "--model", str(bundle_dir), "--images", "8", "--shard-size", "4",
+                    "--repeats", "1", "--out", str(tmp_path)])
+    data = _written(tmp_path, "embed_ray")
+    assert [(r["setup"], r["workers"]) for r in data["rows"]] == [
+        ("local path (no Ray)", 1), ("local Ray", 1), ("local Ray", 2), ("2-node cluster", 1), ("2-node cluster", 2)]
+    assert all(r["max_abs_diff_to_local"] < 1e-5 and r["loopback_only"] for r in data["rows"][1:])

@@ -1,0 +1,151 @@
+"""Embeddings on disk in clip-retrieval's layout, so that autofaiss and other tools read them as they are:
+
+    OUT/img_emb/img_emb_{k}.npy           float32 (rows, dim), L2-normalised: the bundle's embedding
+    OUT/metadata/metadata_{k}.parquet     one row per vector: image_path, sha256, label, and the source's metadata
+    OUT/failed/failed_{k}.json            the shard's files that could not be embedded, with the reason
+    OUT/simengine.json                    the plan: model, shard size, and the hash of every shard's file list
+
+A shard is finished when its metadata file exists: it is written last, each file through a temporary name and a
+rename, so a killed job leaves no half shard that counts as done, and a rerun embeds only the shards not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from simengine.data.folders import Item
+from simengine.errors import SimengineError
+
+PLAN = "simengine.json"
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The k-th slice of a collection's items, in the plan's order."""
+
+    k: int
+    items: tuple[Item, ...]
+
+    @property
+    def digest(self) -> str:
+        """What the shard holds: its paths and content hashes, in order."""
+        lines = "\n".join(f"{item.sha256} {item.path}" for item in self.items)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def plan_shards(items: Sequence[Item], shard_size: int) -> list[Shard]:
+    """Consecutive slices of `shard_size` items (the last one shorter)."""
+    if shard_size < 1:
+        raise SimengineError(f"the shard size must be at least 1, not {shard_size}")
+    return [Shard(k, tuple(items[start:start + shard_size])) for k, start in enumerate(range(0, len(items), shard_size))]
+
+
+def embedding_path(out: Path, k: int) -> Path:
+    return out / "img_emb" / f"img_emb_{k}.npy"
+
+
+def metadata_path(out: Path, k: int) -> Path:
+    return out / "metadata" / f"metadata_{k}.parquet"
+
+
+def failed_path(out: Path, k: int) -> Path:
+    return out / "failed" / f"failed_{k}.json"
+
+
+def is_finished(out: Path, k: int) -> bool:
+    return metadata_path(out, k).is_file() and embedding_path(out, k).is_file()
+
+
+def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any]) -> dict[str, Any]:
+    """Write the plan into `out`, or check that the one there is this plan (a rerun resumes it). Another plan (other
+    files, another model, another shard size) is refused: its finished shards would be mixed with this one's."""
+    plan = {"plan_version": PLAN_VERSION, "model": model, "shards": len(shards),
+            "shard_size": len(shards[0].items) if shards else 0, "items": sum(len(s.items) for s in shards),
+            "shard_digests": [s.digest for s in shards]}
+    path = out / PLAN
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except ValueError as exc:
+            raise SimengineError(f"{path}: corrupt ({exc})") from exc
+        if existing != plan:
+            what = "model" if existing.get("model") != model else "files or shard size"
+            raise SimengineError(f"{out}: holds embeddings of another plan (its {what} differ); embed into a new "
+                                 "folder, or delete this one")
+        return plan
+    if out.exists() and any(out.iterdir()):
+        raise SimengineError(f"{out}: not empty and not an embeddings folder")
+    from simengine.index.store import write_durably
+
+    for sub in ("img_emb", "metadata", "failed"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    write_durably(path, json.dumps(plan, indent=2).encode())
+    return plan
+
+
+def read_plan(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / PLAN).read_text())
+    except FileNotFoundError:
+        raise SimengineError(f"{out}: not an embeddings folder (no {PLAN}); make one with `simengine embed`") from None
+    except ValueError as exc:
+        raise SimengineError(f"{out / PLAN}: corrupt ({exc})") from exc
+
+
+def write_shard(out: Path, shard: Shard, vectors: np.ndarray, embedded: Sequence[int],
+                failed: Sequence[tuple[int, str]], extra: dict[str, Any] | None = None) -> None:
+    """Store the vectors of `shard.items[i]` for i in `embedded` (row by row) and the reasons of the failed ones;
+    the metadata file, written last, marks the shard finished."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from simengine.index.store import write_durably
+
+    if len(vectors) != len(embedded):
+        raise ValueError(f"{len(vectors)} vectors for {len(embedded)} images")
+    items = [shard.items[i] for i in embedded]
+    columns: dict[str, list] = {"image_path": [str(i.path) for i in items], "sha256": [i.sha256 for i in items],
+                                "label": [i.label for i in items]}
+    for key in sorted({key for i in items for key in i.metadata} - set(columns)):
+        columns[key] = [i.metadata.get(key) for i in items]
+    for key, value in (extra or {}).items():
+        columns[key] = [value] * len(items)
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
+    write_durably(embedding_path(out, shard.k), buffer.getvalue())
+    write_durably(failed_path(out, shard.k), json.dumps(
+        [{"path": str(shard.items[i].path), "reason": reason} for i, reason in failed], indent=1).encode())
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_durably(metadata_path(out, shard.k), sink.getvalue().to_pybytes())
+
+
+def iter_shards(out: Path) -> Iterator[tuple[int, np.ndarray, list[dict[str, Any]]]]:
+    """(k, vectors memory-mapped, metadata rows) of every finished shard, in order: one shard in memory at a time."""
+    import pyarrow.parquet as pq
+
+    plan = read_plan(out)
+    for k in range(plan["shards"]):
+        if not is_finished(out, k):
+            continue
+        vectors = np.load(embedding_path(out, k), mmap_mode="r")
+        rows = pq.read_table(metadata_path(out, k)).to_pylist()
+        if len(rows) != len(vectors):
+            raise SimengineError(f"{metadata_path(out, k)}: {len(rows)} rows for {len(vectors)} vectors")
+        yield k, vectors, rows
+
+
+def failures(out: Path, k: int) -> list[dict[str, str]]:
+    try:
+        return json.loads(failed_path(out, k).read_text())
+    except (OSError, ValueError):
+        return []

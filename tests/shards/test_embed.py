@@ -1,0 +1,64 @@
+"""`simengine embed` on this machine: clip-retrieval's layout, the same vectors as the model gives, bad files reported,
+and a rerun that embeds only what is not finished."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simengine.errors import SimengineError
+from simengine.shards.embed import embed_collection
+from simengine.shards.layout import embedding_path, iter_shards, metadata_path
+
+
+def expected_vectors(model, rows):
+    return model.embed_paths([row["image_path"] for row in rows]).vectors
+
+
+def test_shards_hold_the_models_vectors_in_clip_retrievals_layout(images, model, bundle_dir, tmp_path):
+    out = tmp_path / "emb"
+    report = embed_collection(images, out, bundle_dir, shard_size=10)
+    assert report.shards == 4 and report.embedded_shards == [0, 1, 2, 3] and report.vectors == 32
+    assert [f["path"].endswith("broken.jpg") for f in report.failed] == [True]
+    assert all(embedding_path(out, k).is_file() and metadata_path(out, k).is_file() for k in range(4))
+    seen = []
+    for k, vectors, rows in iter_shards(out):
+        assert vectors.dtype == np.float32 and vectors.shape[1] == model.dim
+        np.testing.assert_allclose(vectors, expected_vectors(model, rows), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        assert {"image_path", "sha256", "label", "runtime"} <= set(rows[0])
+        seen += [row["image_path"] for row in rows]
+    assert len(seen) == len(set(seen)) == 32 and not any(p.endswith("broken.jpg") for p in seen)
+
+
+def test_a_rerun_embeds_only_the_unfinished_shards(images, bundle_dir, tmp_path):
+    out = tmp_path / "emb"
+    embed_collection(images, out, bundle_dir, shard_size=10)
+    before = {k: embedding_path(out, k).stat().st_mtime_ns for k in range(4)}
+    metadata_path(out, 2).unlink()  # as if the job had been killed while writing shard 2
+    report = embed_collection(images, out, bundle_dir, shard_size=10)
+    assert report.embedded_shards == [2] and report.skipped_shards == [0, 1, 3]
+    assert all(embedding_path(out, k).stat().st_mtime_ns == before[k] for k in (0, 1, 3))
+    assert embed_collection(images, out, bundle_dir, shard_size=10).embedded_shards == []
+
+
+def test_another_plan_is_refused(images, bundle_dir, tmp_path):
+    out = tmp_path / "emb"
+    embed_collection(images, out, bundle_dir, shard_size=10)
+    with pytest.raises(SimengineError, match="another plan"):
+        embed_collection(images, out, bundle_dir, shard_size=8)
+    full = tmp_path / "full"
+    (full / "x").mkdir(parents=True)
+    with pytest.raises(SimengineError, match="not empty"):
+        embed_collection(images, full, bundle_dir)
+
+
+def test_cli_embed_json(images, bundle_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from simengine.cli import cli
+
+    result = CliRunner().invoke(cli, ["embed", str(images), "--out", str(tmp_path / "emb"), "--model", str(bundle_dir),
+                                      "--shard-size", "16", "--json"])
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0 and data["vectors"] == 32 and data["backend"] == "local" and len(data["failed"]) == 1
