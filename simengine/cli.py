@@ -604,8 +604,8 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Embed on Ray: `--ray` alone starts a local Ray on 127.0.0.1; `--ray ADDRESS` joins a cluster "
                    "(`--ray auto`: the one this machine belongs to). Needs `simengine[ray]`.")
-@click.option("--workers", type=click.IntRange(1), help="Ray actors embedding at once (default: half the "
-                                                        "cluster's CPUs, each actor asking for half a CPU).")
+@click.option("--workers", type=click.IntRange(1), help="With --ray: actors embedding at once (default and most: one "
+                                                        "per CPU of the cluster; each asks for half a CPU).")
 @click.option("--labels", type=click.Choice(["auto", "folders", "table", "none"]), default="auto", show_default=True,
               help="Where labels come from (auto: a table's label column or an ImageFolder's class folders).")
 @click.option("--path-column", default="path", show_default=True,
@@ -615,12 +615,16 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
 @click.pass_context
 def embed(ctx, source, out, model_dir, shard_size, ray_address, workers, labels, path_column, as_json, runtime):
     """Embed every image of SOURCE (a folder, a list of paths, a CSV/parquet table) into shards under --out, on this
-    machine or on Ray. Files that cannot be read are reported and skipped; exit 1 when none could be embedded."""
+    machine or on Ray (put --ray after SOURCE, or write --ray=ADDRESS: `--ray X` takes X as the address). Files that
+    cannot be read are reported and skipped; exit 1 when no image could be embedded."""
     from simengine.shards.embed import embed_collection
 
-    report = embed_collection(source, out, model_dir, shard_size, runtime,
-                              None if ray_address in (None, "local") else ray_address, ray_address is not None,
-                              workers, path_column, labels, _progress(ctx))
+    if workers and ray_address is None:
+        raise click.UsageError("--workers needs --ray")
+    report = embed_collection(source, out, model_dir, shard_size=shard_size, runtime=runtime,
+                              ray_address=None if ray_address in (None, "local") else ray_address,
+                              use_ray=ray_address is not None, workers=workers, path_column=path_column,
+                              labels=labels, progress=_progress(ctx))
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -629,7 +633,7 @@ def embed(ctx, source, out, model_dir, shard_size, ray_address, workers, labels,
         click.echo(f"{out}: {report.vectors} vectors in {len(report.embedded_shards)} new shards "
                    f"({len(report.skipped_shards)} of {report.shards} already done) on {report.backend}, "
                    f"{report.seconds:.1f} s")
-    if report.failed and not report.vectors:
+    if report.failed and not report.total_vectors:
         ctx.exit(1)
 
 

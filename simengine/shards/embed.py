@@ -7,7 +7,6 @@ bad files into the shard's failures instead of stopping. Locally the shards are 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from simengine.errors import SimengineError
-from simengine.shards.layout import (Shard, failures, is_finished, plan_shards, start_plan, write_shard)
-
-log = logging.getLogger(__name__)
+from simengine.shards.layout import LOCK, Shard, failures, is_finished, plan_shards, start_plan, write_shard
 
 SHARD_SIZE = 10_000  # clip-retrieval's default write batch: 40 MB of 1280-d float32, 10 MB of 256-d
 
@@ -30,7 +27,8 @@ class EmbedReport:
     shards: int
     embedded_shards: list[int] = field(default_factory=list)
     skipped_shards: list[int] = field(default_factory=list)  # finished before this run
-    vectors: int = 0
+    vectors: int = 0  # written by this run
+    total_vectors: int = 0  # in every finished shard
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     backend: str = "local"
@@ -38,21 +36,23 @@ class EmbedReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "shards": self.shards, "embedded_shards": self.embedded_shards,
-                "skipped_shards": self.skipped_shards, "vectors": self.vectors, "failed": self.failed,
+                "skipped_shards": self.skipped_shards, "vectors": self.vectors, "total_vectors": self.total_vectors,
+                "failed": self.failed,
                 "seconds": round(self.seconds, 3), "backend": self.backend, "nodes": self.nodes}
 
 
 def model_identity(model) -> dict[str, Any]:
-    """What the vectors depend on: the bundle (its hash) and the embedding's size."""
-    return {"bundle": str(model.path), "bundle_hash": model.hash, "dim": model.dim}
+    """What the vectors depend on: the bundle (its hash), the runtime that ran it (resolved: `auto` may choose a
+    reduced precision on one machine and not on another), the embedding's size."""
+    return {"bundle_hash": model.hash, "runtime": model.runtime, "dim": model.dim}
 
 
-def embed_shard(model, out: Path, shard: Shard) -> tuple[int, list[dict[str, str]]]:
+def embed_shard(model, out: Path, shard: Shard, schema: dict[str, str]) -> tuple[int, list[dict[str, str]]]:
     """Embed one shard with `model` and write it; returns (vectors written, failures)."""
     result = model.embed_paths([item.path for item in shard.items])
     failed = [(i, reason) for i, _, reason in result.failed]
-    write_shard(out, shard, result.vectors, result.ok, failed, extra={"runtime": model.runtime})
-    return len(result.ok), failures(out, shard.k)
+    write_shard(out, shard, result.vectors, result.ok, failed, schema)
+    return len(result.ok), [{"path": str(shard.items[i].path), "reason": reason} for i, reason in failed]
 
 
 def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_dir: str | os.PathLike,
@@ -61,7 +61,9 @@ def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_di
                      labels: str = "auto", progress: bool = False) -> EmbedReport:
     """Embed every image of `source` (a folder, a list or a table of paths) with the bundle at `model_dir` into
     shards under `out`. Finished shards of the same plan are kept (a rerun resumes); with `use_ray`, on the Ray
-    cluster at `ray_address` (None: a local one on 127.0.0.1) with `workers` actors."""
+    cluster at `ray_address` (None: a local one on 127.0.0.1) with `workers` actors. One run at a time per `out`."""
+    from filelock import FileLock, Timeout
+
     from simengine.data.sources import scan_source
     from simengine.model.bundle import load_bundle
 
@@ -72,27 +74,43 @@ def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_di
         raise SimengineError(f"{source}: no images")
     model = load_bundle(model_dir, runtime)
     shards = plan_shards(collection.items, shard_size)
-    start_plan(out, shards, model_identity(model))
-    report = EmbedReport(out, len(shards), backend="ray" if use_ray else "local")
-    todo = [s for s in shards if not is_finished(out, s.k)]
-    report.skipped_shards = [s.k for s in shards if is_finished(out, s.k)]
-    if use_ray:
-        from simengine.shards.ray_embed import embed_on_ray
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SimengineError(f"{out}: another `simengine embed` is writing there") from None
+    try:
+        plan = start_plan(out, shards, model_identity(model),
+                          {"labels": labels, "path_column": path_column, "shard_size": shard_size})
+        report = EmbedReport(out, len(shards), backend="ray" if use_ray else "local")
+        report.skipped_shards = [s.k for s in shards if is_finished(out, s.k)]
+        todo = [s for s in shards if s.k not in set(report.skipped_shards)]
+        for k in report.skipped_shards:
+            report.failed += failures(out, k)
+        schema = plan["metadata_schema"]
+        if use_ray:
+            from simengine.shards.ray_embed import embed_on_ray
 
-        for k, written, failed, node in embed_on_ray(model.path, runtime, out, todo, ray_address, workers):
-            report.embedded_shards.append(k)
-            report.vectors += written
-            report.failed += failed
-            report.nodes[node] = report.nodes.get(node, 0) + 1
-    else:
-        from tqdm import tqdm
+            # The runtime the driver resolved, not "auto": every actor runs what the plan records.
+            for k, written, failed, node in embed_on_ray(model.path, model.runtime, out, todo, schema, ray_address,
+                                                         workers):
+                report.embedded_shards.append(k)
+                report.vectors += written
+                report.failed += failed
+                report.nodes[node] = report.nodes.get(node, 0) + 1
+        else:
+            from tqdm import tqdm
 
-        for shard in tqdm(todo, unit="shard", desc="embedding", disable=not progress):
-            written, failed = embed_shard(model, out, shard)
-            report.embedded_shards.append(shard.k)
-            report.vectors += written
-            report.failed += failed
+            for shard in tqdm(todo, unit="shard", desc="embedding", disable=not progress):
+                written, failed = embed_shard(model, out, shard, schema)
+                report.embedded_shards.append(shard.k)
+                report.vectors += written
+                report.failed += failed
+    finally:
+        lock.release()
     report.embedded_shards.sort()
+    report.total_vectors = plan["items"] - len(report.failed)
     report.failed += [{"path": p, "reason": r} for p, r in collection.skipped]
     report.seconds = time.perf_counter() - started
     return report

@@ -5,8 +5,9 @@
     OUT/failed/failed_{k}.json            the shard's files that could not be embedded, with the reason
     OUT/simengine.json                    the plan: model, shard size, and the hash of every shard's file list
 
-A shard is finished when its metadata file exists: it is written last, each file through a temporary name and a
-rename, so a killed job leaves no half shard that counts as done, and a rerun embeds only the shards not finished.
+A shard is finished when its metadata file exists and names the hash of the vectors file beside it: the metadata is
+written last, each file through a temporary name and a rename, so a killed job (or an actor that died between two
+files) leaves no half shard that counts as done, and a rerun embeds only the shards not finished.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from simengine.errors import SimengineError
 
 PLAN = "simengine.json"
 PLAN_VERSION = 1
+LOCK = ".lock"
+VECTORS_SHA256 = "simengine.img_emb_sha256"
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,49 @@ def failed_path(out: Path, k: int) -> Path:
 
 
 def is_finished(out: Path, k: int) -> bool:
-    return metadata_path(out, k).is_file() and embedding_path(out, k).is_file()
+    """Its metadata file exists and names the vectors file that is there."""
+    import pyarrow.parquet as pq
+
+    if not (metadata_path(out, k).is_file() and embedding_path(out, k).is_file()):
+        return False
+    try:
+        recorded = pq.read_schema(metadata_path(out, k)).metadata or {}
+    except OSError:
+        return False
+    sha = hashlib.sha256(embedding_path(out, k).read_bytes()).hexdigest()
+    return recorded.get(VECTORS_SHA256.encode()) == sha.encode()
 
 
-def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any]) -> dict[str, Any]:
+def metadata_schema(items: Sequence[Item]) -> dict[str, str]:
+    """One Arrow type per metadata column for the whole collection, so that every shard's table has the same schema
+    (a shard whose column is all empty would otherwise get type null) and a column of mixed values (12 and "n/a" in
+    one CSV column) is stored as text instead of failing."""
+    kinds: dict[str, set[type]] = {}
+    for item in items:
+        for key, value in item.metadata.items():
+            kinds.setdefault(key, set())
+            if value is not None:
+                kinds[key].add(type(value))
+    schema = {}
+    for key, seen in sorted(kinds.items()):
+        if seen and seen <= {bool}:
+            schema[key] = "bool"
+        elif seen and seen <= {int}:
+            schema[key] = "int64"
+        elif seen and seen <= {int, float}:
+            schema[key] = "float64"
+        else:
+            schema[key] = "string"
+    return schema
+
+
+def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any], source: dict[str, Any]
+               ) -> dict[str, Any]:
     """Write the plan into `out`, or check that the one there is this plan (a rerun resumes it). Another plan (other
-    files, another model, another shard size) is refused: its finished shards would be mixed with this one's."""
-    plan = {"plan_version": PLAN_VERSION, "model": model, "shards": len(shards),
-            "shard_size": len(shards[0].items) if shards else 0, "items": sum(len(s.items) for s in shards),
-            "shard_digests": [s.digest for s in shards]}
+    files, labels, model, runtime or shard size) is refused: its finished shards would be mixed with this one's."""
+    plan = {"plan_version": PLAN_VERSION, "model": model, "source": source, "shards": len(shards),
+            "items": sum(len(s.items) for s in shards), "shard_digests": [s.digest for s in shards],
+            "metadata_schema": metadata_schema([item for s in shards for item in s.items])}
     path = out / PLAN
     if path.is_file():
         try:
@@ -77,17 +114,18 @@ def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any]) -> dic
         except ValueError as exc:
             raise SimengineError(f"{path}: corrupt ({exc})") from exc
         if existing != plan:
-            what = "model" if existing.get("model") != model else "files or shard size"
+            what = "model or runtime" if existing.get("model") != model else "files, labels or shard size"
             raise SimengineError(f"{out}: holds embeddings of another plan (its {what} differ); embed into a new "
                                  "folder, or delete this one")
         return plan
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise SimengineError(f"{out}: not empty and not an embeddings folder")
     from simengine.index.store import write_durably
 
+    out.mkdir(parents=True, exist_ok=True)
+    write_durably(path, json.dumps(plan, indent=2).encode())  # first: a crash after it leaves a resumable folder
     for sub in ("img_emb", "metadata", "failed"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    write_durably(path, json.dumps(plan, indent=2).encode())
+        (out / sub).mkdir(exist_ok=True)
     return plan
 
 
@@ -101,9 +139,10 @@ def read_plan(out: Path) -> dict[str, Any]:
 
 
 def write_shard(out: Path, shard: Shard, vectors: np.ndarray, embedded: Sequence[int],
-                failed: Sequence[tuple[int, str]], extra: dict[str, Any] | None = None) -> None:
+                failed: Sequence[tuple[int, str]], schema: dict[str, str]) -> None:
     """Store the vectors of `shard.items[i]` for i in `embedded` (row by row) and the reasons of the failed ones;
-    the metadata file, written last, marks the shard finished."""
+    the metadata file, written last, marks the shard finished and names the hash of the vectors it goes with (an
+    attempt that died between the two files never pairs its vectors with another attempt's rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -114,16 +153,20 @@ def write_shard(out: Path, shard: Shard, vectors: np.ndarray, embedded: Sequence
     items = [shard.items[i] for i in embedded]
     columns: dict[str, list] = {"image_path": [str(i.path) for i in items], "sha256": [i.sha256 for i in items],
                                 "label": [i.label for i in items]}
-    for key in sorted({key for i in items for key in i.metadata} - set(columns)):
-        columns[key] = [i.metadata.get(key) for i in items]
-    for key, value in (extra or {}).items():
-        columns[key] = [value] * len(items)
+    fields = [pa.field("image_path", pa.string()), pa.field("sha256", pa.string()), pa.field("label", pa.string())]
+    for key, kind in schema.items():
+        if key in columns:
+            continue  # a source column named like ours: ours wins
+        values = [i.metadata.get(key) for i in items]
+        columns[key] = [None if v is None else str(v) for v in values] if kind == "string" else values
+        fields.append(pa.field(key, getattr(pa, kind)()))
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
+    table = pa.table(columns, schema=pa.schema(fields)).replace_schema_metadata(
+        {VECTORS_SHA256: hashlib.sha256(buffer.getvalue()).hexdigest()})  # built first: a bad value writes nothing
     write_durably(embedding_path(out, shard.k), buffer.getvalue())
     write_durably(failed_path(out, shard.k), json.dumps(
         [{"path": str(shard.items[i].path), "reason": reason} for i, reason in failed], indent=1).encode())
-    table = pa.table(columns)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_durably(metadata_path(out, shard.k), sink.getvalue().to_pybytes())

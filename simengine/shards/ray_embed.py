@@ -2,13 +2,13 @@
 model (the same bundle and runtime choice as the local path) and writing the shards it embeds (`embed.embed_shard`).
 
 The actors ask for a fraction of a CPU: a pool that takes every CPU leaves none to Ray Data's own tasks, and the job
-hangs (Ray 2.60 on 2 cores). They are spread over the nodes. A shard whose actor dies is retried by Ray Data; a job
-that fails anyway leaves its finished shards, and a rerun embeds only the rest.
+hangs (Ray 2.60 on 2 cores). Ray Data spreads its actors over the nodes. A shard whose actor dies is retried by Ray
+Data; a job that fails anyway leaves its finished shards, and a rerun embeds only the rest.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -17,38 +17,43 @@ from typing import Any, Iterator, Sequence
 from simengine.errors import SimengineError
 from simengine.shards.layout import Shard
 
-log = logging.getLogger(__name__)
-
 ACTOR_CPUS = 0.5
 ACTOR_START_TIMEOUT_S = 600
 LOOPBACK = "127.0.0.1"
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def connect(address: str | None = None) -> dict[str, Any]:
-    """Join the Ray cluster at `address` ("auto": the one this machine belongs to), or start a local one when
-    `address` is None, bound to 127.0.0.1 only (checked: a local Ray that listens beyond this machine is refused).
-    Returns the addresses Ray uses."""
+@contextlib.contextmanager
+def connected(address: str | None = None) -> Iterator[dict[str, Any]]:
+    """Inside: joined to the Ray cluster at `address` ("auto": the one this machine belongs to), or to a new local
+    Ray when `address` is None, bound to 127.0.0.1 only (checked: a local Ray that is not on loopback is refused).
+    A Ray started here is shut down on leaving; one the caller had started is left running. Yields the addresses
+    Ray uses."""
     if address is None:
-        # Ray's single-machine mode (meant for laptops) puts every server on the loopback address; on Linux it
-        # otherwise binds to the machine's network address. Read when Ray is imported, so set before.
+        # Ray's single-machine mode (meant for laptops) keeps 127.0.0.1 as the node address: on Linux, Ray replaces
+        # a loopback node address with the machine's network address and binds its servers there. Read when Ray
+        # is imported, so set before.
         os.environ.setdefault(LOCAL_ONLY_ENV, "0")
     try:
         import ray
     except ImportError as exc:
         raise SimengineError(f"--ray needs Ray ({exc}); pip install 'simengine[ray]'") from exc
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if address is None:
-            ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, configure_logging=False,
+            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False, configure_logging=False,
                      log_to_driver=False)
         else:
             ray.init(address=address, configure_logging=False, log_to_driver=False)
-    addresses = cluster_addresses()
-    if address is None and not is_loopback_only(addresses):
-        ray.shutdown()
-        raise SimengineError(f"the local Ray did not stay on {LOOPBACK} ({addresses}); set {LOCAL_ONLY_ENV}=0 before "
-                             "Ray is imported, or give --ray ADDRESS")
-    return addresses
+    try:
+        addresses = cluster_addresses()
+        if address is None and started and not is_loopback_only(addresses):
+            raise SimengineError(f"the local Ray did not stay on {LOOPBACK} ({addresses}); set {LOCAL_ONLY_ENV}=0 "
+                                 "before Ray is imported, or give --ray ADDRESS")
+        yield addresses
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def is_loopback_only(addresses: dict[str, Any]) -> bool:
@@ -67,11 +72,11 @@ def cluster_addresses() -> dict[str, Any]:
 class ShardEmbedder:
     """A Ray Data actor: loads the model once, then embeds and writes the shards it is given."""
 
-    def __init__(self, model_dir: str, runtime: str, out: str):
+    def __init__(self, model_dir: str, runtime: str, out: str, schema: dict[str, str]):
         from simengine.model.bundle import load_bundle
 
         self.model = load_bundle(model_dir, runtime)
-        self.out = Path(out)
+        self.out, self.schema = Path(out), schema
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import ray
@@ -82,7 +87,7 @@ class ShardEmbedder:
         done: dict[str, list] = {"k": [], "written": [], "failed": [], "node": []}
         for blob in batch["shard"]:
             shard: Shard = pickle.loads(blob)
-            written, failed = embed_shard(self.model, self.out, shard)
+            written, failed = embed_shard(self.model, self.out, shard, self.schema)
             done["k"].append(shard.k)
             done["written"].append(written)
             done["failed"].append(pickle.dumps(failed))
@@ -90,30 +95,34 @@ class ShardEmbedder:
         return done
 
 
-def _spread() -> dict[str, Any]:
-    # One actor per node before two on any. Ray 2.60 takes a scheduling strategy only this way (deprecated, to go
-    # in 2.64, with no replacement named yet).
-    return {"scheduling_strategy": "SPREAD"}
-
-
 def embed_on_ray(model_dir: str | os.PathLike, runtime: str, out: Path, shards: Sequence[Shard],
-                 address: str | None, workers: int | None) -> Iterator[tuple[int, int, list[dict[str, str]], str]]:
-    """Embed `shards` on Ray; yields (k, vectors written, failures, node id) as shards finish."""
+                 schema: dict[str, str], address: str | None, workers: int | None
+                 ) -> Iterator[tuple[int, int, list[dict[str, str]], str]]:
+    """Embed `shards` on Ray with `runtime` (a resolved name, never "auto"); yields (k, vectors written, failures,
+    node id) as shards finish. `workers` actors (default and most: one per CPU of the cluster)."""
     if not shards:
         return
-    connect(address)
-    import ray
+    with connected(address):
+        import ray
 
-    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1) / ACTOR_CPUS / 2))
-    # Start the whole pool before the first shard: the first actor up would otherwise take every shard of a small job.
-    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    dataset = ray.data.from_items([{"shard": pickle.dumps(s)} for s in shards], override_num_blocks=len(shards))
-    embedded = dataset.map_batches(
-        ShardEmbedder, batch_size=1,
-        # One shard in flight per actor: a busy actor's next shard goes to an idle one.
-        compute=ray.data.ActorPoolStrategy(size=min(workers, len(shards)), max_tasks_in_flight_per_actor=1),
-        fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "runtime": runtime,
-                               "out": str(out.resolve())},
-        num_cpus=ACTOR_CPUS, ray_remote_args_fn=_spread)
-    for row in embedded.iter_rows():
-        yield int(row["k"]), int(row["written"]), pickle.loads(row["failed"]), str(row["node"])
+        most = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = min(workers or most, most, len(shards))
+        context = ray.data.DataContext.get_current()
+        saved = context.wait_for_min_actors_s
+        # The whole pool starts before the first shard: the first actor up would otherwise take every shard of a
+        # small job.
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+        try:
+            dataset = ray.data.from_items([{"shard": pickle.dumps(s)} for s in shards],
+                                          override_num_blocks=len(shards))
+            embedded = dataset.map_batches(
+                ShardEmbedder, batch_size=1,
+                # One shard in flight per actor: a busy actor's next shard goes to an idle one.
+                compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+                fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "runtime": runtime,
+                                       "out": str(out.resolve()), "schema": schema},
+                num_cpus=ACTOR_CPUS)
+            for row in embedded.iter_rows():
+                yield int(row["k"]), int(row["written"]), pickle.loads(row["failed"]), str(row["node"])
+        finally:
+            context.wait_for_min_actors_s = saved

@@ -8,7 +8,7 @@ import pytest
 
 from simengine.errors import SimengineError
 from simengine.shards.embed import embed_collection
-from simengine.shards.layout import embedding_path, iter_shards, metadata_path
+from simengine.shards.layout import embedding_path, is_finished, iter_shards, metadata_path, read_plan
 
 
 def expected_vectors(model, rows):
@@ -26,9 +26,10 @@ def test_shards_hold_the_models_vectors_in_clip_retrievals_layout(images, model,
         assert vectors.dtype == np.float32 and vectors.shape[1] == model.dim
         np.testing.assert_allclose(vectors, expected_vectors(model, rows), atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-        assert {"image_path", "sha256", "label", "runtime"} <= set(rows[0])
+        assert {"image_path", "sha256", "label"} <= set(rows[0])
         seen += [row["image_path"] for row in rows]
     assert len(seen) == len(set(seen)) == 32 and not any(p.endswith("broken.jpg") for p in seen)
+    assert read_plan(out)["model"] == {"bundle_hash": model.hash, "runtime": model.runtime, "dim": model.dim}
 
 
 def test_a_rerun_embeds_only_the_unfinished_shards(images, bundle_dir, tmp_path):
@@ -39,7 +40,13 @@ def test_a_rerun_embeds_only_the_unfinished_shards(images, bundle_dir, tmp_path)
     report = embed_collection(images, out, bundle_dir, shard_size=10)
     assert report.embedded_shards == [2] and report.skipped_shards == [0, 1, 3]
     assert all(embedding_path(out, k).stat().st_mtime_ns == before[k] for k in (0, 1, 3))
-    assert embed_collection(images, out, bundle_dir, shard_size=10).embedded_shards == []
+    again = embed_collection(images, out, bundle_dir, shard_size=10)
+    assert again.embedded_shards == [] and again.total_vectors == 32 and len(again.failed) == 1  # kept, reported
+    # Vectors of another attempt beside this attempt's rows (an actor that died between the two files): not done.
+    vectors = np.load(embedding_path(out, 1))
+    np.save(embedding_path(out, 1), vectors[::-1].copy())
+    assert not is_finished(out, 1)
+    assert embed_collection(images, out, bundle_dir, shard_size=10).embedded_shards == [1]
 
 
 def test_another_plan_is_refused(images, bundle_dir, tmp_path):
@@ -62,3 +69,28 @@ def test_cli_embed_json(images, bundle_dir, tmp_path):
                                       "--shard-size", "16", "--json"])
     data = json.loads(result.stdout)
     assert result.exit_code == 0 and data["vectors"] == 32 and data["backend"] == "local" and len(data["failed"]) == 1
+
+
+def test_a_tables_mixed_columns_are_kept_as_text_with_one_schema(images, bundle_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    paths = sorted(p for p in images.rglob("*.jpg") if p.name != "broken.jpg")[:6]
+    table = tmp_path / "photos.csv"
+    table.write_text("path,label,size,note\n" + "".join(
+        f"{p},{p.parent.name},{12 if i % 2 else 'n/a'},\n" for i, p in enumerate(paths)))
+    out = tmp_path / "emb"
+    embed_collection(table, out, bundle_dir, shard_size=2)
+    schemas = {str(pq.read_schema(metadata_path(out, k)).remove_metadata()) for k in range(3)}
+    assert len(schemas) == 1  # every shard reads as one dataset
+    rows = [row for _, _, rs in iter_shards(out) for row in rs]
+    assert sorted(row["size"] for row in rows) == ["12", "12", "12", "n/a", "n/a", "n/a"]
+
+
+def test_cli_embed_usage(images, bundle_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from simengine.cli import cli
+
+    result = CliRunner().invoke(cli, ["embed", str(images), "--out", str(tmp_path / "emb"), "--model", str(bundle_dir),
+                                      "--workers", "2"])
+    assert result.exit_code == 2 and "--workers needs --ray" in result.output

@@ -15,7 +15,7 @@ import ray  # noqa: E402
 
 from simengine.shards.embed import embed_collection  # noqa: E402
 from simengine.shards.layout import is_finished, iter_shards  # noqa: E402
-from simengine.shards.ray_embed import LOOPBACK, cluster_addresses, is_loopback_only  # noqa: E402
+from simengine.shards.ray_embed import LOOPBACK, cluster_addresses, connected, is_loopback_only  # noqa: E402
 
 LOOPBACK_FORMS = {LOOPBACK, "::ffff:127.0.0.1"}
 
@@ -38,6 +38,13 @@ def assert_loopback_only():
     assert listening and listening <= LOOPBACK_FORMS, listening
 
 
+def wait_until(condition, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def vectors_by_path(out):
     return {row["image_path"]: vectors[i] for _, vectors, rows in iter_shards(out) for i, row in enumerate(rows)}
 
@@ -56,11 +63,10 @@ def local_shards(images, bundle_dir, tmp_path_factory):
 
 
 def test_a_local_ray_embeds_what_the_local_path_does_on_loopback_only(images, bundle_dir, local_shards, tmp_path):
-    try:
+    with connected(None):  # the local Ray that `--ray` alone starts, kept up here to look at its sockets
         report = embed_collection(images, tmp_path / "emb", bundle_dir, shard_size=4, use_ray=True, workers=2)
         assert_loopback_only()
-    finally:
-        ray.shutdown()
+    assert not ray.is_initialized()
     assert report.backend == "ray" and report.embedded_shards == list(range(9)) and report.vectors == 32
     assert [f["path"].endswith("broken.jpg") for f in report.failed] == [True] and len(report.nodes) == 1
     assert_same_vectors(local_shards, tmp_path / "emb")
@@ -83,26 +89,27 @@ def test_a_two_node_cluster_spreads_the_shards_and_survives_a_lost_node(images, 
 
         out, outcome = tmp_path / "lost", {}
 
-        def job():
+        def job():  # one image per shard: 33 shards, so that the node goes while most are still to do
             try:
-                outcome["report"] = embed_collection(images, out, bundle_dir, shard_size=4, use_ray=True,
+                outcome["report"] = embed_collection(images, out, bundle_dir, shard_size=1, use_ray=True,
                                                      ray_address=cluster.address, workers=2)
             except Exception as exc:  # the job may fail with its node: the rerun below must finish it
                 outcome["error"] = exc
 
         thread = threading.Thread(target=job, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 240
-        while not any(is_finished(out, k) for k in range(9)) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: any(is_finished(out, k) for k in range(33)), "a first shard")
+        assert_loopback_only()  # with the actors up and working
         cluster.remove_node(worker)
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 1
+        finished_at_loss = sum(is_finished(out, k) for k in range(33))
+        assert finished_at_loss < 33
+        wait_until(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 1, "the node marked dead")
         thread.join(timeout=300)
         assert not thread.is_alive(), "the job hung after losing a node"
-        rerun = embed_collection(images, out, bundle_dir, shard_size=4, use_ray=True, ray_address=cluster.address,
+        rerun = embed_collection(images, out, bundle_dir, shard_size=1, use_ray=True, ray_address=cluster.address,
                                  workers=1)
-        assert all(is_finished(out, k) for k in range(9))
-        assert set(rerun.skipped_shards) | set(rerun.embedded_shards) == set(range(9))
+        assert all(is_finished(out, k) for k in range(33))
+        assert set(rerun.skipped_shards) | set(rerun.embedded_shards) == set(range(33))
         assert_same_vectors(local_shards, out)
     finally:
         ray.shutdown()
