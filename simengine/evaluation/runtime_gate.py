@@ -8,8 +8,8 @@ reference runtime:
   on the runtime, as after `--runtime auto` switches to it on an existing index;
 - pair and triplet accuracy at the bundle's calibrated thresholds, on the same 10,000 balanced pairs and triplets.
 
-A runtime passes when every one is within `runtime_choice.GATE_TOLERANCE` of the reference; the verdict of a reduced precision is
-recorded on this machine (`runtime_choice.record_gate`), so that `--runtime auto` may choose it.
+A runtime passes when every one is within `runtime_choice.GATE_TOLERANCE` of the reference; the verdict of a reduced
+precision is recorded on this machine (`runtime_choice.record_gate`), so that `--runtime auto` may choose it.
 """
 
 from __future__ import annotations

@@ -33,10 +33,7 @@ class FeatureCache:
 
     def lookup(self, shas: Sequence[str]) -> dict[str, np.ndarray]:
         """{sha256: vector} of the cached ones among `shas`."""
-        found: dict[str, np.ndarray] = {}
-        for sha, vector in self._cached(shas):
-            found[sha] = vector
-        return found
+        return dict(self._cached(shas))
 
     def _cached(self, shas: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
         unique = list(dict.fromkeys(shas))

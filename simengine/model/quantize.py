@@ -44,9 +44,8 @@ def int8_model(onnx_path: str | os.PathLike, export_sha256: str) -> tuple[Path, 
     """The int8 model beside `onnx_path` and its record, when it was quantized from this export and both of its files
     match the record; else None."""
     folder = Path(onnx_path).parent
-    files = (folder / INT8_RECORD, folder / INT8_MODEL, folder / Path(INT8_MODEL).with_suffix(".bin"))
     try:
-        stamps = tuple((f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in files)
+        stamps = tuple((st.st_size, st.st_mtime_ns, st.st_ino) for st in (f.stat() for f in _files(folder)))
     except OSError:
         return None
     found = _checked(folder, stamps)
@@ -55,11 +54,16 @@ def int8_model(onnx_path: str | os.PathLike, export_sha256: str) -> tuple[Path, 
     return found
 
 
+def _files(folder: Path) -> tuple[Path, Path, Path]:
+    """The int8 model's record, graph and weights in `folder`."""
+    return folder / INT8_RECORD, folder / INT8_MODEL, folder / Path(INT8_MODEL).with_suffix(".bin")
+
+
 @functools.lru_cache(maxsize=64)
 def _checked(folder: Path, stamps: tuple) -> tuple[Path, dict[str, Any]] | None:
     """The files hashed once per version of them (`stamps`: size, mtime, inode of each): a cold query asks three
     times."""
-    record_path, xml, weights = folder / INT8_RECORD, folder / INT8_MODEL, folder / Path(INT8_MODEL).with_suffix(".bin")
+    record_path, xml, weights = _files(folder)
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):

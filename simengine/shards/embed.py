@@ -84,8 +84,9 @@ def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_di
         plan = start_plan(out, shards, model_identity(model),
                           {"labels": labels, "path_column": path_column, "shard_size": shard_size})
         report = EmbedReport(out, len(shards), backend="ray" if use_ray else "local")
-        report.skipped_shards = [s.k for s in shards if is_finished(out, s.k)]
-        todo = [s for s in shards if s.k not in set(report.skipped_shards)]
+        finished = {s.k for s in shards if is_finished(out, s.k)}
+        report.skipped_shards = sorted(finished)
+        todo = [s for s in shards if s.k not in finished]
         for k in report.skipped_shards:
             report.failed += failures(out, k)
         schema = plan["metadata_schema"]

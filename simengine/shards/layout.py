@@ -23,6 +23,7 @@ import numpy as np
 
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
+from simengine.hashing import sha256_file
 
 PLAN = "simengine.json"
 PLAN_VERSION = 1
@@ -73,8 +74,7 @@ def is_finished(out: Path, k: int) -> bool:
         recorded = pq.read_schema(metadata_path(out, k)).metadata or {}
     except OSError:
         return False
-    sha = hashlib.sha256(embedding_path(out, k).read_bytes()).hexdigest()
-    return recorded.get(VECTORS_SHA256.encode()) == sha.encode()
+    return recorded.get(VECTORS_SHA256.encode()) == sha256_file(embedding_path(out, k)).encode()
 
 
 def metadata_schema(items: Sequence[Item]) -> dict[str, str]:
