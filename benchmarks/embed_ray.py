@@ -29,7 +29,7 @@ from common import RESULTS, table, write  # noqa: E402
 from simengine.data.folders import scan_split  # noqa: E402
 from simengine.shards.embed import embed_collection  # noqa: E402
 from simengine.shards.layout import iter_shards  # noqa: E402
-from simengine.shards.ray_embed import LOOPBACK, cluster_addresses, is_loopback_only  # noqa: E402
+from simengine.ray_cluster import LOOPBACK, cluster_addresses, is_loopback_only  # noqa: E402
 
 
 def vectors_by_path(out: Path) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, table, write  # noqa: E402
 
 from simengine.index import faiss_factory as vec  # noqa: E402
+from simengine.index import index_choice  # noqa: E402
 from simengine.index import items_db  # noqa: E402
 from simengine.index.reader import Index  # noqa: E402
 
@@ -90,7 +91,7 @@ def main(argv=None) -> dict:
             print(row, flush=True)
             rows.append(row)
     result = {"dim": int(base.shape[1]), "base_vectors": len(base), "sigma": args.sigma, "queries": args.queries,
-              "auto_flat_max": vec.FLAT_MAX, "hnsw": {"M": vec.HNSW_M, "efConstruction": vec.HNSW_EF_CONSTRUCTION,
+              "auto_flat_max": index_choice.FLAT_MAX, "hnsw": {"M": index_choice.HNSW_M, "efConstruction": vec.HNSW_EF_CONSTRUCTION,
               "efSearch": vec.HNSW_EF_SEARCH, "build_threads": 1}, "ivf_nprobe": vec.IVF_NPROBE, "rows": rows,
               "skipped": skipped}
     write(args.name, result, markdown(result, args.k), args.out)

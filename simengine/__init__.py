@@ -11,6 +11,7 @@ The public face, imported lazily so that `import simengine` stays light (and nev
     load_bundle, Encoder            the model (model/)
     quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
     embed_collection                embeddings of a collection as shards, locally or on Ray (shards/)
+    build_from_embeddings           an index from those shards within a memory budget (index/)
     train_model                     train both heads into a bundle (training/, imports torch)
 """
 
@@ -40,6 +41,7 @@ _EXPORTS = {
     "Encoder": "simengine.model.encoder",
     "quantize_model": "simengine.workflows",
     "embed_collection": "simengine.shards.embed",
+    "build_from_embeddings": "simengine.index.from_embeddings",
     "train_model": "simengine.training.pipeline",
 }
 

@@ -224,13 +224,27 @@ def _source_options(recorded: bool = False):
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model bundle; trained first when omitted (needs an ImageFolder dataset).")
 @click.option("--name", default=None, help="Index name under indexes/ (default: default).")
 @click.option("--out", type=click.Path(), default=None, help="Index path (instead of --name).")
-@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True)
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivf_sq8", "ivf_pq"]), default="auto",
+              show_default=True, help="auto: Flat below 100k vectors, HNSW above; with --max-index-memory, the most "
+                                      "exact type that fits (Flat, HNSW, IVF-Flat, IVF-SQ8, IVF-PQ).")
+@click.option("--from-embeddings", "embeddings", type=click.Path(exists=True, file_okay=False),
+              help="Index the vectors of a `simengine embed` folder (with its --model) instead of embedding images, "
+                   "reading one shard at a time.")
+@click.option("--max-index-memory", default=None, help="With --from-embeddings: the index's RAM budget (e.g. 4G); "
+                                                        "the index type is chosen to fit it.")
+@click.option("--segments", type=click.IntRange(1), default=1, show_default=True,
+              help="With --from-embeddings and a trained (IVF) type: keep the index as this many segments.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="With --from-embeddings: fill the index in parallel Ray tasks (`--ray` alone: a local Ray on "
+                   "127.0.0.1; `--ray ADDRESS`: a cluster whose nodes see the same files).")
+@click.option("--workers", type=click.IntRange(1), help="With --ray: parallel tasks (default and most: the CPUs).")
 @click.option("--target-far", type=float, default=None, help="Calibrate for this false-accept rate instead of best accuracy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_training_options
 @click.pass_context
-def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, name, out, index_type, target_far, as_json,
-                backbone, weights, runtime, **train_kwargs):
+def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, name, out, index_type, embeddings,
+                max_index_memory, segments, ray_address, workers, target_far, as_json, backbone, weights, runtime,
+                **train_kwargs):
     """Embed a collection into an index: a new one, or the next version of an existing one (new ids, old items
     removed; readers and servers move over without a restart).
 
@@ -250,6 +264,12 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
     if source and data_dir:
         raise click.UsageError("give SOURCE or --data, not both")
     out = Path(out) if out else DEFAULT_ROOT / (name or "default")
+    if embeddings:
+        _build_from_embeddings(ctx, embeddings, source or data_dir, out, model_dir, index_type, max_index_memory,
+                               segments, ray_address, workers, target_far, as_json)
+        return
+    if max_index_memory or segments != 1 or ray_address or workers:
+        raise click.UsageError("--max-index-memory, --segments, --ray and --workers go with --from-embeddings")
     train_options, finetune = (None, None) if model_dir else _train_options(**train_kwargs)
     path, report, bundle = build_index_from_source(
         source or resolve_data_dir(data_dir), out, [s.strip() for s in split.split(",")], model_dir, index_type,
@@ -263,6 +283,29 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
         click.echo(f"skipped: {one_line(reason)}", err=True)
     click.echo(f"index {path}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
                f"{len(report.failed)} failed")
+
+
+def _build_from_embeddings(ctx, embeddings, source, out, model_dir, index_type, max_index_memory, segments, ray_address,
+                           workers, target_far, as_json) -> None:
+    from simengine.index.from_embeddings import build_from_embeddings
+    from simengine.index.index_choice import parse_memory
+
+    if source:
+        raise click.UsageError("give SOURCE (images) or --from-embeddings, not both")
+    if not model_dir:
+        raise click.UsageError("--from-embeddings needs --model: the bundle that embedded the folder")
+    if workers and ray_address is None:
+        raise click.UsageError("--workers needs --ray")
+    report = build_from_embeddings(
+        embeddings, out, model_dir, parse_memory(max_index_memory) if max_index_memory else None, index_type,
+        segments, use_ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
+        workers=workers, target_far=target_far, progress=_progress(ctx))
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    tuned = f", nprobe {report.nprobe} (recall@10 {report.sample_recall:.3f} on a sample)" if report.nprobe else ""
+    click.echo(f"index {report.index}: {report.items} items, {report.factory} in {report.segments} segment(s), "
+               f"~{report.estimated_bytes / 2**30:.2f} GiB{tuned}, {report.seconds['total']:.0f} s")
 
 
 _wait_option = click.option("--wait", "wait_s", type=float, default=60, show_default=True,
@@ -731,9 +774,16 @@ def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
               help="Most images embedded in one batch (uploads of concurrent requests are batched together).")
 @click.option("--max-wait-ms", type=float, default=4, show_default=True,
               help="How long a batch waits for more images before it runs.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="Serve on Ray Serve, the index split into --shards deployments (`--ray` alone: a local Ray on "
+                   "127.0.0.1; `--ray ADDRESS`: a cluster whose nodes see the index's files). Needs simengine[ray].")
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
+              help="With --ray: shard deployments; each searches every n-th segment of the index.")
+@click.option("--replicas", type=click.IntRange(0), default=1, show_default=True,
+              help="With --ray: frontend replicas (0: autoscale from 1 to 4 with the requests in flight).")
 @_runtime_option
 def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_hosts, mode, max_upload_mb, max_pixels,
-          timeout, max_pending, max_batch, max_wait_ms, runtime):
+          timeout, max_pending, max_batch, max_wait_ms, ray_address, shards, replicas, runtime):
     """Serve the index over HTTP: JSON API under /v1 (docs at /docs), Prometheus metrics at /metrics, a web page
     at /. Stops on Ctrl-C or SIGTERM after finishing the requests in flight."""
     from simengine.data.decode import MAX_PIXELS
@@ -743,7 +793,21 @@ def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_ho
     limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels or MAX_PIXELS,
                            timeout_s=timeout, max_pending=max_pending, max_batch_size=max_batch,
                            max_wait_s=max_wait_ms / 1000)
-    run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits, runtime)
+    if ray_address is None:
+        if shards != 1 or replicas != 1:
+            raise click.UsageError("--shards and --replicas go with --ray")
+        run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits,
+            runtime)
+        return
+    from simengine.index.store import resolve_index_dir
+    from simengine.service.ray_serve import run_on_ray
+    from simengine.service.security import allowed_hosts as answered_hosts, check_exposure
+
+    api_key = read_api_key(api_key_file)
+    check_exposure(host, allow_remote, api_key, no_auth)
+    run_on_ray(resolve_index_dir(index_dir), shards, replicas, host, port,
+               None if ray_address == "local" else ray_address, mode=mode, runtime=runtime, limits=limits,
+               api_key=api_key, hosts=answered_hosts(host, allowed_hosts))
 
 
 def _print_pair(r, as_json):

@@ -173,3 +173,15 @@ def test_embed_ray_script(fixture_data, bundle_dir, tmp_path):
     assert [(r["setup"], r["workers"]) for r in data["rows"]] == [
         ("local path (no Ray)", 1), ("local Ray", 1), ("local Ray", 2), ("2-node cluster", 1), ("2-node cluster", 2)]
     assert all(r["max_abs_diff_to_local"] < 1e-5 and r["loopback_only"] for r in data["rows"][1:])
+
+
+def test_build_scale_script(built_index, tmp_path):
+    import build_scale
+
+    build_scale.main(["--index", str(built_index), "--vectors", "20000", "--shard-size", "5000",
+                      "--max-index-memory", "8M", "--queries", "50", "--single", "5", "--repeats", "1",
+                      "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    data = _written(tmp_path, "build_scale")
+    assert data["build"]["index_type"] == "ivf_sq8" and data["build"]["estimated_bytes"] <= 8 * 2**20
+    assert data["shards"] == 4 and data["recall_at_10"] > 0.5 and data["batched_qps"] > 0
+    assert data["build_peak_rss_bytes"] > 0 and not (tmp_path / "work").exists()  # a tiny index may reuse freed RAM

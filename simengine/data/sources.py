@@ -252,7 +252,7 @@ def _from_table(table: Path, table_rows: tuple[list[str], Iterator[tuple[int, di
     if labels == "table" and label_column is None:
         raise SimengineError(f"{table}: --labels table needs a 'label' column")
     metadata_columns = [c for c in columns if c not in (path_column, label_column)]
-    _check_column_names(table, metadata_columns)
+    check_column_names(table, metadata_columns)
     typed = kind != "parquet"  # CSV cells are text; parquet ones have their types
     found, extra, skipped, first_line = [], {}, [], {}
     for number, row in rows:
@@ -274,7 +274,8 @@ def _from_table(table: Path, table_rows: tuple[list[str], Iterator[tuple[int, di
     return collection
 
 
-def _check_column_names(table: Path, columns: list[str]) -> None:
+def check_column_names(table: Path, columns: list[str]) -> None:
+    """Metadata column names become SQLite columns: plain names only, none of the index's own, no two alike."""
     seen: set[str] = set()
     for column in columns:
         if not COLUMN_NAME.fullmatch(column):

@@ -3,23 +3,30 @@ memory grows with the collection and the pairs found, never with the square of t
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
 
-from simengine.index import faiss_factory
+from simengine.errors import SimengineError
+from simengine.index import faiss_factory, index_choice
 
 QUERY_BATCH = 4096
+DEDUP_NPROBE = 16  # lists probed per sqrt(n) lists
 NEIGHBOURS = 16  # candidates per image
 
 
 def search_type(n: int, requested: str = "auto") -> str:
-    """Exact search up to faiss_factory.FLAT_MAX vectors, IVF beyond: a near duplicate lies next to its original, in
+    """Exact search up to index_choice.FLAT_MAX vectors, IVF beyond: a near duplicate lies next to its original, in
     the same or a neighbouring list, and IVF builds fast. On 100,000 synthetic 1280-d vectors (2 cores), IVF found
-    all 1,000 planted copies in 110 s at 1.25 GB peak RSS; HNSW needed 630 s and 2.0 GB, mostly for its build."""
+    all 1,000 planted copies in 110 s at 1.25 GB peak RSS; HNSW needed 630 s and 2.0 GB, mostly for its build. (Measured with sqrt(n) lists and an exact
+    quantizer; IVF now has about 2 sqrt(n) lists behind an HNSW quantizer, and dedup probes the same share of them.)"""
+    if index_choice.check_type(requested) in ("ivf_sq8", "ivf_pq"):
+        raise SimengineError(f"--index-type {requested} compares approximate codes; duplicates need exact "
+                             "similarities (flat, hnsw or ivf)")
     if requested != "auto":
-        return faiss_factory.choose_type(n, requested)
-    return "flat" if n < faiss_factory.FLAT_MAX else "ivf"
+        return requested
+    return "flat" if n < index_choice.FLAT_MAX else "ivf"
 
 
 def near_pairs(vectors: np.ndarray, ids: np.ndarray, threshold: float, k: int = NEIGHBOURS,
@@ -33,6 +40,9 @@ def near_pairs(vectors: np.ndarray, ids: np.ndarray, threshold: float, k: int = 
     if len(vectors) == 0 or len(base_vectors) == 0:
         return
     index = faiss_factory.build(base_vectors, base_ids, search_type(len(base_ids), index_type))
+    if (ivf := faiss_factory.ivf_of(index)) is not None:
+        # The share of lists probed that the measurement above used (16 of sqrt(n) lists); IVF now has ~2 sqrt(n).
+        ivf.nprobe = min(ivf.nlist, math.ceil(DEDUP_NPROBE * ivf.nlist / math.sqrt(len(base_ids))))
     k = min(k + (against is None), len(base_ids))  # within one set, each image finds itself first
     seen: set[tuple[int, int]] = set()  # within one set: the pairs found so far, as many as are yielded
     for start in range(0, len(vectors), QUERY_BATCH):

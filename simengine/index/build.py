@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from simengine.data.decode import image_size
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
 from simengine.index.calibrate import calibrate_index
-from simengine.index.faiss_factory import choose_type
+from simengine.index import index_choice
 from simengine.index.lock import DEFAULT_TIMEOUT_S
 from simengine.index.store import CURRENT, V1_MANIFEST, now_iso
 from simengine.index.writer import IndexWriter, create_empty
@@ -89,14 +89,26 @@ def build_index(
     info = dict(build_info or {}, embed_and_build_seconds=round(time.time() - started, 1),
                 duplicates=len(report.duplicates), failed=len(report.failed))
 
+    def write(writer: IndexWriter) -> None:
+        report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
+
+    commit_build(out, model, in_place, write, "build", timeout_s)
+    return out, report
+
+
+def commit_build(out: Path, model: Model, in_place: bool, write: Callable[[IndexWriter], None], operation: str,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Commit what `write` stages as the next version of the index at `out` (`in_place`), or as the first version
+    of a new index, built beside `out` and moved there once committed: a failed build leaves nothing at `out`."""
+
     def commit_into(folder: Path) -> None:
         with IndexWriter(folder, timeout_s) as writer:
-            report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
-            writer.commit("build")
+            write(writer)
+            writer.commit(operation)
 
     if in_place:
         commit_into(out)
-        return out, report
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.building-{secrets.token_hex(3)}"
     try:
@@ -105,13 +117,12 @@ def build_index(
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out, report
 
 
 def check_target(out: Path, index_type: str = "auto") -> bool:
     """Fail before any slow work when the index type is unknown or `out` cannot take an index; True when `out` is an
     index already (the build becomes its next version)."""
-    choose_type(0, index_type)
+    index_choice.check_type(index_type)
     if (out / CURRENT).is_file():
         return True
     _check_replaceable(out)

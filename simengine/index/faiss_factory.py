@@ -1,68 +1,98 @@
-"""FAISS indexes of one segment: exact Flat for small collections, HNSW for large ones, IVF on request; search that
-skips excluded ids inside FAISS, and reading a segment back out for merging."""
+"""FAISS indexes of one segment, of the types `index_choice` chooses from: building, search that skips excluded ids
+inside FAISS, and reading a segment back out for merging."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from simengine.errors import SimengineError
+from simengine.index import index_choice
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
-# Below this many vectors exact search is fast enough (benchmarks/search_scale.py measures the knee).
-FLAT_MAX = 100_000
-HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 HNSW_EF_SEARCH_MAX = 2048
 IVF_NPROBE = 16
-
-
-def choose_type(n: int, requested: str = "auto") -> str:
-    if requested not in INDEX_TYPES:
-        raise SimengineError(f"unknown index type {requested!r}; choose one of {', '.join(INDEX_TYPES)}")
-    if requested != "auto":
-        return requested
-    return "flat" if n < FLAT_MAX else "hnsw"
+KMEANS_ITERATIONS = 10  # FAISS's default of 25 costs 2.5x the training time for centroids that barely move
 
 
 def build(vectors: np.ndarray, ids: np.ndarray, index_type: str, seed: int = 0):
-    """An inner-product FAISS index over L2-normalised `vectors`, with int64 `ids`; HNSW is built on one thread."""
-    import faiss
-
+    """An inner-product FAISS index of `index_type` over L2-normalised `vectors`, with int64 `ids`; trained types
+    are trained on a uniform sample of the vectors; HNSW is built on one thread."""
     vectors = np.ascontiguousarray(vectors, np.float32)
-    dim = vectors.shape[1]
-    if index_type == "flat":
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    elif index_type == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        inner.hnsw.efSearch = HNSW_EF_SEARCH
-        index = faiss.IndexIDMap2(inner)
-    elif index_type == "ivf":
-        # about sqrt(N) lists, and at least 39 training points per list (FAISS warns below that)
-        nlist = max(1, min(int(math.sqrt(len(vectors))), len(vectors) // 39))
-        quantizer = faiss.IndexFlatIP(dim)
-        inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        inner.cp.seed = seed
-        inner.train(vectors)
-        inner.nprobe = IVF_NPROBE
-        # IVF keeps ids itself; a hashtable direct map gives reconstruct-by-id and remove_ids.
-        inner.set_direct_map_type(faiss.DirectMap.Hashtable)
-        index = inner
-    else:
-        raise SimengineError(f"unknown index type {index_type!r}")
+    spec = index_choice.spec(index_type, len(vectors), vectors.shape[1])
+    index = new(spec, vectors.shape[1], seed)
+    if spec.trained:
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(len(vectors), spec.train_size(len(vectors)), replace=False))
+        index.train(vectors[sample])
     add(index, vectors, ids)
+    finish(index)
     return index
 
 
+def new(spec: index_choice.IndexSpec, dim: int, seed: int = 0):
+    """An empty index of `spec` (untrained, for the trained types)."""
+    import faiss
+
+    if spec.kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if spec.kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, index_choice.HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
+        return faiss.IndexIDMap2(inner)
+    if not spec.trained:
+        raise SimengineError(f"unknown index type {spec.kind!r}")
+    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)  # IVF keeps ids itself
+    ivf.cp.seed = seed
+    ivf.cp.niter = KMEANS_ITERATIONS
+    ivf.nprobe = IVF_NPROBE
+    return index
+
+
+def finish(index) -> None:
+    """Make stored vectors reachable by id (`reconstruct`) and removable: IVF needs a hash map from id to position.
+    Set after the adds: FAISS cannot merge indexes that have one."""
+    import faiss
+
+    if (ivf := ivf_of(index)) is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+
+def drop_id_map(index) -> None:
+    """Remove IVF's id -> position map (FAISS merges only indexes without one; `finish` rebuilds it)."""
+    import faiss
+
+    ivf_of(index).set_direct_map_type(faiss.DirectMap.NoMap)
+
+
+def merge_lists(index, other) -> None:
+    """Move the vectors of `other` into `index`, both grown from one trained empty index, list by list."""
+    drop_id_map(index)
+    drop_id_map(other)
+    index.merge_from(other, 0)
+
+
+def ivf_of(index):
+    """The IVF index inside `index`, or None."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
 def add(index, vectors: np.ndarray, ids: np.ndarray) -> None:
-    """Add with ids; one OpenMP thread so that HNSW graphs are reproducible."""
+    """Add with ids; HNSW on one OpenMP thread so that its graphs are reproducible (IVF adds are the same on any
+    number of threads: each list takes its vectors in order)."""
     import faiss
 
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    if ivf_of(index) is None:
+        faiss.omp_set_num_threads(1)
     try:
         index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
     finally:
@@ -75,7 +105,7 @@ def ids_of(index) -> np.ndarray:
 
     if hasattr(index, "id_map"):
         return faiss.vector_to_array(index.id_map).astype(np.int64)
-    lists = faiss.extract_index_ivf(index).invlists
+    lists = ivf_of(index).invlists
     parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
@@ -106,8 +136,8 @@ def search(index, queries: np.ndarray, k: int, selector=None, selected_fraction:
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
     if isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW(efSearch=int(min(max(HNSW_EF_SEARCH, k) * widen, HNSW_EF_SEARCH_MAX)))
-    elif isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(nprobe=int(min(inner.nprobe * widen, inner.nlist)))
+    elif (ivf := ivf_of(inner)) is not None:
+        params = faiss.SearchParametersIVF(nprobe=int(min(ivf.nprobe * widen, ivf.nlist)))
     else:
         params = faiss.SearchParameters()
     if selector is not None:

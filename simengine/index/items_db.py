@@ -6,6 +6,7 @@ serves every version a reader may hold, and a write touches only the rows it cha
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -189,10 +190,18 @@ def labelled(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
 
 
 def insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], version: int) -> None:
-    import sqlite_utils
-
+    """Insert `rows` stamped with `version`, in one transaction: one commit (one fsync) per call, not per batch."""
     _add_metadata_columns(conn, rows)
-    sqlite_utils.Database(conn)["items"].insert_all(({**row, "added_version": version} for row in rows), batch_size=1000)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    names = ", ".join(f'"{c}"' for c in columns + ["added_version"])
+    sql = f"INSERT INTO items ({names}) VALUES ({', '.join('?' * (len(columns) + 1))})"
+    with conn:
+        conn.executemany(sql, ([_sql_value(row.get(c)) for c in columns] + [version] for row in rows))
+
+
+def _sql_value(value: Any) -> Any:
+    """Lists and dicts as JSON text (as sqlite-utils stores them); anything else as sqlite3 binds it."""
+    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else value
 
 
 def _add_metadata_columns(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -75,8 +75,8 @@ class Index:
             conn, reuse = items_db.connect(self.path), {}
         try:
             db_identity = items_db.identity(self.path)
-            segments = {s["file"]: reuse.get(s["file"]) or self._open_segment(s, manifest["dim"])
-                        for s in manifest["segments"]}
+            held = self._held(manifest["segments"])
+            segments = {s["file"]: reuse.get(s["file"]) or self._open_segment(s, manifest["dim"]) for s in held}
             try:
                 excluded = items_db.removed_ids(conn, manifest["version"])
             except sqlite3.DatabaseError as exc:
@@ -93,12 +93,16 @@ class Index:
         if conn is not self.conn:
             self.conn.close()
         self.conn, self._segments, self._db_identity = conn, segments, db_identity
-        self._order = [s["file"] for s in manifest["segments"]]
-        self._id_starts = [s["id_min"] for s in manifest["segments"]]
+        self._order = [s["file"] for s in held]
+        self._id_starts = [s["id_min"] for s in held]
         self._selector = faiss_factory.excluding(excluded)
         self._excluded = excluded  # the selector points into this array
         self.calibration = calibration
         self.manifest = manifest
+
+    def _held(self, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The segments this reader opens and searches: all of them (a shard of a served index holds some)."""
+        return segments
 
     def _open_segment(self, record: dict[str, Any], dim: int):
         import faiss
@@ -177,31 +181,26 @@ class Index:
         items it selects before searching, never by filtering a short list afterwards."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if where is None:
-            return self._search(queries, min(k, len(self)), self._selector)
+            return self.search_segments(queries, min(k, len(self)))
         allowed = self.ids_where(where, params)
         k_eff = min(k, len(allowed))
         if 0 < len(allowed) * self.manifest["dim"] <= EXACT_FILTER_FLOATS:
             # Graph and list searches lose recall when most of what they visit is filtered out; a few vectors are
             # cheaper to compare exactly anyway.
             return faiss_factory.exact_search(queries, self.vectors(allowed), allowed, k_eff)
-        return self._search(queries, k_eff, faiss_factory.only(allowed), len(allowed) / max(len(self), 1))
+        return self.search_segments(queries, k_eff, allowed)
 
-    def _search(self, queries: np.ndarray, k: int, selector, selected_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def search_segments(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of the segments held, among `allowed` ids (None: every live one)."""
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        sims, ids = [], []
-        for name in self._order:
-            segment = self._segments[name]
-            if segment.ntotal:
-                s, i = faiss_factory.search(segment, queries, min(k, segment.ntotal), selector, selected_fraction)
-                sims.append(s)
-                ids.append(i)
-        sims, ids = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
-        sims = np.where(ids >= 0, sims, -np.inf)
-        best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        out_s, out_i = np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
-        out_i[~np.isfinite(out_s)] = -1
-        return out_s.astype(np.float32), out_i.astype(np.int64)
+        selector, fraction = self._selector, 1.0
+        if allowed is not None:
+            selector, fraction = faiss_factory.only(allowed), len(allowed) / max(len(self), 1)
+        found = [faiss_factory.search(self._segments[name], queries, min(k, self._segments[name].ntotal), selector,
+                                      fraction) for name in self._order if self._segments[name].ntotal]
+        return merge_best(found, k, len(queries))
 
     def ids_where(self, where: str, params: dict[str, Any] | None = None) -> np.ndarray:
         """Live ids of this version selected by an SQL condition (see `items_db.ids_where`)."""
@@ -240,6 +239,18 @@ class Index:
             "committed_at": m["committed_at"],
             "last_operation": m["operation"],
         }
+
+
+def merge_best(found: Sequence[tuple[np.ndarray, np.ndarray]], k: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (similarities, ids) per query of several searches' results; -1 pads rows with fewer than k."""
+    if not found:
+        return np.full((n_queries, k), -np.inf, np.float32), np.full((n_queries, k), -1, np.int64)
+    sims, ids = np.concatenate([s for s, _ in found], axis=1), np.concatenate([i for _, i in found], axis=1)
+    sims = np.where(ids >= 0, sims, -np.inf)
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    out_s, out_i = np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
+    out_i[~np.isfinite(out_s)] = -1
+    return out_s.astype(np.float32), out_i.astype(np.int64)
 
 
 def _disk_bytes(folder: Path) -> int:

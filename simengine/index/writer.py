@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from simengine.errors import SimengineError
-from simengine.index import faiss_factory, items_db
+from simengine.index import faiss_factory, index_choice, items_db
 from simengine.index.lock import DEFAULT_TIMEOUT_S, WriterLock
 from simengine.index.store import (
     FORMAT_VERSION, GRACE_S, MANIFESTS, MODEL, SEGMENTS, TMP_SUFFIX, IndexDir, fsync_dir, now_iso,
@@ -98,6 +98,8 @@ class IndexWriter:
         self._changes: dict[str, Any] = {}
         self._compact = False
         self._replacing = False
+        self._streamed_items = 0
+        self._streamed_segments: list[dict[str, Any]] | None = None
         self._written: list[Path] = []
         self.committed: dict[str, Any] | None = None
         return self
@@ -152,7 +154,17 @@ class IndexWriter:
                     index_type: str, build_info: dict[str, Any]) -> list[int]:
         """Stage a new collection in place of the current one, embedded by `model` (which may differ from the
         index's): every live item is removed, `rows` are added under new ids, into one segment of `index_type`."""
-        faiss_factory.choose_type(0, index_type)  # an unknown type fails here, before anything is written
+        self._stage_replacement(model, calibration, index_type, build_info)
+        return self.add(vectors, rows)
+
+    def replace_streamed(self, model, calibration: dict[str, Any], index_type: str, build_info: dict[str, Any]) -> None:
+        """Stage a new collection too large to hold: its rows come in batches (`insert_rows`, written to SQLite at
+        once, invisible until the commit) and its FAISS segments are built by the caller (`save_segment`)."""
+        self._stage_replacement(model, calibration, index_type, build_info)
+        self._streamed_segments = []
+
+    def _stage_replacement(self, model, calibration: dict[str, Any], index_type: str, build_info: dict[str, Any]) -> None:
+        index_choice.check_type(index_type)  # an unknown type fails here, before anything is written
         self._removed.update(items_db.live_ids(self.conn, self.base["version"]).tolist())
         model_dir = self.base["model_dir"]
         if model.hash != self.base["model"]["hash"]:
@@ -161,7 +173,25 @@ class IndexWriter:
         self._changes.update(model=_model_identity(model), model_dir=model_dir, dim=model.dim, calibration=calibration,
                              index_type=index_type, build=build_info)
         self._replacing = True
-        return self.add(vectors, rows)
+
+    def insert_rows(self, rows: Sequence[dict[str, Any]]) -> range:
+        """Write rows (without ids) of a streamed replacement; returns the ids given to them, consecutive."""
+        if self._streamed_segments is None:
+            raise SimengineError("insert_rows belongs to a streamed replacement (replace_streamed)")
+        ids = range(self._next_id, self._next_id + len(rows))
+        items_db.insert(self.conn, [dict(row, id=i) for row, i in zip(rows, ids)], self.version)
+        self._next_id += len(rows)
+        self._streamed_items += len(rows)
+        return ids
+
+    def save_segment(self, index, kind: str, template: str | None = None) -> dict[str, Any]:
+        """Write a FAISS index built by the caller as a segment of a streamed replacement. `template` names the
+        trained empty index it grew from: segments of one template can be merged list by list."""
+        if self._streamed_segments is None:
+            raise SimengineError("save_segment belongs to a streamed replacement (replace_streamed)")
+        record = self._save_index(index, kind, faiss_factory.ids_of(index), template)
+        self._streamed_segments.append(record)
+        return record
 
     def _place_model(self, model, target: Path) -> None:
         """A complete copy of `model`'s bundle at `target`: copied beside, then renamed, so no crash leaves half."""
@@ -190,8 +220,13 @@ class IndexWriter:
         with self.conn:
             items_db.mark_removed(self.conn, sorted(self._removed), version)
         compacted_at = self.base["compacted_at"]
-        if self._replacing:  # every earlier item is removed: their segments are not even read
-            segments = [self._write_segment(vectors, ids, faiss_factory.choose_type(len(ids), policy))] if len(ids) else []
+        if self._streamed_segments is not None:
+            if self._added_rows:
+                raise SimengineError("a streamed replacement takes rows by insert_rows, not add")
+            segments = sorted(self._streamed_segments, key=lambda s: s["id_min"])
+            compacted_at = version
+        elif self._replacing:  # every earlier item is removed: their segments are not even read
+            segments = [self._write_segment(vectors, ids, self._choose(len(ids), policy))] if len(ids) else []
             compacted_at = version
         elif self._compact:
             segments = self._merge(self.base["segments"], policy, staged=(ids, vectors))
@@ -199,9 +234,9 @@ class IndexWriter:
         else:
             segments = list(self.base["segments"])
             if len(ids):
-                segments.append(self._write_segment(vectors, ids, faiss_factory.choose_type(len(ids), _delta_policy(policy))))
+                segments.append(self._write_segment(vectors, ids, self._choose(len(ids), _delta_policy(policy))))
             segments = self._merge_small_tail(segments, _delta_policy(policy))
-        items = self.base["counts"]["items"] + len(self._added_rows) - len(self._removed)
+        items = self.base["counts"]["items"] + len(self._added_rows) + self._streamed_items - len(self._removed)
         n_vectors = sum(s["vectors"] for s in segments)
         manifest = dict(self.base, **self._changes, version=version, committed_at=now_iso(), committed_unix=time.time(),
                         operation=operation, next_id=self._next_id, compacted_at=compacted_at, segments=segments,
@@ -215,25 +250,35 @@ class IndexWriter:
             log.warning("%s: version %d committed, cleaning old versions failed: %s", self.store.root, version, exc)
         return manifest
 
+    def _choose(self, n: int, policy: str) -> str:
+        return index_choice.choose(n, self._changes.get("dim", self.base["dim"]), policy).kind
+
     def _write_segment(self, vectors: np.ndarray, ids: np.ndarray, kind: str) -> dict[str, Any]:
+        return self._save_index(faiss_factory.build(vectors, ids, kind), kind, ids)
+
+    def _save_index(self, index, kind: str, ids: np.ndarray, template: str | None = None) -> dict[str, Any]:
         import faiss
 
         name = self.store.new_segment_name(self.version)
         path = self.store.segment_path(name)
         self._written.append(path)
-        faiss.write_index(faiss_factory.build(vectors, ids, kind), str(path))
+        faiss.write_index(index, str(path))
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
         fsync_dir(path.parent)
-        return self.store.segment_record(name, kind, ids)
+        return self.store.segment_record(name, kind, ids) | ({"template": template} if template else {})
 
     def _merge(self, segments: list[dict[str, Any]], policy: str,
                staged: tuple[np.ndarray, np.ndarray | None] | None = None) -> list[dict[str, Any]]:
         """One segment holding the live vectors of `segments` (and of `staged` (ids, vectors), not yet written) as of
-        this version (cost: their size); none if empty."""
+        this version (cost: their size); none if empty. A trained segment first in line (IVF, built from embeddings
+        within a memory budget) takes the others in: its removed vectors are dropped and theirs added, so the merge
+        needs no retraining and no more memory than the index itself."""
         import faiss
 
         removed = items_db.removed_ids(self.conn, self.version)
+        if segments and segments[0].get("template"):
+            return self._merge_into_trained(segments, removed, staged)
         parts_ids, parts_vectors = [], []
         if staged is not None and len(staged[0]):
             parts_ids.append(staged[0])
@@ -248,7 +293,31 @@ class IndexWriter:
             return []
         order = np.argsort(ids, kind="stable")
         ids, vectors = ids[order], np.concatenate(parts_vectors)[order]
-        return [self._write_segment(vectors, ids, faiss_factory.choose_type(len(ids), policy))]
+        return [self._write_segment(vectors, ids, self._choose(len(ids), policy))]
+
+    def _merge_into_trained(self, segments: list[dict[str, Any]], removed: np.ndarray,
+                            staged: tuple[np.ndarray, np.ndarray | None] | None) -> list[dict[str, Any]]:
+        import faiss
+
+        first = segments[0]
+        index = faiss.read_index(str(self.store.segment_path(first["file"])))
+        faiss_factory.drop_id_map(index)  # rebuilt by `finish` once the lists are final
+        for segment in segments[1:]:
+            other = faiss.read_index(str(self.store.segment_path(segment["file"])))
+            if segment.get("template") == first["template"]:
+                faiss_factory.merge_lists(index, other)  # the same trained quantizer: codes move as they are
+            else:
+                ids, vectors = faiss_factory.contents(other)
+                faiss_factory.add(index, vectors, ids)
+            del other
+        if staged is not None and len(staged[0]):
+            faiss_factory.add(index, staged[1], staged[0])
+        if len(removed):  # last: whatever came from any segment
+            index.remove_ids(faiss_factory.only(removed))
+        if index.ntotal == 0:
+            return []
+        faiss_factory.finish(index)
+        return [self._save_index(index, first["type"], faiss_factory.ids_of(index), first.get("template"))]
 
     def _merge_small_tail(self, segments: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
         """Merge the newest segments with the ones before them while each of those is at most twice the size of what
@@ -327,4 +396,4 @@ def _read_or_none(store: IndexDir, version: int) -> dict[str, Any] | None:
 
 def _delta_policy(policy: str) -> str:
     """Segments beside the base are too small to train IVF on; they follow the size rule instead."""
-    return "auto" if policy == "ivf" else policy
+    return "auto" if policy in index_choice.TRAINED_TYPES else policy

@@ -42,7 +42,12 @@ class Engine:
     def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto",
              max_pixels: int = MAX_PIXELS) -> "Engine":
         """The engine of an index (by default indexes/default); images over `max_pixels` are refused."""
-        index = Index(resolve_index_dir(index_dir))
+        return cls.over(Index(resolve_index_dir(index_dir)), mode, runtime, max_pixels)
+
+    @classmethod
+    def over(cls, index: Index, mode: str | None = None, runtime: str = "auto", max_pixels: int = MAX_PIXELS
+             ) -> "Engine":
+        """The engine of an open index (a sharded one, say), with the model that embedded it."""
         return cls(index, load_bundle(index.model_dir, runtime), mode, runtime, max_pixels)
 
     @property

@@ -84,12 +84,13 @@ class EngineWorker:
 
 def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = None,
                limits: ServiceLimits = ServiceLimits(), api_key: str | None = None,
-               hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS, runtime: str = "auto") -> FastAPI:
-    """The HTTP app over one index (the model and index are loaded here, once). `api_key` protects /v1 and
-    /metrics; `hosts` are the Host names answered."""
+               hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS, runtime: str = "auto",
+               open_engine: Callable[[], Engine] | None = None) -> FastAPI:
+    """The HTTP app over one index (the model and index are loaded here, once, by `open_engine` when given: a
+    sharded index on Ray Serve, say). `api_key` protects /v1 and /metrics; `hosts` are the Host names answered."""
     # Starlette spools an upload to a temporary file past this size; keep every accepted body in memory.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_body_bytes)
-    worker = EngineWorker(lambda: Engine.open(index_dir, mode, runtime, max_pixels=limits.max_pixels))
+    worker = EngineWorker(open_engine or (lambda: Engine.open(index_dir, mode, runtime, max_pixels=limits.max_pixels)))
     metrics = Metrics()
     # Up to three images per admitted request: the batcher's own bound is never the one that refuses first.
     max_queued = max(3 * limits.max_pending, limits.max_batch_size)

@@ -17,7 +17,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -104,9 +104,8 @@ def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any], source
                ) -> dict[str, Any]:
     """Write the plan into `out`, or check that the one there is this plan (a rerun resumes it). Another plan (other
     files, labels, model, runtime or shard size) is refused: its finished shards would be mixed with this one's."""
-    plan = {"plan_version": PLAN_VERSION, "model": model, "source": source, "shards": len(shards),
-            "items": sum(len(s.items) for s in shards), "shard_digests": [s.digest for s in shards],
-            "metadata_schema": metadata_schema([item for s in shards for item in s.items])}
+    plan = _plan([s.digest for s in shards], sum(len(s.items) for s in shards),
+                 metadata_schema([item for s in shards for item in s.items]), model, source)
     path = out / PLAN
     if path.is_file():
         try:
@@ -126,6 +125,36 @@ def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any], source
     write_durably(path, json.dumps(plan, indent=2).encode())  # first: a crash after it leaves a resumable folder
     for sub in ("img_emb", "metadata", "failed"):
         (out / sub).mkdir(exist_ok=True)
+    return plan
+
+
+def _plan(digests: Sequence[str], items: int, schema: dict[str, str], model: dict[str, Any], source: dict[str, Any]
+          ) -> dict[str, Any]:
+    return {"plan_version": PLAN_VERSION, "model": model, "source": source, "shards": len(digests), "items": items,
+            "shard_digests": list(digests), "metadata_schema": schema}
+
+
+def write_collection(out: Path, model: dict[str, Any], shards: Iterable[tuple[np.ndarray, Sequence[Item]]],
+                     labels: str = "auto") -> dict[str, Any]:
+    """Write vectors made elsewhere (by the same bundle: `model` is its identity, see `embed.model_identity`) as a
+    finished embeddings folder: each (vectors, items) pair one shard, the first shard's metadata columns the schema
+    of all. The plan is written last, so a folder left unfinished is never read as a collection."""
+    from simengine.index.store import write_durably
+
+    if out.exists() and any(out.iterdir()):
+        raise SimengineError(f"{out}: not empty")
+    for sub in ("img_emb", "metadata", "failed"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    digests, count, schema = [], 0, None
+    for k, (vectors, items) in enumerate(shards):
+        schema = metadata_schema(items) if schema is None else schema
+        shard = Shard(k, tuple(items))
+        write_shard(out, shard, vectors, range(len(items)), [], schema)
+        digests.append(shard.digest)
+        count += len(items)
+    plan = _plan(digests, count, schema or {}, model,
+                 {"labels": labels, "path_column": "path", "shard_size": max(1, count // max(len(digests), 1))})
+    write_durably(out / PLAN, json.dumps(plan, indent=2).encode())
     return plan
 
 

@@ -4,46 +4,17 @@ over both nodes, and a node lost mid-job (the job finishes, or a rerun finishes 
 
 import os
 import threading
-import time
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when Ray is imported: every Ray server on loopback
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import pytest  # noqa: E402
 import ray  # noqa: E402
+from ray_checks import assert_loopback_only, wait_until  # noqa: E402
 
 from simengine.shards.embed import embed_collection  # noqa: E402
 from simengine.shards.layout import is_finished, iter_shards  # noqa: E402
-from simengine.shards.ray_embed import LOOPBACK, cluster_addresses, connected, is_loopback_only  # noqa: E402
-
-LOOPBACK_FORMS = {LOOPBACK, "::ffff:127.0.0.1"}
-
-
-def listening_addresses() -> set[str]:
-    """The addresses every process this test started (Ray's servers and workers) listens on."""
-    found = set()
-    for process in psutil.Process().children(recursive=True):
-        try:
-            found |= {c.laddr.ip for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-        except psutil.Error:
-            continue
-    return found
-
-
-def assert_loopback_only():
-    addresses = cluster_addresses()
-    assert is_loopback_only(addresses), addresses
-    listening = listening_addresses()
-    assert listening and listening <= LOOPBACK_FORMS, listening
-
-
-def wait_until(condition, what: str, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
+from simengine.ray_cluster import LOOPBACK, cluster_addresses, connected  # noqa: E402
 
 def vectors_by_path(out):
     return {row["image_path"]: vectors[i] for _, vectors, rows in iter_shards(out) for i, row in enumerate(rows)}
