@@ -85,16 +85,18 @@ class EngineWorker:
 def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = None,
                limits: ServiceLimits = ServiceLimits(), api_key: str | None = None,
                hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS, runtime: str = "auto",
-               open_engine: Callable[[], Engine] | None = None) -> FastAPI:
+               open_engine: Callable[[], Engine] | None = None, remote_embed=None) -> FastAPI:
     """The HTTP app over one index (the model and index are loaded here, once, by `open_engine` when given: a
-    sharded index on Ray Serve, say). `api_key` protects /v1 and /metrics; `hosts` are the Host names answered."""
+    sharded index on Ray Serve, say; `remote_embed` then embeds uploads, see `UploadEmbedder`). `api_key` protects
+    /v1 and /metrics; `hosts` are the Host names answered."""
     # Starlette spools an upload to a temporary file past this size; keep every accepted body in memory.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_body_bytes)
     worker = EngineWorker(open_engine or (lambda: Engine.open(index_dir, mode, runtime, max_pixels=limits.max_pixels)))
     metrics = Metrics()
     # Up to three images per admitted request: the batcher's own bound is never the one that refuses first.
     max_queued = max(3 * limits.max_pending, limits.max_batch_size)
-    embedder = UploadEmbedder(limits.max_batch_size, limits.max_wait_s, max_queued, on_batch=metrics.observe_batch)
+    embedder = UploadEmbedder(limits.max_batch_size, limits.max_wait_s, max_queued, on_batch=metrics.observe_batch,
+                              remote=remote_embed)
     metrics.queue_depth.set_function(lambda: embedder.batcher.depth)
     metrics.index_version.set_function(lambda: worker.engine.index.version)
 

@@ -7,7 +7,7 @@ import asyncio
 import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -33,15 +33,22 @@ class UploadEmbedder:
     at most `max_queued` images waiting (beyond that `embed` raises QueueFull)."""
 
     def __init__(self, max_batch_size: int = MAX_BATCH_SIZE, max_wait_s: float = MAX_WAIT_S, max_queued: int = 1024,
-                 decode_workers: int | None = None, on_batch: Callable[[int, float], None] | None = None):
+                 decode_workers: int | None = None, on_batch: Callable[[int, float], None] | None = None,
+                 remote: Callable[[np.ndarray], Awaitable[tuple[np.ndarray, str]]] | None = None):
+        """`remote`, when given, embeds each decoded image elsewhere (an encoder deployment that batches the
+        images of every frontend, on Ray Serve) and returns (vector, model hash); the local batcher is then idle."""
         self.decode_pool = ThreadPoolExecutor(decode_workers or usable_cores(), "simengine-decode")
         self.batcher = DynamicBatcher(embed_batch, max_batch_size, max_wait_s, max_queued, on_batch,
                                       name="simengine-embed")
+        self.remote = remote
 
     async def embed(self, model: Model, uploads: list[tuple[str, bytes]]) -> list[Embedded]:
         """Embeddings of (name, bytes) uploads by `model`; a bad image raises ImageLoadError naming it."""
         arrays = await asyncio.gather(*(in_thread(self.decode_pool, model.encoder.load_image, data, name=name,
                                                   formats=WEB_FORMATS) for name, data in uploads))
+        if self.remote is not None:
+            done = await asyncio.gather(*(self.remote(array) for array in arrays))
+            return [Embedded(name, vector, model_hash) for (name, _), (vector, model_hash) in zip(uploads, done)]
         futures = self.batcher.submit([(model, array) for array in arrays])
         vectors = await asyncio.gather(*map(asyncio.wrap_future, futures))
         return [Embedded(name, vector, model.hash) for (name, _), vector in zip(uploads, vectors)]

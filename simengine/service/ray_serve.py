@@ -1,7 +1,8 @@
 """The HTTP service on Ray Serve, the index split into shard deployments.
 
-The frontend deployment runs the same FastAPI app as `simengine serve` (same routes, limits, metrics and dynamic
-batching of uploads into the encoder); only its index differs: a `ShardedIndex` holds the rows, calibration and
+The frontend deployment runs the same FastAPI app as `simengine serve` (same routes, limits and metrics); it decodes
+uploads and sends them to the encoder deployment, which embeds those of every frontend replica in batches
+(`@serve.batch`); its index differs too: a `ShardedIndex` holds the rows, calibration and
 versions, and sends every search to the shard deployments, which hold the FAISS segments (shard i of n: segments
 i, i+n, ...). A query fans out, the top-k lists merge, and the frontend verifies the merged neighbours with the pair
 head on vectors fetched from the shards that hold them. Frontend replicas scale with load (Serve autoscaling);
@@ -10,6 +11,7 @@ each shard deployment can have replicas too.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -28,7 +30,8 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "simengine"
 SHARD_CPUS = 0.25  # Ray Serve's controller and proxy need CPUs too: on a 2-core node, whole CPUs starve them
-FRONTEND_CPUS = 0.5
+FRONTEND_CPUS = 0.25
+ENCODER_CPUS = 0.5
 
 
 class IndexShard(Index):
@@ -110,9 +113,35 @@ class ShardSearcher:
             return self.index.held_vectors(ids)
 
 
+class BatchedEncoder:
+    """The encoder deployment: decoded images from every frontend replica, embedded in batches (`@serve.batch`:
+    up to the service's batch size, waiting at most its batch wait for more)."""
+
+    def __init__(self, index_dir: str, runtime: str, max_batch_size: int, max_wait_s: float):
+        from ray import serve  # here, not at import: Ray must be imported after ray_cluster's loopback setting
+
+        from simengine.model.bundle import load_bundle
+
+        serve_replica_on_loopback()
+        store = IndexDir(index_dir)
+        self.model = load_bundle(store.model_dir(store.read_manifest(store.current_version())), runtime)
+        self.embed = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_wait_s)(self._embed_batch)
+        self.recent_batches: collections.deque[int] = collections.deque(maxlen=1000)
+
+    async def _embed_batch(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, str]]:
+        self.recent_batches.append(len(arrays))
+        vectors = self.model.embed_batch(np.stack(arrays))
+        return [(vector, self.model.hash) for vector in vectors]
+
+    def batch_sizes(self) -> list[int]:
+        """Sizes of the last 1,000 batches."""
+        return list(self.recent_batches)
+
+
 class _Frontend:
-    def __init__(self, *shards):
-        """Takes the shard deployments so that they deploy with the frontend; the app reaches them by name."""
+    def __init__(self, *deployments):
+        """Takes the shard and encoder deployments so that they deploy with the frontend; the app reaches them by
+        name."""
 
 
 def _frontend_app(index_dir: str, shards: int, mode, runtime: str, limits, api_key, hosts):
@@ -124,9 +153,15 @@ def _frontend_app(index_dir: str, shards: int, mode, runtime: str, limits, api_k
 
     serve_replica_on_loopback()
     handles = [serve.get_deployment_handle(f"shard-{i}", app_name=APP_NAME) for i in range(shards)]
+    encoder = serve.get_deployment_handle("encoder", app_name=APP_NAME)
+
+    async def remote_embed(array: np.ndarray) -> tuple[np.ndarray, str]:
+        return await encoder.embed.remote(array)
+
     return create_app(index_dir, mode, limits, api_key, hosts, runtime,
                       open_engine=lambda: Engine.over(ShardedIndex(index_dir, handles, limits.timeout_s), mode,
-                                                      runtime, limits.max_pixels))
+                                                      runtime, limits.max_pixels),
+                      remote_embed=remote_embed)
 
 
 def sharded_application(index_dir: str | os.PathLike, shards: int, replicas: int = 1, mode: str | None = None,
@@ -147,6 +182,10 @@ def sharded_application(index_dir: str | os.PathLike, shards: int, replicas: int
     limits = limits or ServiceLimits()
     shard = serve.deployment(ShardSearcher, ray_actor_options={"num_cpus": SHARD_CPUS})
     bound = [shard.options(name=f"shard-{i}").bind(index_dir, i, shards) for i in range(shards)]
+    # @serve.batch gathers only the calls a replica holds at once: it must accept at least a batch of them.
+    encoder = serve.deployment(BatchedEncoder, name="encoder", ray_actor_options={"num_cpus": ENCODER_CPUS},
+                               max_ongoing_requests=max(2 * limits.max_batch_size, 64))
+    bound.append(encoder.bind(index_dir, runtime, limits.max_batch_size, limits.max_wait_s))
     scaling = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}}
                if replicas == 0 else {"num_replicas": replicas})
     answered = list(hosts or LOOPBACK_HOSTS)

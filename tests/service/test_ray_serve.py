@@ -3,6 +3,7 @@ shard deployments, every server on 127.0.0.1, answering what the single-node ind
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when Ray is imported: every Ray server on loopback
 
@@ -73,6 +74,13 @@ def test_a_sharded_service_on_two_nodes_answers_as_the_single_node_index(two_seg
             assert [n["verified"] for n in served["neighbours"]] == [n["verified"] for n in expected["neighbours"]]
             assert served["neighbours"][0]["distance"] == pytest.approx(expected["neighbours"][0]["distance"], abs=1e-5)
             assert not {3, 20, 34} & {n["id"] for n in served["neighbours"]}
+        photos = [p for paths in val.values() for p in paths]
+        with ThreadPoolExecutor(len(photos)) as pool:  # concurrent uploads reach the encoder together
+            codes = list(pool.map(lambda p: httpx.post(f"{url}/v1/search?k=3", files={"image": (p.name, p.read_bytes())},
+                                                       timeout=60).status_code, photos))
+        assert codes == [200] * len(photos)
+        sizes = serve.get_deployment_handle("encoder", app_name=APP_NAME).batch_sizes.remote().result()
+        assert sum(sizes) == len(photos) + 5 and max(sizes) > 1  # every upload, some batched with others
         by_id = httpx.post(f"{url}/v1/search?k=3", data={"id": "33"}, timeout=60).json()  # a vector from shard 1
         assert by_id["neighbours"][0]["id"] == 33
         assert httpx.get(f"{url}/v1/info", timeout=60).json()["items"] == len(local.index)
