@@ -184,4 +184,5 @@ def test_build_scale_script(built_index, tmp_path):
     data = _written(tmp_path, "build_scale")
     assert data["build"]["index_type"] == "ivf_sq8" and data["build"]["estimated_bytes"] <= 8 * 2**20
     assert data["shards"] == 4 and data["recall_at_10"] > 0.5 and data["batched_qps"] > 0
+    assert [s["nprobe"] for s in data["nprobe_sweep"]] == [4, 8, 16]  # around the tuned 8
     assert data["build_peak_rss_bytes"] > 0 and not (tmp_path / "work").exists()  # a tiny index may reuse freed RAM
