@@ -68,12 +68,42 @@ def test_cli_bad_input_is_one_line_and_nonzero(case, built_index, val, tmp_path,
 
 
 def test_cli_help_lists_commands():
-    code, out = run("--help")
-    for command in ("data", "train", "index", "query", "search", "dedup", "dedup-calibrate"):
-        assert command in out
-    code, out = run("index", "--help")
-    for command in ("build", "add", "remove", "info", "verify", "calibrate"):
-        assert command in out
+    """`--help` exits 0 at every level, and each group's help lists exactly the commands it has registered."""
+    import click
+
+    def listed(out):
+        """Command names from the help's `Commands:` section (names at two spaces' indent; wrapped text is deeper)."""
+        lines = out.splitlines()
+        assert "Commands:" in lines, out
+        names = []
+        for line in lines[lines.index("Commands:") + 1:]:
+            if not line.strip():
+                break
+            if line.startswith("  ") and not line.startswith("   "):
+                names.append(line.split()[0])
+        return names
+
+    def walk(command, path):
+        code, out = run(*path, "--help")
+        assert code == 0, (path, out)
+        usage = out.splitlines()[0].split()  # "Usage: cli index build [OPTIONS] ..."
+        assert usage[0] == "Usage:" and usage[2:2 + len(path)] == list(path), out
+        if not isinstance(command, click.Group):
+            return {}
+        ctx = click.Context(command)
+        registered = [n for n in command.list_commands(ctx) if not command.get_command(ctx, n).hidden]
+        assert listed(out) == registered, path
+        tree = {tuple(path): set(registered)}
+        for name in registered:
+            tree.update(walk(command.get_command(ctx, name), [*path, name]))
+        return tree
+
+    tree = walk(cli, [])
+    assert tree[()] == {"data", "dedup", "dedup-calibrate", "embed", "index", "quantize", "query", "search", "serve",
+                        "train"}
+    assert tree[("index",)] == {"add", "build", "calibrate", "compact", "gc", "info", "remove", "sync", "verify"}
+    assert tree[("data",)] == {"fetch", "sample"}
+    assert set(tree) == {(), ("index",), ("data",)}  # no other groups
 
 
 def test_cli_index_commands(index_copy, fixture_data):

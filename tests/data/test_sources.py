@@ -166,13 +166,19 @@ def test_an_index_inside_the_folder_is_not_indexed(tree):
     (tree / "indexes" / "default" / "model").mkdir(parents=True)
     (tree / "indexes" / "default" / "CURRENT").write_text("v1.json")
     shutil.copy(tree / "top.jpg", tree / "indexes" / "default" / "model" / "loss_curve.png")
-    assert "loss_curve.png" not in names(scan_source(tree))
+    collection = scan_source(tree)
+    # The tree's own five images are all still found (an empty scan fails here), the index's file is not.
+    assert names(collection) == ["astronaut.png", "broken.jpg", "cat.JPG", "rocket.jpeg", "top.jpg"]
+    assert len(collection.items) == 5 and "loss_curve.png" not in names(collection)
 
 
 def test_only_still_image_suffixes_are_walked(tree):
     (tree / "clip.mpg").write_bytes(b"\x00\x00\x01\xba")
     (tree / "data.h5").write_bytes(b"\x89HDF")
-    assert {n for n in names(scan_source(tree)) if not n.endswith(("jpg", "JPG", "jpeg", "png"))} == set()
+    found = names(scan_source(tree))
+    assert {n for n in found if not n.endswith(("jpg", "JPG", "jpeg", "png"))} == set()
+    # And the still images are walked: exactly the tree's five (an empty scan fails here).
+    assert found == ["astronaut.png", "broken.jpg", "cat.JPG", "rocket.jpeg", "top.jpg"]
 
 
 def test_a_recorded_layout_wins_over_what_the_folder_looks_like_now(tree):
