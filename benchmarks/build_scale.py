@@ -28,11 +28,11 @@ from common import RESULTS, table, write  # noqa: E402
 from search_scale import noisy, recall_at_k  # noqa: E402
 
 from simengine.data.folders import Item  # noqa: E402
-from simengine.index import faiss_factory, items_db  # noqa: E402
+from simengine.store import faiss_factory, rows  # noqa: E402
 from simengine.index.from_embeddings import exact_neighbours, finished_shards  # noqa: E402
 from simengine.index.reader import Index  # noqa: E402
 from simengine.model.bundle import load_bundle  # noqa: E402
-from simengine.shards.embed import model_identity  # noqa: E402
+from simengine.shards.worker import model_identity  # noqa: E402
 from simengine.shards.layout import write_collection  # noqa: E402
 
 
@@ -44,10 +44,10 @@ def rss_bytes() -> int:
 def write_shards(index_dir: Path, out: Path, n: int, shard_size: int, sigma: float, seed: int) -> dict:
     """n noisy copies of the index's vectors as an embeddings folder of the index's model."""
     seed_index = Index(index_dir)
-    ids = items_db.live_ids(seed_index.conn, seed_index.version)
+    ids = rows.live_ids(seed_index.conn, seed_index.version)
     base = seed_index.vectors(ids)
-    rows = seed_index.items(ids)
-    labels = [rows[int(i)]["label"] for i in ids]
+    items_by_id = seed_index.items(ids)
+    labels = [items_by_id[int(i)]["label"] for i in ids]
     model = load_bundle(seed_index.model_dir)
     rng = np.random.default_rng(seed)
 
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
         "build": build, "build_wall_s": build_s, "build_peak_rss_bytes": build_peak_rss,
         "index_rss_bytes": index_rss, "segment_bytes": segment_bytes,
         f"recall_at_{args.k}": recall_at_k(found - first_id, truth), "batched_qps": batched_qps,
-        "single_qps": single_qps, "nprobe_sweep": sweep, "exact_search_s": exact_s, "sqlite_bytes": (index_dir / items_db.ITEMS_DB).stat().st_size,
+        "single_qps": single_qps, "nprobe_sweep": sweep, "exact_search_s": exact_s, "sqlite_bytes": (index_dir / rows.ITEMS_DB).stat().st_size,
     }
     index.close()
     write(args.name, result, markdown(result, args.k), args.out)

@@ -164,16 +164,18 @@ def measure_after(model: Model, n: int, adds: int, repeats: int, index_type: str
                   seed: int) -> dict[str, Any]:
     """Build a format-2 index of n vectors with `model` (a loaded bundle) and time `add_images` on it."""
     import simengine.index.update as update
-    from simengine.index.store import IndexDir, now_iso
-    from simengine.index.writer import IndexWriter, create_empty
+    from simengine.index.model_link import create_index, replace_collection
+    from simengine.store.layout import StoreDir, now_iso
+    from simengine.store.writer import StoreWriter
 
     rng = np.random.default_rng(seed)
     folder = work / "index"
     rows = synthetic_rows(0, n, now_iso())
     start = time.perf_counter()  # like the before side: the model copy and the index, not making the rows
-    create_empty(folder, model)
-    with IndexWriter(folder) as writer:
-        writer.replace_all(unit_vectors(rng, n, model.dim), rows, model, model.calibration.to_dict(), index_type, {})
+    create_index(folder, model)
+    with StoreWriter(folder) as writer:
+        replace_collection(writer, unit_vectors(rng, n, model.dim), rows, model, model.calibration.to_dict(),
+                           index_type, {})
         writer.commit("build")
     build_s = time.perf_counter() - start
     del rows
@@ -192,7 +194,7 @@ def measure_after(model: Model, n: int, adds: int, repeats: int, index_type: str
                 raise RuntimeError(f"new add: {len(report.added)} of {adds} added; failed {report.failed[:3]}")
     finally:
         update.embed_items = real_embed
-    store = IndexDir(folder)
+    store = StoreDir(folder)
     items = store.read_manifest(store.current_version())["counts"]["items"]
     if items != n + adds * repeats:
         raise RuntimeError(f"new index holds {items} items, expected {n + adds * repeats}")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, table, write  # noqa: E402
 
 from simengine.data.folders import scan_split  # noqa: E402
-from simengine.evaluation.runtime_gate import run_gate  # noqa: E402
+from simengine.model.runtime_gate import run_gate  # noqa: E402
 from simengine.model.encoder import Encoder  # noqa: E402
 from simengine.data.decode import load_rgb  # noqa: E402
 from simengine.query.engine import Engine  # noqa: E402
@@ -73,7 +73,7 @@ def ensure_int8(model_dir: Path, data: str) -> dict | None:
 
     from simengine.model.bundle import ONNX_FILES, read_config
     from simengine.model.quantize import int8_model
-    from simengine.workflows import quantize_model
+    from simengine.model.int8 import quantize_model
 
     found = int8_model(model_dir / ONNX_FILES["backbone"], read_config(model_dir)["onnx"]["backbone"]["sha256"])
     if found is not None:
@@ -183,11 +183,11 @@ def cold_cli(index: Path, a: Path, b: Path, runs: int) -> dict:
 def index_build_time(data: str, model_dir: Path, split: str) -> dict:
     """Wall time of `simengine index build` with the index's model and `auto`'s runtime, features already cached
     (warm): a first build fills the cache of that runtime's features (a reduced precision's are kept apart)."""
-    from simengine.workflows import build_index_from_source
+    from simengine.index.build import build_index
 
     with tempfile.TemporaryDirectory() as tmp:
-        first, _ = timed(build_index_from_source, data, Path(tmp) / "first", [split], model_dir)
-        seconds, (path, report, _) = timed(build_index_from_source, data, Path(tmp) / "bench", [split], model_dir)
+        first, _ = timed(build_index, data, model_dir, Path(tmp) / "first", splits=[split])
+        seconds, (path, report, _) = timed(build_index, data, model_dir, Path(tmp) / "bench", splits=[split])
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"split": split, "items": len(report.added), "first_seconds": first, "warm_seconds": seconds,
             "size_mb": size / 2**20}
@@ -199,8 +199,8 @@ def cold_build(val: list[Path], model_dir: Path, n: int) -> list[dict]:
     cache are kept: they are made once per machine, not per build."""
     import shutil
 
-    from simengine.locations import cache_dir
-    from simengine.workflows import build_index_from_source
+    from simengine.files import cache_dir
+    from simengine.index.build import build_index
 
     kept = [cache_dir() / name for name in ("runtimes", "openvino")]
     runs: dict[str, list[float]] = {"onnxruntime": [], "auto": []}
@@ -215,8 +215,8 @@ def cold_build(val: list[Path], model_dir: Path, n: int) -> list[dict]:
                         if folder.is_dir():
                             shutil.copytree(folder, Path(tmp) / "cache" / folder.name)
                     os.environ["SIMENGINE_CACHE"] = str(Path(tmp) / "cache")
-                    seconds, _ = timed(build_index_from_source, listed, Path(tmp) / "index", model_dir=model_dir,
-                                       runtime=runtime, labels="none")
+                    seconds, _ = timed(build_index, listed, model_dir, Path(tmp) / "index", runtime=runtime,
+                                       labels="none")
                     runs[runtime].append(seconds)
     finally:
         if saved is None:

@@ -20,15 +20,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import RESULTS, table, write  # noqa: E402
 
-from simengine.index import faiss_factory as vec  # noqa: E402
-from simengine.index import index_choice  # noqa: E402
-from simengine.index import items_db  # noqa: E402
+from simengine.store import faiss_factory as vec  # noqa: E402
+from simengine.store import index_choice  # noqa: E402
+from simengine.store import rows  # noqa: E402
 from simengine.index.reader import Index  # noqa: E402
 
 
 def base_embeddings(index_dir: Path) -> np.ndarray:
     index = Index(index_dir)
-    return index.vectors(items_db.live_ids(index.conn, index.version))
+    return index.vectors(rows.live_ids(index.conn, index.version))
 
 
 def noisy(base: np.ndarray, n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,48 +1,70 @@
 """simengine: image similarity with a triplet-trained embedding, a BCE pair verifier and a FAISS + SQLite index.
 
-The public face, imported lazily so that `import simengine` stays light (and never imports torch):
+The public face (imported on first use, so that `import simengine` stays light and never imports torch; `dir()`,
+`help()` and type checkers see every name):
 
     Engine                          answer pair, triplet and neighbour questions (query/)
+    build_index                     the whole `simengine index build` job, for any source (index/)
     Index, verify_index             read an index snapshot; check one without writing (index/)
-    build_index, add_images, remove_items, recalibrate_index, compact_index, collect_garbage, sync_index
+    add_images, remove_items, recalibrate_index, compact_index, collect_garbage, sync_index
+    build_from_embeddings           an index from embedding shards within a memory budget (index/)
     scan_source                     the items of a folder, list or table (data/)
-    build_index_from_source         the whole `simengine index build` job
-    find_duplicates, dedup_collection   duplicate groups (dedup/); the whole `simengine dedup` job
+    find_duplicates, dedup_collection   duplicate groups; the whole `simengine dedup` job (dedup/)
     load_bundle, Encoder            the model (model/)
     quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
     embed_collection                embeddings of a collection as shards, locally or on Ray (shards/)
-    build_from_embeddings           an index from those shards within a memory budget (index/)
     train_model                     train both heads into a bundle (training/, imports torch)
+    StoreReader, StoreWriter        the versioned vector store under every index, with no model (store/)
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
+if TYPE_CHECKING:
+    from simengine.data.sources import scan_source
+    from simengine.dedup.find import find_duplicates
+    from simengine.dedup.job import dedup_collection
+    from simengine.index.build import build_index
+    from simengine.index.from_embeddings import build_from_embeddings
+    from simengine.index.reader import Index
+    from simengine.index.sync import sync_index
+    from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
+    from simengine.index.verify import verify_index
+    from simengine.model.bundle import load_bundle
+    from simengine.model.encoder import Encoder
+    from simengine.model.int8 import quantize_model
+    from simengine.query.engine import Engine
+    from simengine.shards.embed import embed_collection
+    from simengine.store.reader import StoreReader
+    from simengine.store.writer import StoreWriter
+    from simengine.training.pipeline import train_model
+
 _EXPORTS = {
     "Engine": "simengine.query.engine",
+    "build_index": "simengine.index.build",
     "Index": "simengine.index.reader",
     "verify_index": "simengine.index.verify",
-    "build_index": "simengine.index.build",
     "add_images": "simengine.index.update",
     "remove_items": "simengine.index.update",
     "recalibrate_index": "simengine.index.update",
     "compact_index": "simengine.index.update",
     "collect_garbage": "simengine.index.update",
     "sync_index": "simengine.index.sync",
+    "build_from_embeddings": "simengine.index.from_embeddings",
     "scan_source": "simengine.data.sources",
-    "build_index_from_source": "simengine.workflows",
     "find_duplicates": "simengine.dedup.find",
-    "dedup_collection": "simengine.workflows",
+    "dedup_collection": "simengine.dedup.job",
     "load_bundle": "simengine.model.bundle",
     "Encoder": "simengine.model.encoder",
-    "quantize_model": "simengine.workflows",
+    "quantize_model": "simengine.model.int8",
     "embed_collection": "simengine.shards.embed",
-    "build_from_embeddings": "simengine.index.from_embeddings",
     "train_model": "simengine.training.pipeline",
+    "StoreReader": "simengine.store.reader",
+    "StoreWriter": "simengine.store.writer",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -51,4 +73,10 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'simengine' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

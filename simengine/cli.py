@@ -109,7 +109,7 @@ def data_fetch(name, dest):
 def data_sample(kind, data_dir, split, n, seed, out):
     """Write a balanced, seeded pairs or triplets CSV (img1,img2[,img3],label)."""
     from simengine.data.evalsets import sample_split_to_csv
-    from simengine.data.folders import resolve_data_dir
+    from simengine.data.imagenette import resolve_data_dir
 
     rows = sample_split_to_csv(resolve_data_dir(data_dir), split, kind, out, n, seed)
     click.echo(f"wrote {rows} {kind} to {out}")
@@ -180,7 +180,7 @@ def _print_val_metrics(bundle: Path) -> None:
 @click.pass_context
 def train(ctx, data_dir, out, backbone, weights, runtime, **kwargs):
     """Train the triplet embedding head and the BCE pair head; write a model bundle and report val metrics."""
-    from simengine.data.folders import resolve_data_dir
+    from simengine.data.imagenette import resolve_data_dir
     from simengine.training.pipeline import train_model
 
     opts, finetune = _train_options(**kwargs)
@@ -255,9 +255,10 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
       a text file              one image path per line
       a CSV/TSV/parquet table  a path column, an optional label column, other columns kept as metadata (for --where)
     """
-    from simengine.data.folders import resolve_data_dir
-    from simengine.index.store import DEFAULT_ROOT
-    from simengine.workflows import build_index_from_source
+    from simengine.data.imagenette import resolve_data_dir
+    from simengine.index.build import build_index
+    from simengine.store.index_choice import parse_memory
+    from simengine.store.layout import DEFAULT_ROOT
 
     if name and out:
         raise click.UsageError("give --name or --out, not both")
@@ -265,47 +266,43 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
         raise click.UsageError("give SOURCE or --data, not both")
     out = Path(out) if out else DEFAULT_ROOT / (name or "default")
     if embeddings:
-        _build_from_embeddings(ctx, embeddings, source or data_dir, out, model_dir, index_type, max_index_memory,
-                               segments, ray_address, workers, target_far, as_json)
-        return
-    if max_index_memory or segments != 1 or ray_address or workers:
+        if source or data_dir:
+            raise click.UsageError("give SOURCE (images) or --from-embeddings, not both")
+        if not model_dir:
+            raise click.UsageError("--from-embeddings needs --model: the bundle that embedded the folder")
+        if workers and ray_address is None:
+            raise click.UsageError("--workers needs --ray")
+        from simengine.shards.layout import read_plan
+
+        read_plan(Path(embeddings))  # a folder that is not one is refused here, in one line, not scanned for images
+    elif max_index_memory or segments != 1 or ray_address or workers:
         raise click.UsageError("--max-index-memory, --segments, --ray and --workers go with --from-embeddings")
-    train_options, finetune = (None, None) if model_dir else _train_options(**train_kwargs)
-    path, report, bundle = build_index_from_source(
-        source or resolve_data_dir(data_dir), out, [s.strip() for s in split.split(",")], model_dir, index_type,
-        target_far, runtime, train_options, finetune, backbone, weights, _progress(ctx), labels, path_column)
+    train_options, finetune = (None, None) if model_dir or embeddings else _train_options(**train_kwargs)
+    built = build_index(
+        embeddings or source or resolve_data_dir(data_dir), model_dir, out, splits=[s.strip() for s in split.split(",")],
+        labels=labels, path_column=path_column, index_type=index_type, target_far=target_far, runtime=runtime,
+        train_options=train_options, finetune_options=finetune, backbone=backbone, weights=weights,
+        max_index_memory=parse_memory(max_index_memory) if max_index_memory else None, segments=segments,
+        use_ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
+        workers=workers, progress=_progress(ctx))
+    report = built.report
+    if embeddings:
+        if as_json:
+            _echo_json(report.to_dict())
+            return
+        tuned = f", nprobe {report.nprobe} (recall@10 {report.sample_recall:.3f} on a sample)" if report.nprobe else ""
+        click.echo(f"index {report.index}: {report.items} items, {report.factory} in {report.segments} segment(s), "
+                   f"~{report.estimated_bytes / 2**30:.2f} GiB{tuned}, {report.seconds['total']:.0f} s")
+        return
     if as_json:
-        _echo_json({"index": str(path), **report.to_dict()})
+        _echo_json(built.to_dict())
         return
     if model_dir is None:
-        _print_val_metrics(bundle)
+        _print_val_metrics(built.model)
     for _, reason in report.failed:
         click.echo(f"skipped: {one_line(reason)}", err=True)
-    click.echo(f"index {path}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
+    click.echo(f"index {built.index}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
                f"{len(report.failed)} failed")
-
-
-def _build_from_embeddings(ctx, embeddings, source, out, model_dir, index_type, max_index_memory, segments, ray_address,
-                           workers, target_far, as_json) -> None:
-    from simengine.index.from_embeddings import build_from_embeddings
-    from simengine.index.index_choice import parse_memory
-
-    if source:
-        raise click.UsageError("give SOURCE (images) or --from-embeddings, not both")
-    if not model_dir:
-        raise click.UsageError("--from-embeddings needs --model: the bundle that embedded the folder")
-    if workers and ray_address is None:
-        raise click.UsageError("--workers needs --ray")
-    report = build_from_embeddings(
-        embeddings, out, model_dir, parse_memory(max_index_memory) if max_index_memory else None, index_type,
-        segments, use_ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
-        workers=workers, target_far=target_far, progress=_progress(ctx))
-    if as_json:
-        _echo_json(report.to_dict())
-        return
-    tuned = f", nprobe {report.nprobe} (recall@10 {report.sample_recall:.3f} on a sample)" if report.nprobe else ""
-    click.echo(f"index {report.index}: {report.items} items, {report.factory} in {report.segments} segment(s), "
-               f"~{report.estimated_bytes / 2**30:.2f} GiB{tuned}, {report.seconds['total']:.0f} s")
 
 
 _wait_option = click.option("--wait", "wait_s", type=float, default=60, show_default=True,
@@ -321,7 +318,7 @@ _wait_option = click.option("--wait", "wait_s", type=float, default=60, show_def
 @click.pass_context
 def index_add(ctx, paths, label, as_json, index_dir, wait_s):
     """Embed images and add them as one new version (duplicates by content are skipped, bad files reported)."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.update import add_images
 
     report = add_images(resolve_index_dir(index_dir), paths, label=label, progress=_progress(ctx), timeout_s=wait_s)
@@ -344,7 +341,7 @@ def index_add(ctx, paths, label, as_json, index_dir, wait_s):
 @_wait_option
 def index_remove(refs, index_dir, wait_s):
     """Remove items by id or path as one new version; their ids are never reused."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.update import remove_items
 
     ids = remove_items(resolve_index_dir(index_dir), refs, timeout_s=wait_s)
@@ -366,7 +363,7 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_
     re-embed changed ones (content, label or metadata), remove those that are gone; one new version, none if
     nothing changed. Safe from cron: it waits for other writers (--wait), refuses to remove more than half of the
     index without --force (a missing disk looks like an empty folder), and exits 1 on failure."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.sync import sync_index
 
     report = sync_index(resolve_index_dir(index_dir), source, labels, path_column, dry_run, progress=_progress(ctx),
@@ -398,9 +395,9 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def index_info(index_dir, as_json):
     """Version, counts, classes, backbone, thresholds, segments and size on disk."""
-    from simengine.data.imagenette import class_name
+    from simengine.data.labels import display_name
     from simengine.index.reader import Index
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
 
     from simengine.model.bundle import ONNX_FILES, read_config
     from simengine.model.runtime_choice import recorded_choice
@@ -417,7 +414,7 @@ def index_info(index_dir, as_json):
         return
     for key, value in info.items():
         if key == "classes":
-            value = ", ".join(f"{class_name(c) if c else '(none)'} {n}" for c, n in value.items())
+            value = ", ".join(f"{display_name(c) if c else '(none)'} {n}" for c, n in value.items())
         click.echo(f"{key:24s} {value}")
 
 
@@ -425,7 +422,7 @@ def index_info(index_dir, as_json):
 @_index_option
 def index_verify(index_dir):
     """Check segment hashes, FAISS ids against SQLite rows and the model, without writing; exit 1 on a problem."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.verify import verify_index
 
     path = resolve_index_dir(index_dir)
@@ -443,7 +440,7 @@ def index_verify(index_dir):
 @click.option("--target-far", type=float, default=None, help="Largest threshold with at most this false-accept rate.")
 def index_calibrate(index_dir, wait_s, target_far):
     """Re-run threshold calibration on the index's held-out items, as one new version."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.update import recalibrate_index
 
     cal = recalibrate_index(resolve_index_dir(index_dir), target_far, timeout_s=wait_s)
@@ -458,7 +455,7 @@ def index_calibrate(index_dir, wait_s, target_far):
 @_wait_option
 def index_compact(index_dir, wait_s):
     """Merge all segments into one without removed vectors (cost: the whole collection; queries go on meanwhile)."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.update import compact_index
 
     manifest = compact_index(resolve_index_dir(index_dir), timeout_s=wait_s)
@@ -473,7 +470,7 @@ def index_compact(index_dir, wait_s):
               help="Keep versions replaced less than this many seconds ago (readers may still use them).")
 def index_gc(index_dir, wait_s, grace_s):
     """Delete old versions, unreferenced segment files and forgotten rows (writes do this too, with the default grace)."""
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.index.update import collect_garbage
 
     done = collect_garbage(resolve_index_dir(index_dir), grace_s, timeout_s=wait_s)
@@ -604,7 +601,7 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
     is a copy of the keeper, so A~B and B~C never join A and C unless each is a copy of the keeper.
     Nothing is deleted; --move-to moves the duplicates aside.
     """
-    from simengine.workflows import dedup_collection
+    from simengine.dedup.job import dedup_collection
 
     if yes and not move_to:
         raise click.UsageError("--yes needs --move-to")
@@ -699,7 +696,7 @@ def quantize(ctx, model_dir, data_dir, images, gate_images, gate, as_json):
     convolutions stay in floating point), then gate it: P@1, MAP@R, pair and triplet accuracy on held-out labelled
     images within 0.002 of fp32. A passing verdict lets `--runtime auto` choose `openvino-int8` on this machine
     when it measures fastest; `--runtime openvino-int8` runs it regardless. Exit 1 when the gate fails."""
-    from simengine.workflows import quantize_model
+    from simengine.model.int8 import quantize_model
 
     result = quantize_model(model_dir, data_dir, images, gate_images, gate, progress=_progress(ctx))
     rows = result["gate"] or []
@@ -734,7 +731,7 @@ def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
     """Calibrate the same-picture decision of `simengine dedup` for a model bundle (`simengine train` does this
     itself; bundles trained before need it once): generated copies of training images against the most similar
     other photos of their classes."""
-    from simengine.data.folders import resolve_data_dir
+    from simengine.data.imagenette import resolve_data_dir
     from simengine.dedup.calibrate import TARGET_FAR, calibrate_bundle
 
     record = calibrate_bundle(model_dir, resolve_data_dir(data_dir),
@@ -799,7 +796,7 @@ def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_ho
         run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits,
             runtime)
         return
-    from simengine.index.store import resolve_index_dir
+    from simengine.store.layout import resolve_index_dir
     from simengine.service.ray_serve import run_on_ray
     from simengine.service.security import allowed_hosts as answered_hosts, check_exposure
 
@@ -838,9 +835,9 @@ def _print_neighbours(r, as_json):
         click.echo(f"{n.id:>6}  {n.distance:8.4f}  {n.head_probability:7.4f}  {'yes' if n.verified else 'no ':8s}  "
                    f"{(n.class_name or '-')[:18]:18s}  {n.path}")
     if r.predicted_class:
-        from simengine.data.imagenette import class_name
+        from simengine.data.labels import display_name
 
-        click.echo(f"predicted class: {class_name(r.predicted_class)} (confidence {r.confidence:.2f}, "
+        click.echo(f"predicted class: {display_name(r.predicted_class)} (confidence {r.confidence:.2f}, "
                    f"{r.verified_count} of {len(r.neighbours)} verified)")
     else:
         click.echo("predicted class: none (no neighbour verified)")

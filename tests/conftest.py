@@ -70,7 +70,7 @@ def built_index(fixture_data, model, bundle_dir, tmp_path_factory) -> Path:
     from simengine.data.folders import scan_split
     from simengine.index.build import build_index
 
-    path, _ = build_index(scan_split(fixture_data, "train"), model, tmp_path_factory.mktemp("indexes") / "default")
+    path, _, _ = build_index(scan_split(fixture_data, "train"), model, tmp_path_factory.mktemp("indexes") / "default")
     return path
 
 

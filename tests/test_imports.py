@@ -27,7 +27,7 @@ def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_query_time_packages_never_import_torch():
     modules = torch_free_modules()
     assert {"simengine.query.engine", "simengine.index.reader", "simengine.service.app", "simengine.model.bundle",
-            "simengine.cli", "simengine.workflows"} <= set(modules)
+            "simengine.cli", "simengine.index.build", "simengine.dedup.job"} <= set(modules)
     out = run_python(
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -61,3 +61,18 @@ def test_torch_and_faiss_work_in_either_import_order(first, second):
     code = f"import {first}\nimport {second}\n" + WORKLOAD[first] + WORKLOAD[second] + WORKLOAD[first] + "print('ok')\n"
     out = run_python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_public_face_is_visible_to_tools_and_every_name_resolves():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(simengine.__file__).read_text())
+    checked = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    for_type_checkers = {alias.name: node.module for node in checked.body for alias in node.names}
+    assert for_type_checkers == simengine._EXPORTS  # what IDEs see is what the package exports
+    assert set(simengine.__all__) <= set(dir(simengine)) and len(simengine.__all__) >= 20
+    for name in simengine.__all__:
+        assert getattr(simengine, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        simengine.nonsense  # noqa: B018

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simengine.data.imagenette import DEFAULT_DATA, class_name
 from simengine.errors import SimengineError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 
 # An item's row in an index; a source's other columns are its metadata.
 ROW_COLUMNS = ("id", "path", "label", "split", "sha256", "width", "height", "added_at")
@@ -27,24 +26,10 @@ class Item:
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
-    def class_name(self) -> str | None:
-        return class_name(self.label) if self.label is not None else None
-
     @classmethod
     def from_file(cls, path: str | os.PathLike, label: str | None = None, split: str | None = None) -> "Item":
         path = Path(path).resolve()
         return cls(path=path, label=label, split=split, sha256=sha256_file(path))
-
-
-def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
-    """--data, else $SIMENGINE_DATA, else ./data/imagenette2-160; it must exist."""
-    chosen = data or os.environ.get("SIMENGINE_DATA") or DEFAULT_DATA
-    path = Path(chosen)
-    if not path.is_dir():
-        hint = "" if data else " (set --data or $SIMENGINE_DATA, or run `simengine data fetch imagenette`)"
-        raise SimengineError(f"dataset not found at {path}{hint}")
-    return path
 
 
 def scan_split(root: str | os.PathLike, split: str) -> list[Item]:

@@ -1,10 +1,11 @@
-"""The reference dataset: Imagenette's class names, and fetching and checking fast.ai's archive."""
+"""The reference dataset: Imagenette's class names, where to find it, and fetching and checking fast.ai's archive."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from simengine.data.folders import IMAGE_SUFFIXES
 from simengine.errors import SimengineError
 
 IMAGENETTE_CLASSES = {
@@ -24,9 +25,14 @@ IMAGENETTE_COUNTS = {"train": 9469, "val": 3925}
 DEFAULT_DATA = Path("data/imagenette2-160")
 
 
-def class_name(label: str) -> str:
-    """Human name of a class folder (Imagenette WordNet ids are translated)."""
-    return IMAGENETTE_CLASSES.get(label, label)
+def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
+    """--data, else $SIMENGINE_DATA, else ./data/imagenette2-160; it must exist."""
+    chosen = data or os.environ.get("SIMENGINE_DATA") or DEFAULT_DATA
+    path = Path(chosen)
+    if not path.is_dir():
+        hint = "" if data else " (set --data or $SIMENGINE_DATA, or run `simengine data fetch imagenette`)"
+        raise SimengineError(f"dataset not found at {path}{hint}")
+    return path
 
 
 def fetch_imagenette(dest: str | os.PathLike = "data", url: str = IMAGENETTE_URL, timeout: float = 10.0) -> Path:
@@ -57,8 +63,6 @@ def fetch_imagenette(dest: str | os.PathLike = "data", url: str = IMAGENETTE_URL
 
 def verify_imagenette(root: Path) -> None:
     """Check the unpacked archive has Imagenette's classes and image counts."""
-    from simengine.data.folders import IMAGE_SUFFIXES
-
     for split, expected in IMAGENETTE_COUNTS.items():
         found = sum(1 for p in (root / split).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if found != expected:

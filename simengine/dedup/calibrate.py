@@ -206,7 +206,7 @@ def read_same_picture(bundle_dir: str | os.PathLike) -> tuple[SamePicture, dict[
 
 def write_same_picture(bundle_dir: str | os.PathLike, data: bytes) -> Path:
     """Add (or replace) a bundle's calibration atomically: readers see the old file or the new one."""
-    from simengine.index.store import write_durably
+    from simengine.files import write_durably
 
     path = Path(bundle_dir) / SAME_PICTURE
     write_durably(path, data)

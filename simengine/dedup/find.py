@@ -19,7 +19,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -29,16 +28,16 @@ from simengine.data.decode import image_size
 from simengine.dedup.calibrate import SamePicture, read_same_picture
 from simengine.dedup.groups import Candidate, exact_groups, group_duplicates
 from simengine.dedup.near import NEIGHBOURS, near_pairs
-from simengine.errors import ImageLoadError, NotCalibratedError, SimengineError
+from simengine.dedup.verify import PairVerifier
+from simengine.errors import NotCalibratedError, SimengineError
 from simengine.evaluation.metrics import normalise
-from simengine.index.store import CURRENT, DEFAULT_ROOT
+from simengine.store.layout import CURRENT, DEFAULT_ROOT
 
 if TYPE_CHECKING:
-    from simengine.index.reader import Index
     from simengine.model.bundle import Model
+    from simengine.store.reader import StoreReader
 
 DEFAULT_MODEL = DEFAULT_ROOT / "default-model"
-KEYPOINT_CACHE = 4096  # images whose keypoints stay in memory (about 40 kB each)
 EXACT = (1.0, 1.0, None)  # the signals of a byte-identical copy
 
 
@@ -161,7 +160,7 @@ def stored_decision(model_dir: str | os.PathLike) -> SamePicture:
     return stored[0]
 
 
-def copies_in_index(index: "Index", model: "Model", image: bytes, name: str, k: int = NEIGHBOURS,
+def copies_in_index(index: "StoreReader", model: "Model", image: bytes, name: str, k: int = NEIGHBOURS,
                     max_pixels: int | None = None) -> tuple[SamePicture, list[Member]]:
     """The decision and the indexed items that are copies of one image (the bytes of an upload), best first.
     Candidates are the image's k nearest items in the index's own embedding; their backbone features come from the
@@ -170,9 +169,9 @@ def copies_in_index(index: "Index", model: "Model", image: bytes, name: str, k: 
     import hashlib
 
     from simengine.data.decode import WEB_FORMATS, load_rgb
-    from simengine.dedup.keypoints import agreeing_matches, keypoints
+    from simengine.dedup.keypoints import keypoints
     from simengine.dedup.layout import file_layout, layout_descriptor
-    from simengine.index import items_db
+    from simengine.store import rows as store_rows
 
     decision = stored_decision(model.path)
     picture = load_rgb(image, name=name, formats=WEB_FORMATS, **({"max_pixels": max_pixels} if max_pixels else {}))
@@ -180,34 +179,24 @@ def copies_in_index(index: "Index", model: "Model", image: bytes, name: str, k: 
                                      flip=model.flip)
     query = normalise(features)[0]
     _, found = index.search(model.embed_features(features), k)
-    exact = set(items_db.live_ids_by_sha(index.conn, index.version, [hashlib.sha256(image).hexdigest()]).values())
+    exact = set(store_rows.live_ids_by(index.conn, index.version, "sha256", [hashlib.sha256(image).hexdigest()]).values())
     rows = index.items([int(i) for i in found[0] if i >= 0] + sorted(exact))
     members = [Member(ReportedImage(rows[i]["path"], rows[i]["sha256"], "index", i), "exact", *EXACT)
                for i in sorted(exact)]
     ids = [i for i in rows if i not in exact]
     candidate_features = _item_features(model, [rows[i] for i in ids])
-    query_layout = layout_descriptor(picture)
-    query_keypoints = lru_cache(maxsize=1)(lambda: keypoints(picture))  # only when some candidate needs them
+    upload = object()  # the key of the uploaded picture among the items' ids
+    verifier = PairVerifier(
+        decision, lambda key: layout_descriptor(picture) if key is upload else file_layout(rows[key]["path"]),
+        lambda key: keypoints(picture if key is upload else rows[key]["path"]))
     for n, item_id in enumerate(ids):
-        path = rows[item_id]["path"]
         if np.isnan(candidate_features[n]).any():
             continue
         backbone = float(normalise(candidate_features[n:n + 1])[0] @ query)
-
-        def matches() -> int:
-            try:
-                return agreeing_matches(query_keypoints(), keypoints(path))
-            except ImageLoadError:
-                return 0
-
-        try:
-            layout = float(file_layout(path) @ query_layout) if backbone >= decision.min_backbone else -1.0
-        except ImageLoadError:
-            continue
-        same, agreeing = decision.accepts(backbone, layout, matches)
-        if same:
-            members.append(Member(ReportedImage(path, rows[item_id]["sha256"], "index", item_id), "near", backbone,
-                                  layout, agreeing))
+        verdict = verifier.verify(upload, item_id, backbone)
+        if verdict is not None and verdict[0]:
+            members.append(Member(ReportedImage(rows[item_id]["path"], rows[item_id]["sha256"], "index", item_id),
+                                  "near", backbone, *verdict[1:]))
     return decision, sorted(members, key=lambda m: (m.kind != "exact", -m.backbone))
 
 
@@ -230,10 +219,10 @@ def _item_features(model: "Model", rows: list[dict[str, Any]]) -> np.ndarray:
 
 def _default_model(against: str | os.PathLike | None) -> Path:
     if against is not None and (Path(against) / CURRENT).is_file():
-        from simengine.index.reader import Index
+        from simengine.store.reader import StoreReader
 
-        with Index(against) as index:
-            return index.model_dir
+        with StoreReader(against) as index:
+            return index.attached_dir  # an index's attached directory is its model bundle
     if not DEFAULT_MODEL.is_dir():
         raise SimengineError(f"no model given and no {DEFAULT_MODEL}: give --model DIR (a bundle from `simengine "
                              "train`, or the one `make demo` trains)")
@@ -243,11 +232,11 @@ def _default_model(against: str | os.PathLike | None) -> Path:
 def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> tuple[list[ReportedImage], list[tuple[str, str]]]:
     """The images of an index (its live items) or of another source."""
     if (Path(against) / CURRENT).is_file():
-        from simengine.index import items_db
-        from simengine.index.reader import Index
+        from simengine.store import rows as store_rows
+        from simengine.store.reader import StoreReader
 
-        with Index(against) as index:
-            rows = items_db.live_rows(index.conn, index.version)
+        with StoreReader(against) as index:
+            rows = store_rows.live_rows(index.conn, index.version)
         return [ReportedImage(r["path"], r["sha256"], "against", int(r["id"])) for r in rows], []
     from simengine.data.sources import scan_source
 
@@ -335,41 +324,17 @@ class _Search:
                   ordered: bool = False) -> dict[tuple[int, int], tuple]:
         """{(a, b): (backbone cosine, layout cosine, agreeing matches or None)} of the candidate pairs the decision
         accepts, verified as the search yields them; keys are (smaller, larger) unless `ordered`."""
-        from simengine.dedup.keypoints import agreeing_matches, keypoints
+        from simengine.dedup.keypoints import keypoints
         from simengine.dedup.layout import file_layout
 
-        layouts: dict[int, np.ndarray | None] = {}  # 252 bytes an image: kept for the whole run
-
-        def layout(n: int) -> np.ndarray | None:
-            if n not in layouts:
-                try:
-                    layouts[n] = file_layout(images[n].path)
-                except ImageLoadError as exc:  # changed or removed since its features were read
-                    self.skipped.append((images[n].path, str(exc)))
-                    layouts[n] = None
-            return layouts[n]
-
-        @lru_cache(maxsize=KEYPOINT_CACHE)
-        def image_keypoints(n: int):
-            try:
-                return keypoints(images[n].path)
-            except ImageLoadError as exc:
-                self.skipped.append((images[n].path, str(exc)))
-                return None
-
-        def matches(a: int, b: int) -> int:
-            found_a, found_b = image_keypoints(a), image_keypoints(b)
-            return 0 if found_a is None or found_b is None else agreeing_matches(found_a, found_b)
-
+        verifier = PairVerifier(self.decision, lambda n: file_layout(images[n].path),
+                                lambda n: keypoints(images[n].path),
+                                lambda n, error: self.skipped.append((images[n].path, str(error))))
         accepted = {}
         for a, b, cos in pairs:
-            layout_a, layout_b = layout(a), layout(b)
-            if layout_a is None or layout_b is None:
-                continue
-            layout_cos = float(layout_a @ layout_b)
-            same, agreeing = self.decision.accepts(cos, layout_cos, lambda: matches(a, b))
-            if same:
-                accepted[(a, b) if ordered else (min(a, b), max(a, b))] = (cos, layout_cos, agreeing)
+            verdict = verifier.verify(a, b, cos)
+            if verdict is not None and verdict[0]:
+                accepted[(a, b) if ordered else (min(a, b), max(a, b))] = (cos, *verdict[1:])
         return accepted
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from simengine.dedup.find import DuplicateReport
 from simengine.errors import SimengineError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 
 MOVES_LOG = "moves.csv"
 

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from simengine.errors import SimengineError
-from simengine.index import faiss_factory, index_choice
+from simengine.store import faiss_factory, index_choice
 
 QUERY_BATCH = 4096
 DEDUP_NPROBE = 16  # lists probed per sqrt(n) lists

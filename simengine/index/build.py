@@ -1,164 +1,173 @@
-"""Building an index: embed a collection into a new index directory, or as the next version of an existing one."""
+"""Building an index: one entry, `build_index`, for every kind of collection, used by the CLI, the Python API and
+the benchmarks alike.
+
+A source is a folder tree, an ImageFolder dataset, a list of paths, a CSV / parquet table (see
+`data.sources.scan_source`), already scanned `Item`s, or an embeddings folder made by `simengine embed` (indexed
+from its vectors within a memory budget, see `from_embeddings`). The index lands at `out`: a new index, or the
+next version of the one there (new ids, its earlier items removed).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-import secrets
-import shutil
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 
-from simengine.data.decode import image_size
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
 from simengine.index.calibrate import calibrate_index
-from simengine.index import index_choice
-from simengine.index.lock import DEFAULT_TIMEOUT_S
-from simengine.index.store import CURRENT, V1_MANIFEST, now_iso
-from simengine.index.writer import IndexWriter, create_empty
-from simengine.model.bundle import Model
+from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
+from simengine.index.from_embeddings import FromEmbeddingsReport, build_from_embeddings, is_embeddings_folder
+from simengine.index.model_link import replace_collection
+from simengine.index.target import check_target, commit_build
+from simengine.model.bundle import Model, load_bundle
+from simengine.store.layout import DEFAULT_ROOT
+from simengine.store.lock import DEFAULT_TIMEOUT_S
+from simengine.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+Source = Union[str, os.PathLike, Sequence[Item]]
+EMBEDDINGS = ("auto", "trained")
 
 
 @dataclass
-class AddReport:
-    """What a build or add did: new ids, duplicates skipped (path, existing id or -1), failures (path, reason)."""
+class Built:
+    """What a build made: the index, the model bundle that embedded it, and the build's report (`AddReport` for
+    images; `FromEmbeddingsReport` for an embeddings folder)."""
 
-    added: list[int] = field(default_factory=list)
-    duplicates: list[tuple[str, int]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    index: Path
+    report: AddReport | FromEmbeddingsReport
+    model: Path
+
+    def __iter__(self):  # `index, report, model = build_index(...)`
+        return iter((self.index, self.report, self.model))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "duplicates": [{"path": p, "existing_id": i} for p, i in self.duplicates],
-                "failed": [{"path": p, "reason": r} for p, r in self.failed]}
-
-
-def unique_by_content(items: Sequence[Item], report: AddReport) -> list[Item]:
-    """The first item of each content hash; the others are reported as duplicates."""
-    seen: set[str] = set()
-    unique = []
-    for item in items:
-        if item.sha256 in seen:
-            report.duplicates.append((str(item.path), -1))
-            continue
-        seen.add(item.sha256)
-        unique.append(item)
-    return unique
-
-
-def embed_items(model: Model, items: Sequence[Item], progress: bool) -> tuple[np.ndarray, list[Item], list[tuple[str, str]]]:
-    """Embeddings of `items` through the feature cache: (vectors, the items embedded, failures as (path, reason))."""
-    from simengine.model.feature_cache import FeatureCache
-
-    cache = FeatureCache(model.encoder, flip=model.flip)
-    features, failed = cache.features([str(i.path) for i in items], [i.sha256 for i in items], progress=progress)
-    keep = np.flatnonzero(~np.isnan(features).any(axis=1))
-    vectors = model.embed_features(features[keep]) if len(keep) else np.zeros((0, model.dim), np.float32)
-    return vectors, [items[i] for i in keep], [(path, reason) for _, path, reason in failed]
-
-
-def item_rows(items: Sequence[Item]) -> list[dict[str, Any]]:
-    """SQLite rows (without ids) for embedded items; paths are stored absolute."""
-    rows = []
-    for item in items:
-        width, height = image_size(item.path)
-        rows.append({**item.metadata, "path": str(Path(item.path).absolute()), "label": item.label, "split": item.split, "sha256": item.sha256,
-                     "width": width, "height": height, "added_at": now_iso()})
-    return rows
+        return {"index": str(self.index), **self.report.to_dict()}
 
 
 def build_index(
-    items: Sequence[Item], model: Model, out: str | os.PathLike, index_type: str = "auto",
-    target_far: float | None = None, progress: bool = False, seed: int = 0, build_info: dict | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> tuple[Path, AddReport]:
-    """Embed `items` into the index at `out`. A new path gets a new index (with a copy of the model); an existing
-    index gets the new collection as its next version, under new ids, its earlier items removed."""
+    source: Source, model: Model | str | os.PathLike | None = None, out: str | os.PathLike = DEFAULT_ROOT / "default",
+    *, splits: Sequence[str] = ("train",), labels: str = "auto", path_column: str = "path", index_type: str = "auto",
+    target_far: float | None = None, embedding: str = "auto", runtime: str = "auto", train_options=None,
+    finetune_options=None, backbone: str | None = None, weights: str | os.PathLike | None = None,
+    max_index_memory: int | None = None, segments: int = 1, use_ray: bool = False, ray_address: str | None = None,
+    workers: int | None = None, progress: bool = False, seed: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Built:
+    """Index `source` with `model` (a loaded `Model` or a bundle's path) at `out`.
+
+    Without a model, one is trained first into `<out>-model`, which needs an ImageFolder dataset. With `embedding`
+    "auto", a collection mostly unlike the classes the model was trained on is indexed with the bundle's general
+    twin (see `model.general`); "trained" keeps the model as given. An embeddings folder is indexed with the model
+    that embedded it, in the most exact index type that fits `max_index_memory` bytes, filled in `segments` parts
+    (on Ray with `use_ray`)."""
     out = Path(out)
-    in_place = check_target(out, index_type)
-    report = AddReport()
+    check_target(out, index_type)
+    if embedding not in EMBEDDINGS:
+        raise SimengineError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
+    if not isinstance(source, (str, os.PathLike)):
+        items, build_info = list(source), {}
+    elif is_embeddings_folder(Path(source)):
+        if model is None:
+            raise SimengineError(f"{source} is an embeddings folder: give the model bundle that embedded it")
+        report = build_from_embeddings(source, out, model, max_index_memory, index_type, segments, use_ray,
+                                       ray_address, workers, target_far, seed, progress, timeout_s)
+        return Built(out, report, _bundle_path(model))
+    else:
+        if model is None:
+            model = _train_for(Path(source), out, runtime, train_options, finetune_options, backbone, weights,
+                               progress)
+        items, build_info = _scan(Path(source), splits, labels, path_column, progress)
+    if model is None:
+        raise SimengineError("give a model to index these items with")
+    if not items:
+        raise SimengineError("no images to index")
+    loaded = model if isinstance(model, Model) else load_bundle(model, runtime)
+    chosen, choice = _model_for_collection(loaded, items, embedding, runtime, progress)
+    report = AddReport(failed=list(build_info.pop("skipped", [])))
+    _embed_and_commit(items, chosen, out, report, index_type, target_far, seed,
+                      dict(build_info, embedding=choice) if choice is not None else build_info, progress, timeout_s)
+    return Built(out, report, loaded.path)
+
+
+def _bundle_path(model: Model | str | os.PathLike) -> Path:
+    return model.path if isinstance(model, Model) else Path(model)
+
+
+def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, progress: bool
+          ) -> tuple[list[Item], dict[str, Any]]:
+    from simengine.data.sources import scan_source
+
+    collection = scan_source(source, labels, splits, path_column, progress)
+    if not collection.items:
+        raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
+                                                             if collection.skipped else ""))
+    return collection.items, {
+        "source": str(source.resolve()), "source_kind": collection.kind, "labels": labels,
+        "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None,
+        "skipped": collection.skipped}
+
+
+def _train_for(source: Path, out: Path, runtime: str, train_options, finetune_options, backbone, weights,
+               progress: bool) -> Path:
+    """A model trained on the ImageFolder dataset `source`, into `<out>-model`."""
+    from simengine.data.sources import is_image_folder
+
+    if not (source.is_dir() and is_image_folder(source)):
+        raise SimengineError(f"{source} is not an ImageFolder dataset (train/<class>/...), so no model can be "
+                             "trained on it: give --model DIR (e.g. indexes/default-model, which `make demo` "
+                             "trains on Imagenette)")
+    from simengine.training.fit import TrainOptions
+    from simengine.training.pipeline import train_model
+
+    model_dir = out.parent / f"{out.name}-model"
+    log.info("no model given: training one first, into %s", model_dir)
+    train_model(source, model_dir, train_options or TrainOptions(), backbone, weights, finetune_options, runtime,
+                progress)
+    return model_dir
+
+
+def _model_for_collection(model: Model, items: Sequence[Item], embedding: str, runtime: str, progress: bool
+                          ) -> tuple[Model, dict[str, Any] | None]:
+    """The model, or its general twin when most of the collection is unlike the classes it was trained on (see
+    `model.general`), judged on a seeded sample whose backbone features stay cached for the build that follows."""
+    from simengine.model.feature_cache import FeatureCache
+    from simengine.model.general import CHOICE_SAMPLE, choose_bundle
+
+    if embedding == "trained":
+        return model, None
+
+    def sample_features() -> np.ndarray:
+        sample = random.Random(0).sample(list(items), min(CHOICE_SAMPLE, len(items)))
+        features, _ = FeatureCache(model.encoder, flip=model.flip).features(
+            [str(i.path) for i in sample], [i.sha256 for i in sample], progress=progress)
+        return features[~np.isnan(features).any(axis=1)]
+
+    chosen, choice = choose_bundle(model.path, sample_features)
+    return (model if chosen == model.path else load_bundle(chosen, runtime)), choice
+
+
+def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, report: AddReport, index_type: str,
+                      target_far: float | None, seed: int, build_info: dict[str, Any], progress: bool,
+                      timeout_s: float) -> None:
     started = time.time()
-    vectors, kept, report.failed = embed_items(model, unique_by_content(items, report), progress)
+    vectors, kept, failed = embed_items(model, unique_by_content(items, report), progress)
+    report.failed.extend(failed)
     if not kept:
         raise SimengineError("no image could be embedded; nothing to index")
     rows = item_rows(kept)
     calibration = calibrate_index(rows, vectors, model, target_far, seed).to_dict()
-    info = dict(build_info or {}, embed_and_build_seconds=round(time.time() - started, 1),
+    info = dict(build_info, embed_and_build_seconds=round(time.time() - started, 1),
                 duplicates=len(report.duplicates), failed=len(report.failed))
 
-    def write(writer: IndexWriter) -> None:
-        report.added = writer.replace_all(vectors, rows, model, calibration, index_type, info)
+    def write(writer: StoreWriter) -> None:
+        report.added = replace_collection(writer, vectors, rows, model, calibration, index_type, info)
 
-    commit_build(out, model, in_place, write, "build", timeout_s)
-    return out, report
-
-
-def commit_build(out: Path, model: Model, in_place: bool, write: Callable[[IndexWriter], None], operation: str,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Commit what `write` stages as the next version of the index at `out` (`in_place`), or as the first version
-    of a new index, built beside `out` and moved there once committed: a failed build leaves nothing at `out`."""
-
-    def commit_into(folder: Path) -> None:
-        with IndexWriter(folder, timeout_s) as writer:
-            write(writer)
-            writer.commit(operation)
-
-    if in_place:
-        commit_into(out)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.building-{secrets.token_hex(3)}"
-    try:
-        create_empty(staging, model)
-        commit_into(staging)
-        _swap_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def check_target(out: Path, index_type: str = "auto") -> bool:
-    """Fail before any slow work when the index type is unknown or `out` cannot take an index; True when `out` is an
-    index already (the build becomes its next version)."""
-    index_choice.check_type(index_type)
-    if (out / CURRENT).is_file():
-        return True
-    _check_replaceable(out)
-    return False
-
-
-def _check_replaceable(out: Path) -> None:
-    """Nothing at `out`, an empty folder, or a format-1 index (which a build replaces); anything else is refused."""
-    target = out.resolve() if out.is_symlink() else out
-    if not out.exists() and not out.is_symlink():
-        return
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        return
-    if not (target / V1_MANIFEST).is_file():
-        raise SimengineError(f"{out} exists and is not an index; choose another --out")
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Put the finished `staging` directory at `out`, where there is nothing yet, or a format-1 index: that one (a
-    link to a hidden version directory) is moved aside and deleted once the new one is in place."""
-    if (out / CURRENT).is_file():
-        raise SimengineError(f"another build created an index at {out} meanwhile; run again to rebuild it in place")
-    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
-        try:
-            os.rename(staging, out)
-        except OSError as exc:
-            raise SimengineError(f"{out} was created by another process meanwhile ({exc.strerror}); run the build "
-                                 "again to rebuild it in place") from None
-        return
-    old_target = out.resolve() if out.is_symlink() else None
-    aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(3)}"
-    os.rename(out, aside)
-    os.rename(staging, out)
-    if old_target is None:
-        shutil.rmtree(aside, ignore_errors=True)
-        return
-    aside.unlink()
-    if old_target.parent == out.parent.resolve():
-        shutil.rmtree(old_target, ignore_errors=True)
+    commit_build(out, model, check_target(out, index_type), write, "build", timeout_s)

@@ -23,12 +23,17 @@ import numpy as np
 
 from simengine.data.sources import check_column_names
 from simengine.errors import SimengineError
-from simengine.index import faiss_factory, index_choice
-from simengine.index.build import check_target, commit_build
+from simengine.files import TMP_SUFFIX
 from simengine.index.calibrate import calibrate_index
-from simengine.index.lock import DEFAULT_TIMEOUT_S
-from simengine.index.store import TMP_SUFFIX, now_iso
+from simengine.index.fill import fill_on_ray, fill_part, shard_groups
+from simengine.index.model_link import replace_streamed
+from simengine.index.target import check_target, commit_build
+from simengine.model.bundle import Model, load_bundle
 from simengine.shards.layout import PLAN, embedding_path, is_finished, metadata_path, read_plan
+from simengine.store import faiss_factory, index_choice
+from simengine.store.layout import now_iso
+from simengine.store.lock import DEFAULT_TIMEOUT_S
+from simengine.store.reader import merge_best
 
 CALIBRATION_SAMPLE = 20_000  # labelled items to calibrate on; more changes the thresholds by less than their noise
 TUNE_QUERIES = 200
@@ -60,6 +65,11 @@ class FromEmbeddingsReport:
                 "sample_recall_at_10": self.sample_recall, "seconds": self.seconds, "backend": self.backend, "nodes": self.nodes}
 
 
+def is_embeddings_folder(path: Path) -> bool:
+    """Whether `path` is a folder of embedding shards (it holds the plan `simengine embed` writes first)."""
+    return (path / PLAN).is_file()
+
+
 def finished_shards(embeddings: Path) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     """The plan and (shard, vectors) of every shard; an unfinished shard is an error (rerun `simengine embed`)."""
     plan = read_plan(embeddings)
@@ -71,17 +81,15 @@ def finished_shards(embeddings: Path) -> tuple[dict[str, Any], list[tuple[int, i
 
 
 def build_from_embeddings(
-    embeddings: str | os.PathLike, out: str | os.PathLike, model_dir: str | os.PathLike,
+    embeddings: str | os.PathLike, out: str | os.PathLike, model: Model | str | os.PathLike,
     max_index_memory: int | None = None, index_type: str = "auto", segments: int = 1, use_ray: bool = False,
     ray_address: str | None = None, workers: int | None = None, target_far: float | None = None, seed: int = 0,
     progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> FromEmbeddingsReport:
-    """Index the vectors of the embeddings folder `embeddings` (made by `simengine embed` with the bundle at
-    `model_dir`) at `out`, a new index or the next version of one, as `build_index` does for images. The index type
+    """Index the vectors of the embeddings folder `embeddings` (made by `simengine embed` with `model`, a bundle or
+    its path) at `out`, a new index or the next version of one, as `build_index` does for images. The index type
     is `index_type`, or with "auto" the most exact that fits in `max_index_memory` bytes. A trained index is filled
     in `segments` parts (on Ray with `use_ray`) and kept as that many segments; with one, the parts are merged."""
-    from simengine.model.bundle import load_bundle
-
     started = time.perf_counter()
     embeddings, out = Path(embeddings), Path(out)
     in_place = check_target(out, index_type)
@@ -89,7 +97,7 @@ def build_from_embeddings(
         raise SimengineError(f"--segments must be at least 1, not {segments}")
     plan, shards = finished_shards(embeddings)
     check_column_names(embeddings / PLAN, list(plan["metadata_schema"]))  # they become SQLite columns
-    model = load_bundle(model_dir)
+    model = model if isinstance(model, Model) else load_bundle(model)
     if model.hash != plan["model"]["bundle_hash"] or model.dim != plan["model"]["dim"]:
         raise SimengineError(f"{embeddings} was embedded by model {plan['model']['bundle_hash'][:12]}, the model given "
                              f"is {model.hash[:12]}: give the bundle that embedded it")
@@ -108,14 +116,15 @@ def build_from_embeddings(
             "max_index_memory": max_index_memory, "factory": spec.factory, "estimated_bytes": spec.memory(n)}
 
     def write(writer) -> None:
-        writer.replace_streamed(model, model.calibration.to_dict(), spec.kind, info)
+        replace_streamed(writer, model, model.calibration.to_dict(), spec.kind, info)
         tick = time.perf_counter()
         first_id, samples = _insert_rows(writer, embeddings, shards, list(plan["metadata_schema"]),
                                          [(train_rows, False), (calibration_rows, True), (tune_rows, False)],
                                          model.dim, progress)
         report.seconds["rows"] = time.perf_counter() - tick
         (train, _), (calibration_vectors, calibration_meta), (tune_queries, _) = samples
-        writer.set_calibration(calibrate_index(calibration_meta, calibration_vectors, model, target_far, seed).to_dict())
+        writer.set_metadata(
+            calibration=calibrate_index(calibration_meta, calibration_vectors, model, target_far, seed).to_dict())
         tick = time.perf_counter()
         template = faiss_factory.new(spec, model.dim, seed)
         if spec.trained:
@@ -185,25 +194,6 @@ def _insert_rows(writer, embeddings: Path, shards: Sequence[tuple[int, int]], me
     return first_id, [(np.concatenate(v) if v else np.zeros((0, dim), np.float32), r) for v, r in picked]
 
 
-def shard_groups(shards: Sequence[tuple[int, int]], first_id: int, parts: int) -> list[list[tuple[int, int, int]]]:
-    """(shard, first id, vectors) split into at most `parts` consecutive groups of about equal size."""
-    starts = np.cumsum([0] + [count for _, count in shards])[:-1] + first_id
-    items = [(k, int(s), count) for (k, count), s in zip(shards, starts)]
-    bounds = np.linspace(0, len(items), min(parts, len(items)) + 1).round().astype(int)
-    return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def fill_part(template: bytes, embeddings: Path, group: Sequence[tuple[int, int, int]]):
-    """A copy of the (trained) empty index holding the vectors of `group`'s shards, one shard in memory at a time."""
-    import faiss
-
-    index = faiss.deserialize_index(np.frombuffer(template, np.uint8))
-    for k, first, count in group:
-        vectors = np.load(embedding_path(embeddings, k), mmap_mode="r")
-        faiss_factory.add(index, np.asarray(vectors, np.float32), np.arange(first, first + count, dtype=np.int64))
-    return index
-
-
 def _fill(template, embeddings: Path, shards: Sequence[tuple[int, int]], first_id: int, segments: int,
           use_ray: bool, ray_address: str | None, workers: int | None, work_dir: Path, progress: bool
           ) -> tuple[list, dict[str, int]]:
@@ -217,8 +207,6 @@ def _fill(template, embeddings: Path, shards: Sequence[tuple[int, int]], first_i
     folder = work_dir / f".parts-{secrets.token_hex(3)}{TMP_SUFFIX}"  # removed by the next writer if left behind
     try:
         if use_ray:
-            from simengine.index.ray_build import fill_on_ray
-
             folder.mkdir()
             files, nodes = fill_on_ray(raw, embeddings, shards, first_id, segments, folder, ray_address, workers)
             load = [partial(_read_and_delete, path) for path in files]
@@ -252,8 +240,6 @@ def _template_digest(template) -> str:
 
 def exact_neighbours(queries: np.ndarray, embeddings: Path, shards: Sequence[tuple[int, int]], k: int) -> np.ndarray:
     """Positions (in collection order) of the k nearest vectors of each query, by exact search shard by shard."""
-    from simengine.index.reader import merge_best
-
     best = merge_best([], k, len(queries))
     start = 0
     for shard, count in shards:
@@ -290,6 +276,4 @@ def _tune_nprobe(parts: list, queries: np.ndarray, embeddings: Path, shards: Seq
 
 
 def _search_parts(parts: list, queries: np.ndarray, k: int) -> np.ndarray:
-    from simengine.index.reader import merge_best
-
     return merge_best([faiss_factory.search(p, queries, k) for p in parts], k, len(queries))[1]

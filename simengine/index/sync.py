@@ -19,11 +19,13 @@ import numpy as np
 from simengine.data.folders import Item
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
-from simengine.index import items_db
-from simengine.index.build import AddReport, embed_items, item_rows, unique_by_content
-from simengine.index.lock import DEFAULT_TIMEOUT_S
-from simengine.index.store import IndexDir, require_model
-from simengine.index.writer import IndexWriter
+from simengine.index.items import metadata_of
+from simengine.store import rows as store_rows
+from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
+from simengine.store.lock import DEFAULT_TIMEOUT_S
+from simengine.index.model_link import require_model
+from simengine.store.layout import StoreDir
+from simengine.store.writer import StoreWriter
 from simengine.model.bundle import Model, load_bundle
 
 
@@ -77,7 +79,7 @@ def plan_sync(items: list[Item], rows: list[dict[str, Any]], unreadable: set[str
         row = by_path.get(path)
         if row is None:
             plan.new.append(item)
-        elif (row["sha256"], row["label"], _set(items_db.metadata_of(row))) != (item.sha256, item.label,
+        elif (row["sha256"], row["label"], _set(metadata_of(row))) != (item.sha256, item.label,
                                                                               _set(item.metadata)):
             plan.changed.append((item, row["id"]))
         else:
@@ -100,7 +102,7 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     `dry_run`. A changed file whose new content cannot be embedded is removed and reported as failed. Removing more
     than half of the index (an unmounted disk, a wrong path) needs `force`."""
     index_dir = Path(index_dir)
-    store = IndexDir(index_dir)
+    store = StoreDir(index_dir)
     manifest = store.read_manifest(store.current_version())
     built = manifest.get("build") or {}
     recorded = built.get("source") or built.get("data")  # "data": indexes built before sources existed
@@ -114,13 +116,13 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
                              path_column or settings.get("path_column") or "path", progress,
                              kind=settings.get("source_kind", "imagefolder" if same and "data" in built else None))
     report = SyncReport(source=str(source.resolve()), dry_run=dry_run, failed=list(collection.skipped))
-    with contextlib.closing(items_db.connect(index_dir, read_only=True)) as conn:
-        plan = plan_sync(collection.items, items_db.live_rows(conn, manifest["version"]), collection.unreadable)
+    with contextlib.closing(store_rows.connect(index_dir, read_only=True)) as conn:
+        plan = plan_sync(collection.items, store_rows.live_rows(conn, manifest["version"]), collection.unreadable)
     _check_removals(plan, manifest["counts"]["items"], source, force)
     if dry_run:
         _describe(report, plan, {})
         return report
-    model = model or load_bundle(store.model_dir(manifest))
+    model = model or load_bundle(store.attached_dir(manifest))
     require_model(manifest, model, index_dir)
     seen = AddReport()
     vectors, embedded, failed = embed_items(model, unique_by_content(_to_embed(plan), seen), progress)
@@ -128,9 +130,9 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     report.duplicates.extend(seen.duplicates)
     vector_of = {item.sha256: vectors[n] for n, item in enumerate(embedded)}
     attempted = {item.sha256 for item in _to_embed(plan)}
-    with IndexWriter(index_dir, timeout_s) as writer:
+    with StoreWriter(index_dir, timeout_s) as writer:
         require_model(writer.base, model, index_dir)
-        plan = plan_sync(collection.items, items_db.live_rows(writer.conn, writer.base["version"]), collection.unreadable)
+        plan = plan_sync(collection.items, store_rows.live_rows(writer.conn, writer.base["version"]), collection.unreadable)
         _check_removals(plan, writer.base["counts"]["items"], source, force)
         replaced = [old for _, old in plan.changed]
         writer.remove(sorted(replaced + [row["id"] for row in plan.gone]))
@@ -139,7 +141,7 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
         report.failed.extend((str(item.path), f"{item.path}: the index changed while this sync ran; run it again")
                              for item in _to_embed(plan) if item.sha256 not in attempted)
         ready = unique_by_content([item for item in _to_embed(plan) if item.sha256 in vector_of], AddReport())
-        known = writer.live_ids_by_sha([item.sha256 for item in ready])
+        known = writer.live_ids_by("sha256", [item.sha256 for item in ready])
         report.duplicates.extend((str(item.path), known[item.sha256]) for item in ready if item.sha256 in known)
         fresh = [item for item in ready if item.sha256 not in known]
         ids = writer.add(np.stack([vector_of[item.sha256] for item in fresh]), item_rows(fresh)) if fresh else []

@@ -16,18 +16,20 @@ from simengine.data.decode import not_a_file_reason
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
-from simengine.index import items_db
-from simengine.index.build import AddReport, embed_items, item_rows, unique_by_content
+from simengine.index.items import labelled, live_ids_by_sha
+from simengine.store import rows as store_rows
+from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
 from simengine.index.calibrate import calibrate_index
-from simengine.index.lock import DEFAULT_TIMEOUT_S
+from simengine.store.lock import DEFAULT_TIMEOUT_S
 from simengine.index.reader import Index
-from simengine.index.store import GRACE_S, IndexDir, require_model
-from simengine.index.writer import IndexWriter
+from simengine.index.model_link import require_model
+from simengine.store.layout import GRACE_S, StoreDir
+from simengine.store.writer import StoreWriter
 from simengine.model.bundle import Model, load_bundle
 
 
-def _model_for(store: IndexDir, manifest: dict, model: Model | None) -> Model:
-    return model or load_bundle(store.model_dir(manifest))
+def _model_for(store: StoreDir, manifest: dict, model: Model | None) -> Model:
+    return model or load_bundle(store.attached_dir(manifest))
 
 
 def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], label: str | None = None,
@@ -36,7 +38,7 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     """Embed image files and add them as one new version. Files already indexed (same content) are skipped, bad
     ones reported. The label is `label`, else the name of the file's folder."""
     index_dir = Path(index_dir)
-    store = IndexDir(index_dir)
+    store = StoreDir(index_dir)
     version = store.current_version()
     manifest = store.read_manifest(version)
     model = _model_for(store, manifest, model)
@@ -52,17 +54,17 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
         items.append(item if label is not None else dataclasses.replace(item, label=item.path.parent.name))
     items = unique_by_content(items, report)
     # Skip embedding what is already indexed; the rows are enough (loading the vectors would cost the collection).
-    with contextlib.closing(items_db.connect(index_dir)) as conn:
-        known = items_db.live_ids_by_sha(conn, version, [i.sha256 for i in items])
+    with contextlib.closing(store_rows.connect(index_dir)) as conn:
+        known = live_ids_by_sha(conn, version, [i.sha256 for i in items])
     report.duplicates.extend((str(i.path), known[i.sha256]) for i in items if i.sha256 in known)
     vectors, kept, failed = embed_items(model, [i for i in items if i.sha256 not in known], progress)
     report.failed.extend(failed)
     if not kept:
         return report
-    with IndexWriter(index_dir, timeout_s) as writer:
+    with StoreWriter(index_dir, timeout_s) as writer:
         require_model(writer.base, model, index_dir)  # a rebuild with another model may have committed meanwhile
         # Another writer may have added some of these since the snapshot above.
-        now_known = writer.live_ids_by_sha([i.sha256 for i in kept])
+        now_known = writer.live_ids_by("sha256", [i.sha256 for i in kept])
         fresh = [n for n, i in enumerate(kept) if i.sha256 not in now_known]
         report.duplicates.extend((str(i.path), now_known[i.sha256]) for i in kept if i.sha256 in now_known)
         if fresh:
@@ -74,14 +76,14 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
 def remove_items(index_dir: str | os.PathLike, refs: Sequence[str | int],
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int]:
     """Remove items by id or by path, as one new version; their ids are never given out again."""
-    with IndexWriter(index_dir, timeout_s) as writer:
+    with StoreWriter(index_dir, timeout_s) as writer:
         ids = set()
         for ref in refs:
             ref = str(ref)
             if ref.isdigit() and not Path(ref).exists():
                 ids.add(int(ref))
                 continue
-            found = writer.live_ids_by_path(str(Path(ref).resolve()))
+            found = writer.live_ids_with("path", str(Path(ref).resolve()))
             if not found:
                 raise SimengineError(f"{ref}: not in the index")
             ids.update(found)
@@ -94,23 +96,23 @@ def recalibrate_index(index_dir: str | os.PathLike, target_far: float | None = N
                       model: Model | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Calibration:
     """Calibrate the thresholds again on the index's labelled items, as one new version."""
     index_dir = Path(index_dir)
-    with IndexWriter(index_dir, timeout_s) as writer:
+    with StoreWriter(index_dir, timeout_s) as writer:
         snapshot = Index(index_dir)
         try:
             model = _model_for(snapshot.store, snapshot.manifest, model)
             require_model(snapshot.manifest, model, index_dir)
-            rows = items_db.labelled(snapshot.conn, snapshot.version)
+            rows = labelled(snapshot.conn, snapshot.version)
             calibration = calibrate_index(rows, snapshot.vectors([r["id"] for r in rows]), model, target_far, seed)
         finally:
             snapshot.close()
-        writer.set_calibration(calibration.to_dict())
+        writer.set_metadata(calibration=calibration.to_dict())
         writer.commit("calibrate")
     return calibration
 
 
 def compact_index(index_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Merge all segments into one without removed vectors (cost: the whole collection, once)."""
-    with IndexWriter(index_dir, timeout_s) as writer:
+    with StoreWriter(index_dir, timeout_s) as writer:
         writer.compact()
         return writer.commit("compact")
 
@@ -118,5 +120,5 @@ def compact_index(index_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEO
 def collect_garbage(index_dir: str | os.PathLike, grace_s: float = GRACE_S,
                     timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, int]:
     """Delete versions replaced more than `grace_s` ago and files and rows that no kept version uses."""
-    with IndexWriter(index_dir, timeout_s, grace_s=grace_s) as writer:
+    with StoreWriter(index_dir, timeout_s, grace_s=grace_s) as writer:
         return writer.collect_garbage()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from simengine.errors import SimengineError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 from simengine.evaluation.decisions import Calibration
 from simengine.model.encoder import EmbedResult, Encoder
 from simengine.errors import BundleError, IndexUnusableError

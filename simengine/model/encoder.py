@@ -168,7 +168,7 @@ def backbone_runtime(onnx_path: Path, export_sha256: str, input_shape: tuple[int
 
 
 def cached_onnx_path(identity: dict[str, Any]) -> Path:
-    from simengine.locations import cache_dir
+    from simengine.files import cache_dir
 
     return cache_dir() / "onnx" / f"{identity['backbone']}-{identity['weights_sha256'][:12]}.onnx"
 
@@ -197,7 +197,7 @@ def ensure_onnx(model, identity: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def _current_export_record(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     """The export record beside `path` when it is for these weights and the file still matches it."""
-    from simengine.hashing import sha256_file
+    from simengine.files import sha256_file
 
     record_path = path.with_suffix(".json")
     if not (path.is_file() and record_path.is_file()):

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from simengine.locations import cache_dir
+from simengine.files import cache_dir
 from simengine.model.encoder import Encoder
 
 log = logging.getLogger(__name__)

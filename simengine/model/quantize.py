@@ -7,7 +7,7 @@ The record is written last, so a half-written model is never used; `int8_model` 
 The first and the last convolution stay in floating point, as is common practice (Krishnamoorthi 2018): the stem
 sees the raw image and the head writes the features that are the embedding. Quantizing them too cost the Imagenette
 gate 0.0035 in triplet accuracy; keeping them cost 0.0015 at most (benchmarks/results/latency.md). Whether `auto`
-may run the model is the accuracy gate's verdict (`evaluation.runtime_gate`), never this module's.
+may run the model is the accuracy gate's verdict (`model.runtime_gate`), never this module's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from simengine.errors import SimengineError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -128,7 +128,7 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
               "nncf": metadata.version("nncf"), "openvino": metadata.version("openvino"), "preset": PRESET,
               "kept_in_float": kept, "calibration_images": len(batches), "calibration_skipped": skipped,
               "calibration_paths_sha256": _digest(used)}
-    from simengine.index.store import write_durably
+    from simengine.files import write_durably
 
     write_durably(folder / INT8_RECORD, json.dumps(record, indent=2).encode())
     return record

@@ -7,7 +7,7 @@ embeds a fixed probe batch. One whose features drift from ONNX Runtime fp32's (m
 int8's is recorded but does not decide, because random probe pixels lie outside the range it was calibrated on) is
 never chosen. A reduced precision is chosen only once the accuracy gate passed the very model it runs on this machine
 (`record_gate`: P@1, MAP@R, pair and triplet accuracy within GATE_TOLERANCE of fp32 on labelled images, see
-`evaluation.runtime_gate`), with the same OpenVINO version and CPU flags. Where nothing else is installed or
+`model.runtime_gate`), with the same OpenVINO version and CPU flags. Where nothing else is installed or
 eligible, ONNX Runtime fp32 is the answer. Processes that start together measure one at a time, and the later ones
 find the record written (two measurements at once would time each other).
 """
@@ -120,7 +120,7 @@ def _machine() -> dict[str, Any]:
 def _choice_path(onnx_path: str | os.PathLike, export_sha256: str) -> Path:
     """One record per export and int8 model beside it (none: "fp"): copies of a bundle, and its general twin, share
     the export but not always an int8 model, and each keeps its own measurement."""
-    from simengine.locations import cache_dir
+    from simengine.files import cache_dir
 
     int8 = runtime_model_sha256(onnx_path, export_sha256, "openvino-int8")
     return cache_dir() / "runtimes" / f"choice-{export_sha256[:16]}-{int8[:12] or 'fp'}.json"
@@ -169,7 +169,7 @@ def _measurement_lock() -> Iterator[None]:
     lock can be made (a read-only cache folder, a file system without locks) it measures unlocked rather than fail."""
     from filelock import FileLock, Timeout
 
-    from simengine.locations import cache_dir
+    from simengine.files import cache_dir
 
     path = cache_dir() / "runtimes" / "measure.lock"
     lock = None
@@ -227,7 +227,7 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
 
 
 def gate_path(model_sha256: str, runtime: str) -> Path:
-    from simengine.locations import cache_dir
+    from simengine.files import cache_dir
 
     return cache_dir() / "runtimes" / f"gate-{model_sha256[:16]}-{runtime}.json"
 
@@ -274,7 +274,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _write(path: Path, record: dict[str, Any]) -> None:
     """Atomically, and only as a cache: a read-only cache folder costs a measurement per process, not a failure."""
-    from simengine.index.store import write_durably
+    from simengine.files import write_durably
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

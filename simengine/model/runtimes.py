@@ -86,7 +86,7 @@ class OpenVinoRuntime:
                  name: str | None = None, features_tag: str | None = None, model_sha256: str | None = None):
         import openvino as ov
 
-        from simengine.locations import cache_dir
+        from simengine.files import cache_dir
 
         if precision not in PRECISIONS:
             raise SimengineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -136,7 +136,7 @@ def export_onnx(module, path: str | os.PathLike, input_shape: tuple[int, ...]) -
     """Export a torch module to ONNX (dynamic batch), check ORT against torch on the probe batch, return its record."""
     import torch
 
-    from simengine.hashing import sha256_file
+    from simengine.files import sha256_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,14 +13,15 @@ import numpy as np
 
 from simengine.data.decode import MAX_PIXELS
 from simengine.data.evalsets import read_csv
-from simengine.data.imagenette import class_name
+from simengine.data.labels import display_name
 from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
-from simengine.index import items_db
+from simengine.index.items import metadata_of
+from simengine.index.model_link import require_model
 from simengine.index.reader import Index
-from simengine.index.store import require_model, resolve_index_dir
+from simengine.store.layout import resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
@@ -192,10 +193,10 @@ class Engine:
                 row = rows[int(item_id)]
                 found.append(Neighbour(
                     id=int(item_id), path=row["path"], label=row["label"],
-                    class_name=class_name(row["label"]) if row["label"] else None,
+                    class_name=display_name(row["label"]) if row["label"] else None,
                     distance=float(1 - sims[n]), head_probability=float(head[n]),
                     verified=bool(score[n] >= threshold),
-                    metadata=items_db.metadata_of(row),
+                    metadata=metadata_of(row),
                 ))
         votes = Counter(n.label for n in found if n.verified and n.label is not None)
         verified = sum(1 for n in found if n.verified)

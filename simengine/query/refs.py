@@ -10,7 +10,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from simengine.errors import SimengineError
-from simengine.index.items_db import MAX_ID
+from simengine.store.rows import MAX_ID
 
 ID_PREFIX = "id:"
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -160,23 +160,20 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         for item_id in ids:
             await item(item_id)
         files = [await read_upload(upload, n) for n, upload in enumerate(uploads)]
-        try:
-            return await asyncio.wait_for(embed_and_ask(question, files, ids), limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"the request took longer than {limits.timeout_s:g} s") from None
+        return await within_limits(embed_and_ask(question, files, ids))
 
-    async def embed_and_ask(question: Callable, files: list[tuple[str, bytes]], ids: list[int]) -> dict:
+    async def embed_and_ask(question: Callable, files: list[tuple[str, bytes]], ids: list[int]):
+        embedded = await embedder.embed(worker.engine.model, files) if files else []
+        return await ask_engine(question, *embedded, *(f"id:{i}" for i in ids))
+
+    async def within_limits(work: Awaitable) -> dict:
+        """The answer of `work` within the time limit, or the HTTP error that says what went wrong."""
         try:
-            embedded = await embedder.embed(worker.engine.model, files) if files else []
-            result = await ask_engine(question, *embedded, *(f"id:{i}" for i in ids))
-        except UnsupportedImageError as exc:
-            raise HTTPException(415, str(exc)) from None
-        except ImageLoadError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except (QueueFull, ModelChangedError) as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
-        except SimengineError as exc:
-            raise HTTPException(400, str(exc)) from None
+            result = await asyncio.wait_for(work, limits.timeout_s)
+        except Exception as exc:
+            if (error := http_error_for(exc, limits.timeout_s)) is None:
+                raise
+            raise error from None
         return result.to_dict()
 
     @app.post("/v1/pair", responses={200: {"content": {"application/json": {"example": PAIR_EXAMPLE}}}})
@@ -201,20 +198,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """Indexed copies of an uploaded `image` (exact, or resized, recompressed, cropped, recoloured, watermarked):
         the same picture, not the same class. Candidates are its `k` nearest items."""
         name, data = await read_upload(image, 0)
-        try:
-            result = await asyncio.wait_for(ask_engine(worker.engine.copies, data, name, k), limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"the request took longer than {limits.timeout_s:g} s") from None
-        except NotCalibratedError as exc:
-            log.error("%s", exc)
-            raise HTTPException(501, "this index's model has no same-picture calibration; see the server's log") from None
-        except UnsupportedImageError as exc:
-            raise HTTPException(415, str(exc)) from None
-        except ImageLoadError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except SimengineError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return result.to_dict()
+        return await within_limits(ask_engine(worker.engine.copies, data, name, k))
 
     @app.get("/v1/items/{item_id}")
     async def get_item(item_id: int) -> dict:
@@ -257,6 +241,26 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return FileResponse(STATIC / "docs.html")
 
     return app
+
+
+def http_error_for(exc: BaseException, timeout_s: float) -> HTTPException | None:
+    """The one mapping of what went wrong with a question to its HTTP answer; None for what is no known failure."""
+    if isinstance(exc, HTTPException):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return HTTPException(504, f"the request took longer than {timeout_s:g} s")
+    if isinstance(exc, NotCalibratedError):
+        log.error("%s", exc)
+        return HTTPException(501, "this index's model has no same-picture calibration; see the server's log")
+    if isinstance(exc, UnsupportedImageError):
+        return HTTPException(415, str(exc))
+    if isinstance(exc, ImageLoadError):
+        return HTTPException(422, str(exc))
+    if isinstance(exc, (QueueFull, ModelChangedError)):
+        return HTTPException(503, str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, SimengineError):
+        return HTTPException(400, str(exc))
+    return None
 
 
 def mime_type(pillow_format: str) -> str:

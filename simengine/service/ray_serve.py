@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from simengine.errors import SimengineError
-from simengine.index.reader import Index, merge_best
-from simengine.index.store import IndexDir
+from simengine.index.reader import Index
+from simengine.store.layout import StoreDir
+from simengine.store.reader import merge_best
 from simengine.ray_cluster import serve_replica_on_loopback
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,8 @@ class BatchedEncoder:
         from simengine.model.bundle import load_bundle
 
         serve_replica_on_loopback()
-        store = IndexDir(index_dir)
-        self.model = load_bundle(store.model_dir(store.read_manifest(store.current_version())), runtime)
+        store = StoreDir(index_dir)
+        self.model = load_bundle(store.attached_dir(store.read_manifest(store.current_version())), runtime)
         self.embed = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_wait_s)(self._embed_batch)
         self.recent_batches: collections.deque[int] = collections.deque(maxlen=1000)
 
@@ -175,7 +176,7 @@ def sharded_application(index_dir: str | os.PathLike, shards: int, replicas: int
     from simengine.service.security import LOOPBACK_HOSTS
 
     index_dir = str(Path(index_dir).resolve())
-    store = IndexDir(index_dir)
+    store = StoreDir(index_dir)
     segments = len(store.read_manifest(store.current_version())["segments"])
     if not 1 <= shards <= max(segments, 1):
         raise SimengineError(f"{index_dir} has {segments} segment(s): choose 1 to {max(segments, 1)} shards")

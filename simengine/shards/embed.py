@@ -1,6 +1,6 @@
 """`simengine embed`: a collection's embeddings written as shards (see `layout`), on this machine or on Ray.
 
-Both paths run the same code per shard (`embed_shard`): the bundle's encoder on the runtime asked for, decoding
+Both paths run the same code per shard (`worker.embed_shard`): the bundle's encoder on the runtime asked for, decoding
 bad files into the shard's failures instead of stopping. Locally the shards are embedded one after another; on Ray
 (`ray_embed`) an actor pool embeds them in parallel, each actor holding one loaded model.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from simengine.errors import SimengineError
-from simengine.shards.layout import LOCK, Shard, failures, is_finished, plan_shards, start_plan, write_shard
+from simengine.shards.layout import LOCK, failures, is_finished, plan_shards, start_plan
+from simengine.shards.worker import embed_shard, model_identity
 
 SHARD_SIZE = 10_000  # clip-retrieval's default write batch: 40 MB of 1280-d float32, 10 MB of 256-d
 
@@ -39,20 +40,6 @@ class EmbedReport:
                 "skipped_shards": self.skipped_shards, "vectors": self.vectors, "total_vectors": self.total_vectors,
                 "failed": self.failed,
                 "seconds": round(self.seconds, 3), "backend": self.backend, "nodes": self.nodes}
-
-
-def model_identity(model) -> dict[str, Any]:
-    """What the vectors depend on: the bundle (its hash), the runtime that ran it (resolved: `auto` may choose a
-    reduced precision on one machine and not on another), the embedding's size."""
-    return {"bundle_hash": model.hash, "runtime": model.runtime, "dim": model.dim}
-
-
-def embed_shard(model, out: Path, shard: Shard, schema: dict[str, str]) -> tuple[int, list[dict[str, str]]]:
-    """Embed one shard with `model` and write it; returns (vectors written, failures)."""
-    result = model.embed_paths([item.path for item in shard.items])
-    failed = [(i, reason) for i, _, reason in result.failed]
-    write_shard(out, shard, result.vectors, result.ok, failed, schema)
-    return len(result.ok), [{"path": str(shard.items[i].path), "reason": reason} for i, reason in failed]
 
 
 def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_dir: str | os.PathLike,

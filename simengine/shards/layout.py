@@ -23,7 +23,7 @@ import numpy as np
 
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 
 PLAN = "simengine.json"
 PLAN_VERSION = 1
@@ -119,7 +119,7 @@ def start_plan(out: Path, shards: Sequence[Shard], model: dict[str, Any], source
         return plan
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise SimengineError(f"{out}: not empty and not an embeddings folder")
-    from simengine.index.store import write_durably
+    from simengine.files import write_durably
 
     out.mkdir(parents=True, exist_ok=True)
     write_durably(path, json.dumps(plan, indent=2).encode())  # first: a crash after it leaves a resumable folder
@@ -136,10 +136,10 @@ def _plan(digests: Sequence[str], items: int, schema: dict[str, str], model: dic
 
 def write_collection(out: Path, model: dict[str, Any], shards: Iterable[tuple[np.ndarray, Sequence[Item]]],
                      labels: str = "auto") -> dict[str, Any]:
-    """Write vectors made elsewhere (by the same bundle: `model` is its identity, see `embed.model_identity`) as a
+    """Write vectors made elsewhere (by the same bundle: `model` is its identity, see `worker.model_identity`) as a
     finished embeddings folder: each (vectors, items) pair one shard, the first shard's metadata columns the schema
     of all. The plan is written last, so a folder left unfinished is never read as a collection."""
-    from simengine.index.store import write_durably
+    from simengine.files import write_durably
 
     if out.exists() and any(out.iterdir()):
         raise SimengineError(f"{out}: not empty")
@@ -175,7 +175,7 @@ def write_shard(out: Path, shard: Shard, vectors: np.ndarray, embedded: Sequence
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from simengine.index.store import write_durably
+    from simengine.files import write_durably
 
     if len(vectors) != len(embedded):
         raise ValueError(f"{len(vectors)} vectors for {len(embedded)} images")

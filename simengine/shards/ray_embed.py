@@ -1,5 +1,5 @@
 """Shards embedded on a Ray cluster: Ray Data hands the planned shards to a pool of actors, each holding one loaded
-model (the same bundle and runtime choice as the local path) and writing the shards it embeds (`embed.embed_shard`).
+model (the same bundle and runtime choice as the local path) and writing the shards it embeds (`worker.embed_shard`).
 
 The actors ask for a fraction of a CPU: a pool that takes every CPU leaves none to Ray Data's own tasks, and the job
 hangs (Ray 2.60 on 2 cores). Ray Data spreads its actors over the nodes. A shard whose actor dies is retried by Ray
@@ -32,7 +32,7 @@ class ShardEmbedder:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import ray
 
-        from simengine.shards.embed import embed_shard
+        from simengine.shards.worker import embed_shard
 
         node = ray.get_runtime_context().get_node_id()
         done: dict[str, list] = {"k": [], "written": [], "failed": [], "node": []}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simengine.hashing import sha256_file
-from simengine.locations import cache_dir
+from simengine.files import sha256_file
+from simengine.files import cache_dir
 from simengine.data.folders import Item
 from simengine.model.encoder import Encoder
 from simengine.data.decode import load_rgb

@@ -4,7 +4,8 @@ import pytest
 
 from simengine.data import folders as data
 from simengine.data import imagenette as imagenette_module
-from simengine.hashing import sha256_file
+from simengine.data.labels import display_name
+from simengine.files import sha256_file
 from simengine.errors import SimengineError
 
 
@@ -27,10 +28,10 @@ def test_scan_ignores_non_image_files_and_missing_split(fixture_data, tmp_path):
 
 
 def test_imagenette_class_names():
-    assert imagenette_module.class_name("n01440764") == "tench"
-    assert imagenette_module.class_name("n02102040") == "English springer"
-    assert imagenette_module.class_name("n03888257") == "parachute"
-    assert imagenette_module.class_name("cat") == "cat"
+    assert display_name("n01440764") == "tench"
+    assert display_name("n02102040") == "English springer"
+    assert display_name("n03888257") == "parachute"
+    assert display_name("cat") == "cat"
 
 
 def test_data_dir_resolution_order(tmp_path, monkeypatch):
@@ -38,12 +39,12 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     explicit.mkdir()
     env.mkdir()
     monkeypatch.setenv("SIMENGINE_DATA", str(env))
-    assert data.resolve_data_dir(explicit) == explicit
-    assert data.resolve_data_dir() == env
+    assert imagenette_module.resolve_data_dir(explicit) == explicit
+    assert imagenette_module.resolve_data_dir() == env
     monkeypatch.delenv("SIMENGINE_DATA")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SimengineError, match="data fetch imagenette"):
-        data.resolve_data_dir()
+        imagenette_module.resolve_data_dir()
 
 
 def test_fetch_fails_fast_when_offline(tmp_path):

@@ -11,7 +11,7 @@ from simengine.dedup.find import DuplicateGroup, DuplicateReport, Member, Report
 from simengine.dedup.move import MOVES_LOG, apply_moves, plan_moves
 from simengine.dedup.report import write_csv, write_html
 from simengine.errors import SimengineError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file
 
 
 def report_of(root: Path, groups: dict[str, list[str]], origin: str = "source") -> DuplicateReport:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from simengine.data.folders import Item
-from simengine.shards.embed import model_identity
+from simengine.shards.worker import model_identity
 from simengine.shards.layout import write_collection
 
 CLASSES = 12

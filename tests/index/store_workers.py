@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from simengine.index.reader import Index
-from simengine.index.writer import IndexWriter
+from simengine.store.writer import StoreWriter
 
 
 def unit_rows(n: int, tag: str, dim: int, seed: int) -> tuple[np.ndarray, list[dict]]:
@@ -28,7 +28,7 @@ def unit_rows(n: int, tag: str, dim: int, seed: int) -> tuple[np.ndarray, list[d
 def commit_rows(index: Path, n: int, tag: str, seed: int, dim: int = 256) -> list[int]:
     """Add n synthetic items as one version; returns their ids."""
     vectors, rows = unit_rows(n, tag, dim, seed)
-    with IndexWriter(index, timeout_s=120) as writer:
+    with StoreWriter(index, timeout_s=120) as writer:
         ids = writer.add(vectors, rows)
         writer.commit(f"add {n}")
     return ids

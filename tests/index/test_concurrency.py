@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from simengine.errors import IndexBusyError
-from simengine.index import items_db
+from simengine.store import rows
 from simengine.index.reader import Index
 from simengine.index.verify import verify_index
-from simengine.index.writer import IndexWriter
+from simengine.store.writer import StoreWriter
 
 WORKERS = Path(__file__).with_name("store_workers.py")
 
@@ -30,7 +30,7 @@ def committed_ids(output: str) -> list[int]:
 
 def live_rows(path: Path) -> list[dict]:
     idx = Index(path)
-    return list(idx.items(items_db.live_ids(idx.conn, idx.version)).values())
+    return list(idx.items(rows.live_ids(idx.conn, idx.version)).values())
 
 
 def test_concurrent_writers_lose_nothing_and_double_nothing(index_copy):
@@ -71,7 +71,7 @@ def test_readers_never_fail_while_writers_commit(index_copy):
     readers = [start("read", index_copy, 6) for _ in range(2)]
     time.sleep(0.5)
     writer = start("write", index_copy, "w", 20, 3)
-    with IndexWriter(index_copy) as w:  # a removal too, so the excluded-id filter changes under the readers
+    with StoreWriter(index_copy) as w:  # a removal too, so the excluded-id filter changes under the readers
         w.remove([0, 1, 2])
         w.commit("remove 3")
     assert writer.wait(timeout=120) == 0
@@ -101,18 +101,18 @@ def test_kill_9_at_random_points_keeps_every_committed_item(index_copy, seed):
 
 def test_a_second_writer_waits_then_names_the_holder(index_copy):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom simengine.index.writer import IndexWriter\n"
-        f"with IndexWriter({str(index_copy)!r}):\n    print('holding', flush=True)\n    time.sleep(30)\n")],
+        "import sys, time\nfrom simengine.store.writer import StoreWriter\n"
+        f"with StoreWriter({str(index_copy)!r}):\n    print('holding', flush=True)\n    time.sleep(30)\n")],
         stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         assert holder.stdout.readline().strip() == "holding"
         started = time.monotonic()
         with pytest.raises(IndexBusyError, match=rf"pid {holder.pid} .*waited 0.5 s"):
-            with IndexWriter(index_copy, timeout_s=0.5):
+            with StoreWriter(index_copy, timeout_s=0.5):
                 pass
         assert 0.4 < time.monotonic() - started < 5
     finally:
         holder.kill()
         holder.wait()
-    with IndexWriter(index_copy, timeout_s=5) as w:  # free again once the holder is gone
+    with StoreWriter(index_copy, timeout_s=5) as w:  # free again once the holder is gone
         assert w.version == 2

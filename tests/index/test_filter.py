@@ -9,7 +9,7 @@ import pytest
 
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
-from simengine.index import faiss_factory, items_db
+from simengine.store import faiss_factory, rows
 from simengine.index.build import build_index
 from simengine.index.reader import Index
 from simengine.index.update import remove_items
@@ -23,7 +23,7 @@ def table_index(fixture_data, model, tmp_path_factory):
     for n, path in enumerate(sorted((fixture_data / "train").glob("*/*.jpg"))):
         lines.append(f"{path},{path.parent.name},{n},{'ann' if n % 2 else 'bob'}")
     (root / "photos.csv").write_text("\n".join(lines) + "\n")
-    path, report = build_index(scan_source(root / "photos.csv").items, model, root / "index")
+    path, report, _ = build_index(scan_source(root / "photos.csv").items, model, root / "index")
     assert len(report.added) == 32
     return path
 
@@ -73,10 +73,10 @@ def test_anything_but_reading_items_is_refused_in_one_line(index, where):
 
 
 def test_a_runaway_condition_is_stopped(index):
-    view = f"{items_db.LIVE_VIEW}_{index.version}"  # the live rows, which a condition may read
+    view = f"{rows.LIVE_VIEW}_{index.version}"  # the live rows, which a condition may read
     cross_join = f"(SELECT count(*) FROM {view} a, {view} b, {view} c, {view} d, {view} e, {view} f) > 0"  # 32^6 rows
     with pytest.raises(SimengineError, match="took longer than 0.2 s"):
-        items_db.ids_where(index.conn, index.version, cross_join, timeout_s=0.2)
+        rows.ids_where(index.conn, index.version, cross_join, timeout_s=0.2)
     recursive = "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c) > 0"
     with pytest.raises(SimengineError, match="not authorized"):
         index.ids_where(recursive)
@@ -125,8 +125,8 @@ def test_wide_hnsw_filters_keep_recall():
 
 
 def test_filter_leaves_the_database_untouched(table_index):
-    before = sqlite3.connect(table_index / items_db.ITEMS_DB).execute("SELECT count(*) FROM items").fetchone()
+    before = sqlite3.connect(table_index / rows.ITEMS_DB).execute("SELECT count(*) FROM items").fetchone()
     with Index(table_index) as idx, pytest.raises(SimengineError):
         idx.ids_where("1); DELETE FROM items; SELECT (1")
-    after = sqlite3.connect(table_index / items_db.ITEMS_DB).execute("SELECT count(*) FROM items").fetchone()
+    after = sqlite3.connect(table_index / rows.ITEMS_DB).execute("SELECT count(*) FROM items").fetchone()
     assert before == after

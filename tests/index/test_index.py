@@ -13,10 +13,10 @@ from simengine.data.folders import scan_split
 from simengine.errors import IndexUnusableError, SimengineError
 from simengine.index.build import build_index
 from simengine.index.reader import Index
-from simengine.index.store import IndexDir, resolve_index_dir
+from simengine.store.layout import StoreDir, resolve_index_dir
 from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
 from simengine.index.verify import verify_index
-from simengine.index.writer import IndexWriter
+from simengine.store.writer import StoreWriter
 from store_workers import commit_rows
 
 
@@ -69,7 +69,7 @@ def test_add_to_a_relative_path_labels_by_the_real_folder(index_copy, fixture_da
 @pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
 def test_removed_items_never_come_back_and_ids_are_not_reused(fixture_data, model, tmp_path, index_type):
     items = scan_split(fixture_data, "train")
-    path, _ = build_index(items, model, tmp_path / "idx", index_type=index_type)
+    path, _, _ = build_index(items, model, tmp_path / "idx", index_type=index_type)
     idx = Index(path)
     query = idx.vectors([3])
     assert 3 in idx.search(query, 5)[1][0]
@@ -93,15 +93,15 @@ def test_removed_items_never_come_back_and_ids_are_not_reused(fixture_data, mode
 
 def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
     before = snapshot_bytes(index_copy)
-    real = IndexDir.point_current_at
+    real = StoreDir.point_current_at
 
     def crash(self, version):
         raise OSError("disk full")
 
-    monkeypatch.setattr(IndexDir, "point_current_at", crash)
+    monkeypatch.setattr(StoreDir, "point_current_at", crash)
     with pytest.raises(OSError, match="disk full"):
         commit_rows(index_copy, 5, "x", 0)
-    monkeypatch.setattr(IndexDir, "point_current_at", real)
+    monkeypatch.setattr(StoreDir, "point_current_at", real)
     idx = Index(index_copy)
     assert idx.version == 1 and len(idx) == 32 and verify_index(index_copy) == []
     assert sorted(p.name for p in (index_copy / "segments").iterdir()) == [
@@ -109,7 +109,7 @@ def test_failed_commit_leaves_the_live_version(index_copy, monkeypatch):
 
 
 def test_an_interrupt_after_current_moved_keeps_the_commit(index_copy, monkeypatch):
-    import simengine.index.store as store_module
+    import simengine.files as store_module  # write_durably, which commits CURRENT, lives there
 
     real = store_module.fsync_dir
 
@@ -128,7 +128,7 @@ def test_an_interrupt_after_current_moved_keeps_the_commit(index_copy, monkeypat
 
 def test_rebuilding_in_place_is_a_new_version_with_new_ids(index_copy, fixture_data, model):
     reader = Index(index_copy)
-    path, report = build_index(scan_split(fixture_data, "val"), model, index_copy)
+    path, report, _ = build_index(scan_split(fixture_data, "val"), model, index_copy)
     assert path == index_copy and report.added == list(range(32, 44))
     assert reader.refresh() and reader.version == 2 and len(reader) == 12
     with pytest.raises(SimengineError, match="no item with id 0"):
@@ -140,7 +140,7 @@ def test_rebuilding_in_place_is_a_new_version_with_new_ids(index_copy, fixture_d
 def test_small_segments_merge_geometrically_never_into_the_base(index_copy, monkeypatch):
     import math
 
-    from simengine.index import faiss_factory
+    from simengine.store import faiss_factory
 
     written = []
     real_build = faiss_factory.build
@@ -211,7 +211,7 @@ def test_format_1_is_refused_with_how_to_rebuild(tmp_path, built_index):
     (old / "manifest.json").write_text(json.dumps({"format_version": 1}))
     os.symlink(old.name, tmp_path / "default")
     for call in (lambda: Index(tmp_path / "default"), lambda: resolve_index_dir(tmp_path / "default"),
-                 lambda: IndexWriter(tmp_path / "default")):
+                 lambda: StoreWriter(tmp_path / "default")):
         with pytest.raises(IndexUnusableError, match="format 1 .* rebuild it with `simengine index build --out .* --model"):
             call()
     assert verify_index(tmp_path / "default")[0].startswith(f"{tmp_path / 'default'}: index format 1")
@@ -222,7 +222,7 @@ def test_build_replaces_a_format_1_index_in_place(tmp_path, fixture_data, model)
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({"format_version": 1}))
     os.symlink(old.name, tmp_path / "default")
-    path, _ = build_index(scan_split(fixture_data, "val"), model, tmp_path / "default")
+    path, _, _ = build_index(scan_split(fixture_data, "val"), model, tmp_path / "default")
     assert not path.is_symlink() and not old.exists() and len(Index(path)) == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
     with pytest.raises(SimengineError, match="not an index"):
@@ -254,8 +254,8 @@ def test_recalibrate_with_target_far(index_copy):
 
 def test_hnsw_build_is_reproducible(fixture_data, model, tmp_path):
     items = scan_split(fixture_data, "train")
-    a, _ = build_index(items, model, tmp_path / "a", index_type="hnsw")
-    b, _ = build_index(items, model, tmp_path / "b", index_type="hnsw")
+    a, _, _ = build_index(items, model, tmp_path / "a", index_type="hnsw")
+    b, _, _ = build_index(items, model, tmp_path / "b", index_type="hnsw")
     segment = lambda p: next((p / "segments").iterdir()).read_bytes()  # noqa: E731
     assert segment(a) == segment(b)
 

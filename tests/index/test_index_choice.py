@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from simengine.errors import SimengineError
-from simengine.index import faiss_factory, index_choice
-from simengine.index.index_choice import choose, parse_memory
+from simengine.store import faiss_factory, index_choice
+from simengine.store.index_choice import choose, parse_memory
 
 G = 2**30
 

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
 from simengine.index.build import build_index
 from simengine.index.reader import Index
-from simengine.index.store import IndexDir
 from simengine.index.sync import sync_index
-from simengine.workflows import build_index_from_source
+from simengine.store.layout import StoreDir
 
 
 @pytest.fixture
@@ -24,7 +22,7 @@ def folder_index(fixture_data, bundle_dir, tmp_path):
         (folder / name).mkdir(parents=True)
         for i in range(2):
             shutil.copy(fixture_data / "train" / name / f"{name}_{i:02d}.jpg", folder / name / f"{n}{i}.jpg")
-    index, report, _ = build_index_from_source(folder, tmp_path / "index", model_dir=bundle_dir, labels="none")
+    index, report, _ = build_index(folder, bundle_dir, tmp_path / "index", labels="none")
     assert len(report.added) == 6
     return folder, index
 
@@ -52,7 +50,7 @@ def test_sync_adds_changes_and_removes(folder_index, fixture_data):
     # Nothing changed since: no new version.
     again = sync_index(index)
     assert (again.added, again.changed, again.removed, again.version) == ([], [], [], None)
-    assert IndexDir(index).current_version() == 2
+    assert StoreDir(index).current_version() == 2
 
 
 def test_dry_run_writes_nothing(folder_index, fixture_data):
@@ -60,15 +58,14 @@ def test_dry_run_writes_nothing(folder_index, fixture_data):
     shutil.copy(fixture_data / "train" / "rocket" / "rocket_00.jpg", folder / "new.jpg")
     report = sync_index(index, dry_run=True)
     assert [a["path"] for a in report.added] == [str(folder / "new.jpg")] and report.added[0]["id"] is None
-    assert IndexDir(index).current_version() == 1
+    assert StoreDir(index).current_version() == 1
 
 
 def test_changed_labels_and_metadata_count_as_changes(fixture_data, model, tmp_path):
     table = tmp_path / "t.csv"
     photos = sorted((fixture_data / "train" / "coffee").glob("*.jpg"))[:3]
     table.write_text("path,label,rating\n" + "".join(f"{p},coffee,{n}\n" for n, p in enumerate(photos)))
-    index, _ = build_index(scan_source(table).items, model, tmp_path / "index",
-                           build_info={"source": str(table), "labels": "auto", "path_column": "path"})
+    index, _, _ = build_index(table, model, tmp_path / "index")
     table.write_text("path,label,rating\n" + "".join(f"{p},coffee,{5 if n == 0 else n}\n" for n, p in enumerate(photos)))
     report = sync_index(index, model=model)
     assert [c["path"] for c in report.changed] == [str(photos[0])] and report.unchanged == 2
@@ -91,7 +88,7 @@ def test_a_missing_source_does_not_empty_the_index(folder_index, tmp_path):
     folder.mkdir()  # an unmounted mount point looks like this
     with pytest.raises(SimengineError, match="would remove 6 of 6 items"):
         sync_index(index)
-    assert IndexDir(index).current_version() == 1
+    assert StoreDir(index).current_version() == 1
     assert len(sync_index(index, force=True).removed) == 6
 
 
@@ -127,8 +124,7 @@ def test_metadata_case_and_types_do_not_make_every_sync_a_change(fixture_data, m
     photos = sorted((fixture_data / "train" / "chelsea").glob("*.jpg"))[:3]
     table.write_text("path,Owner,year\n" + "".join(f"{p},{'ann' if n else ''},{2000 + n}\n"
                                                     for n, p in enumerate(photos)))
-    index, _ = build_index(scan_source(table).items, model, tmp_path / "index",
-                           build_info={"source": str(table), "source_kind": "csv"})
+    index, _, _ = build_index(table, model, tmp_path / "index")
     for _ in range(2):
         report = sync_index(index, model=model)
         assert (report.changed, report.version) == ([], None)

@@ -71,7 +71,7 @@ def test_identity_records_backbone_and_weights(encoder):
 
 
 def test_feature_cache_reuses_and_resumes(encoder, files, tmp_path):
-    from simengine.hashing import sha256_file
+    from simengine.files import sha256_file
     from simengine.model.feature_cache import FeatureCache
 
     good = files[:6]
@@ -92,7 +92,7 @@ def test_feature_cache_reuses_and_resumes(encoder, files, tmp_path):
 def test_feature_cache_embeds_equal_bytes_once_and_fills_every_row(encoder, files, tmp_path):
     import shutil
 
-    from simengine.hashing import sha256_file
+    from simengine.files import sha256_file
     from simengine.model.feature_cache import FeatureCache
 
     twin = tmp_path / "same-bytes.jpg"

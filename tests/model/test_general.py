@@ -56,15 +56,15 @@ def test_collections_are_matched_to_the_training_classes(bundle_dir, model, fixt
 
 def test_an_unlabelled_build_of_other_things_uses_the_twin(bundle_dir, other_photos, fixture_data, tmp_path):
     from simengine.index.reader import Index
-    from simengine.workflows import build_index_from_source
+    from simengine.index.build import build_index
 
-    index, _, _ = build_index_from_source(other_photos, tmp_path / "other", model_dir=bundle_dir)
+    index, _, _ = build_index(other_photos, bundle_dir, tmp_path / "other")
     with Index(index) as idx:
         info = idx.info()
         assert info["embedding"]["embedding"] == "general" and info["dim"] == read_config(bundle_dir / GENERAL_DIR)[
             "heads"]["embedding"]["dim"]
         assert info["thresholds_estimated"] and "general twin" in info["calibrated_on"]
-    same, _, _ = build_index_from_source(fixture_data / "val", tmp_path / "same", model_dir=bundle_dir, labels="none")
+    same, _, _ = build_index(fixture_data / "val", bundle_dir, tmp_path / "same", labels="none")
     with Index(same) as idx:
         assert idx.info()["embedding"]["embedding"] == "trained"
         assert not (idx.model_dir / GENERAL_DIR).exists()  # the index keeps the bundle it uses, not the twin
@@ -74,7 +74,7 @@ def test_an_unlabelled_build_of_other_things_uses_the_twin(bundle_dir, other_pho
 def test_bad_targets_fail_before_any_image_is_looked_at(bundle_dir, other_photos, tmp_path, monkeypatch):
     from simengine.errors import SimengineError
     from simengine.model.feature_cache import FeatureCache
-    from simengine.workflows import build_index_from_source
+    from simengine.index.build import build_index
 
     def never(*args, **kwargs):
         raise AssertionError("features computed before the cheap checks")
@@ -83,9 +83,9 @@ def test_bad_targets_fail_before_any_image_is_looked_at(bundle_dir, other_photos
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("not an index")
     with pytest.raises(SimengineError, match="is not an index"):
-        build_index_from_source(other_photos, tmp_path / "taken", model_dir=bundle_dir)
+        build_index(other_photos, bundle_dir, tmp_path / "taken")
     with pytest.raises(SimengineError, match="unknown index type"):
-        build_index_from_source(other_photos, tmp_path / "new", model_dir=bundle_dir, index_type="bogus")
+        build_index(other_photos, bundle_dir, tmp_path / "new", index_type="bogus")
 
 
 def test_a_bundle_is_written_whole_with_its_twin_or_not_at_all(fixture_data, tiny_options, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from simengine.errors import ImageLoadError, SimengineError
 from simengine.model import runtime_choice
 from simengine.model.bundle import ONNX_FILES, load_bundle
 from simengine.model.quantize import INT8_MODEL, INT8_RECORD, int8_model, int8_sha256, quantize_backbone
-from simengine.workflows import quantize_model
+from simengine.model.int8 import quantize_model
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_query_path_does_not_import_torch(built_index, val):
 
 def test_the_int8_query_path_does_not_import_torch_or_nncf(index_copy, fixture_data, val):
     from simengine.index.reader import Index
-    from simengine.workflows import quantize_model
+    from simengine.model.int8 import quantize_model
 
     quantize_model(Index(index_copy).model_dir, fixture_data, images=16, gate=False)
     query_in_a_fresh_process(index_copy, val["coffee"][0], val["coffee"][1], runtime="openvino-int8")

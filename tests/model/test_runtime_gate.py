@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from simengine.errors import SimengineError
-from simengine.evaluation.runtime_gate import run_gate
+from simengine.model.runtime_gate import run_gate
 from simengine.model.encoder import Encoder
 
 

@@ -1,7 +1,8 @@
-"""The SQLite side of an index: one row per image ever added, stamped with the versions that added and removed it.
+"""The SQLite side of a store: one row per item ever added, stamped with the versions that added and removed it.
 
 A reader at version V sees the rows with `added_version <= V` and no `removed_version <= V`, so one database
-serves every version a reader may hold, and a write touches only the rows it changes.
+serves every version a reader may hold, and a write touches only the rows it changes. The store knows the id and
+the stamps; the columns are the caller's (fixed ones declared at `create`, others added as rows bring them).
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from simengine.data.folders import ROW_COLUMNS
 from simengine.errors import IndexUnusableError, SimengineError
 
 ITEMS_DB = "items.db"
 SCHEMA_VERSION = 2
 VERSION_STAMPS = ("added_version", "removed_version")
-NOT_METADATA = frozenset(ROW_COLUMNS + VERSION_STAMPS)
 BUSY_TIMEOUT_MS = 30_000
 REMOVED_IDS = "SELECT id FROM items WHERE removed_version <= ?"
 MAX_ID = 2**63 - 1  # ids are SQLite integers and FAISS int64 labels
@@ -33,7 +32,8 @@ FILTER_MAX_VALUE_BYTES = 1_000_000  # so no single function call builds a huge s
 LIVE_VIEW = "live_items_at"
 
 
-def _live(version: int) -> tuple[str, list[int]]:
+def live_condition(version: int) -> tuple[str, list[int]]:
+    """The SQL condition (and its parameters) that selects the rows live at `version`."""
     return "added_version <= ? AND (removed_version IS NULL OR removed_version > ?)", [version, version]
 
 
@@ -48,18 +48,9 @@ def connect(folder: Path, read_only: bool = False, create: bool = False) -> sqli
     return conn
 
 
-def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
-    """The columns of a row that its source table brought."""
-    return {k: v for k, v in row.items() if k not in NOT_METADATA}
-
-
-def _column_names(conn: sqlite3.Connection) -> list[str]:
+def column_names(conn: sqlite3.Connection) -> list[str]:
+    """The items table's columns, in order, the version stamps included."""
     return [r[0] for r in conn.execute("SELECT name FROM pragma_table_info('items')")]
-
-
-def metadata_columns(conn: sqlite3.Connection) -> list[str]:
-    """Columns that source tables added to the items table."""
-    return [n for n in _column_names(conn) if n not in NOT_METADATA]
 
 
 def identity(folder: Path) -> tuple[int, int] | None:
@@ -71,15 +62,18 @@ def identity(folder: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def create(conn: sqlite3.Connection) -> None:
+def create(conn: sqlite3.Connection, columns: dict[str, type], not_null: Sequence[str] = (),
+           indexed: Sequence[str] = ()) -> None:
+    """The items table: an integer id, the caller's fixed `columns` (name: Python type), and the version stamps."""
     import sqlite_utils
 
+    if clash := {"id", *VERSION_STAMPS} & set(columns):
+        raise ValueError(f"column {sorted(clash)[0]!r} belongs to the store")
     db = sqlite_utils.Database(conn)
     with conn:
-        db["items"].create({"id": int, "path": str, "label": str, "split": str, "sha256": str, "width": int,
-                            "height": int, "added_at": str, "added_version": int, "removed_version": int},
-                           pk="id", not_null={"path", "sha256", "added_at", "added_version"})
-        for column in ("sha256", "path", "added_version", "removed_version"):
+        db["items"].create({"id": int, **columns, "added_version": int, "removed_version": int},
+                           pk="id", not_null={*not_null, "added_version"})
+        for column in (*indexed, "added_version", "removed_version"):
             db["items"].create_index([column])
         db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
@@ -92,7 +86,7 @@ def _rows(cursor: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
 def _live_in(conn: sqlite3.Connection, version: int, select: str, column: str, values: list) -> Iterator[sqlite3.Row]:
     """`SELECT select FROM items WHERE column IN values`, live at `version`, in chunks under SQLite's
     bound-parameter limit."""
-    where, args = _live(version)
+    where, args = live_condition(version)
     for start in range(0, len(values), 500):
         chunk = values[start:start + 500]
         marks = ",".join("?" * len(chunk))
@@ -108,13 +102,13 @@ def get(conn: sqlite3.Connection, version: int, ids: Sequence[int]) -> dict[int,
 def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[str, Any] | None = None,
               timeout_s: float = FILTER_TIMEOUT_S) -> np.ndarray:
     """Ids of the live items at `version` for which the SQL condition `where` holds, e.g. "label = :l AND width >
-    200" with params {"l": "n01440764"}. Values only ever come as bound parameters. The condition sees the live
+    200" with params {"l": "tench"}. Values only ever come as bound parameters. The condition sees the live
     rows only (a view; the items table itself cannot be read), may not write or read anything else, builds no
     value over 1 MB and runs for at most `timeout_s`."""
     params = dict(params or {})
     if bad := [k for k, v in params.items() if not isinstance(v, (str, int, float, bytes, type(None)))]:
         raise SimengineError(f"parameter {bad[0]!r}: only text, numbers, bytes or None can be bound")
-    live = _live(int(version))[0].replace("?", str(int(version)))
+    live = live_condition(int(version))[0].replace("?", str(int(version)))
     conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {LIVE_VIEW}_{int(version)} AS SELECT * FROM items WHERE {live}")
     deadline = time.monotonic() + timeout_s
     length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
@@ -152,12 +146,12 @@ def _filter_authorizer(action: int, arg1: str | None, arg2: str | None, database
 
 def live_rows(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
     """Every live row at `version`."""
-    where, args = _live(version)
+    where, args = live_condition(version)
     return _rows(conn.execute(f"SELECT * FROM items WHERE {where}", args))
 
 
 def live_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
-    where, args = _live(version)
+    where, args = live_condition(version)
     return np.array([r[0] for r in conn.execute(f"SELECT id FROM items WHERE {where}", args)], np.int64)
 
 
@@ -168,25 +162,23 @@ def removed_ids(conn: sqlite3.Connection, version: int) -> np.ndarray:
     return np.sort(np.array([r[0] for r in cur], np.int64))
 
 
-def live_ids_by_sha(conn: sqlite3.Connection, version: int, shas: Sequence[str]) -> dict[str, int]:
-    return {row["sha256"]: row["id"] for row in _live_in(conn, version, "sha256, id", "sha256", list(shas))}
+def live_ids_by(conn: sqlite3.Connection, version: int, column: str, values: Sequence[Any]) -> dict[Any, int]:
+    """{value: id} of live items whose `column` holds one of `values` (a column whose live values are unique)."""
+    return {row[0]: row[1] for row in _live_in(conn, version, f'"{column}", id', f'"{column}"', list(values))}
 
 
-def live_ids_by_path(conn: sqlite3.Connection, version: int, path: str) -> list[int]:
-    where, args = _live(version)
-    return [r[0] for r in conn.execute(f"SELECT id FROM items WHERE path = ? AND {where}", [path] + args)]
+def live_ids_with(conn: sqlite3.Connection, version: int, column: str, value: Any) -> list[int]:
+    """Ids of the live items whose `column` equals `value`."""
+    where, args = live_condition(version)
+    return [r[0] for r in conn.execute(f'SELECT id FROM items WHERE "{column}" = ? AND {where}', [value] + args)]
 
 
-def label_counts(conn: sqlite3.Connection, version: int) -> dict[str | None, int]:
-    where, args = _live(version)
-    cur = conn.execute(f"SELECT label, count(*) AS n FROM items WHERE {where} GROUP BY label ORDER BY label", args)
-    return {row["label"]: row["n"] for row in cur}
-
-
-def labelled(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
-    where, args = _live(version)
-    cur = conn.execute(f"SELECT id, label, sha256 FROM items WHERE label IS NOT NULL AND {where} ORDER BY id", args)
-    return [dict(row) for row in cur]
+def count_by(conn: sqlite3.Connection, version: int, column: str) -> dict[Any, int]:
+    """How many live items hold each value of `column`, in the column's order."""
+    where, args = live_condition(version)
+    cur = conn.execute(f'SELECT "{column}", count(*) FROM items WHERE {where} GROUP BY "{column}" ORDER BY "{column}"',
+                       args)
+    return {row[0]: row[1] for row in cur}
 
 
 def insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], version: int) -> None:
@@ -207,7 +199,7 @@ def _sql_value(value: Any) -> Any:
 def _add_metadata_columns(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """A column for every metadata key the table lacks, declared without a type: SQLite then keeps each value as
     given (numbers stay numbers for --where comparisons, whatever the first rows held)."""
-    existing = {name.lower() for name in _column_names(conn)}
+    existing = {name.lower() for name in column_names(conn)}
     new = {key.lower() for row in rows for key in row} - existing
     for name in sorted(new):
         conn.execute(f'ALTER TABLE items ADD COLUMN "{name}"')

@@ -1,11 +1,13 @@
-"""The on-disk layout of an index: one self-contained directory holding every version, LevelDB-style.
+"""The on-disk layout of a store: one self-contained directory holding every version, LevelDB-style.
 
-    <index>/CURRENT                    the name of the live manifest (replaced atomically: the commit point)
-    <index>/manifests/v00000012.json   one per version: segments, counts, next id, calibration, model identity
-    <index>/segments/*.faiss           immutable FAISS files, shared by the versions that list them
-    <index>/items.db                   SQLite rows stamped with the versions that added and removed them
-    <index>/model/, models/<hash>/     model bundles (immutable); each manifest names the one that embedded its vectors
-    <index>/LOCK, LOCK.holder          the writer lock (see lock.py)
+    <store>/CURRENT                    the name of the live manifest (replaced atomically: the commit point)
+    <store>/manifests/v00000012.json   one per version: segments, counts, next id, and the JSON metadata of the
+                                       layer above (an index keeps its model identity and calibration there)
+    <store>/segments/*.faiss           immutable FAISS files, shared by the versions that list them
+    <store>/items.db                   SQLite rows stamped with the versions that added and removed them
+    <store>/model/, models/<digest>/   the attached directory (immutable; an index attaches its model bundle); each
+                                       manifest names its own under the key `model_dir`
+    <store>/LOCK, LOCK.holder          the writer lock (see lock.py)
 
 Every path inside is relative, so `cp -r`, `rsync`, `tar` and `mv` give a working, independent index.
 """
@@ -20,21 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from simengine.errors import IndexUnusableError
-from simengine.hashing import sha256_file
+from simengine.files import sha256_file, write_durably
 
 FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 MANIFESTS = "manifests"
 SEGMENTS = "segments"
-MODEL = "model"
+ATTACHED = "model"  # the first attached directory; later ones (a rebuild with another model) go under ATTACHED_BY_DIGEST
+ATTACHED_BY_DIGEST = "models"
 V1_MANIFEST = "manifest.json"
 DEFAULT_ROOT = Path("indexes")
 # Old versions stay readable this long after they were replaced, for readers that opened them just before.
 GRACE_S = 600.0
-TMP_SUFFIX = ".tmp"
-# What a manifest must hold, with the types its readers rely on.
-MANIFEST_FIELDS = {"index_uuid": str, "model": dict, "model_dir": str, "dim": int, "calibration": dict, "next_id": int,
-                   "segments": list, "counts": dict, "compacted_at": int, "index_type": str, "committed_unix": float}
+# What a manifest must hold for the store, with the types its readers rely on (the layer above checks its own keys).
+MANIFEST_FIELDS = {"index_uuid": str, "model_dir": str, "dim": int, "next_id": int, "segments": list, "counts": dict,
+                   "compacted_at": int, "index_type": str, "committed_unix": float}
 SEGMENT_FIELDS = {"file": str, "type": str, "vectors": int, "bytes": int, "sha256": str, "id_min": int, "id_max": int}
 
 
@@ -46,36 +48,15 @@ def version_of(name: str) -> int:
     return int(name[1:9])
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write `path` so that it either has all of `data` or does not change, even across a crash."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-class IndexDir:
-    """Paths and the version pointer of one index directory; holds no open files."""
+class StoreDir:
+    """Paths and the version pointer of one store directory; holds no open files."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    def model_dir(self, manifest: dict[str, Any]) -> Path:
+    def attached_dir(self, manifest: dict[str, Any]) -> Path:
+        """The directory attached to the version of `manifest` (an index's model bundle)."""
         return self.root / manifest["model_dir"]
 
     def segment_path(self, name: str) -> Path:
@@ -91,7 +72,7 @@ class IndexDir:
         if (self.root / V1_MANIFEST).is_file():
             raise IndexUnusableError(
                 f"{self.root}: index format 1 (simengine 0.1), which this version cannot write safely; rebuild it with "
-                f"`simengine index build --out {self.root} --model {self.root / MODEL} ...`")
+                f"`simengine index build --out {self.root} --model {self.root / ATTACHED} ...`")
         raise IndexUnusableError(f"{self.root}: no index here (no {CURRENT} file)")
 
     def current_version(self) -> int:
@@ -164,25 +145,18 @@ def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAU
 
     if index is not None:
         path = Path(index)
-        IndexDir(path).require_format()
+        StoreDir(path).require_format()
         return path
     if is_index(root / "default"):
-        IndexDir(root / "default").require_format()
+        StoreDir(root / "default").require_format()
         return root / "default"
     found = [p for p in sorted(root.glob("*")) if not p.name.startswith(".") and is_index(p)] if root.is_dir() else []
     if len(found) == 1:
-        IndexDir(found[0]).require_format()
+        StoreDir(found[0]).require_format()
         return found[0]
     if not found:
         raise IndexUnusableError(f"no index found under {root}/: build one with `simengine index build`")
     raise IndexUnusableError(f"several indexes under {root}/ ({', '.join(p.name for p in found)}): choose one with --index")
-
-
-def require_model(manifest: dict[str, Any], model, where: str | os.PathLike) -> None:
-    """Refuse a model other than the one that embedded this version's vectors."""
-    if model.hash != manifest["model"].get("hash"):
-        raise IndexUnusableError(f"{where}: the index was built with model {str(manifest['model'].get('hash'))[:12]}, "
-                                 f"the model given is {model.hash[:12]}")
 
 
 def now_iso() -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from simengine.errors import SimengineError
-from simengine.index import index_choice
+from simengine.store import index_choice
 
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128

@@ -1,6 +1,7 @@
-"""Filling a trained index on Ray: one task per group of shards, each adding its shards' vectors to a copy of the
-trained empty index and writing it beside the index being built (a shared file system on a real cluster); the
-driver reads the parts back one at a time to merge them. A task on a lost node is retried by Ray."""
+"""Filling a trained empty index with the vectors of an embeddings folder, in groups of shards: here, one group at a
+time, or on Ray, one task per group, each adding its shards' vectors to a copy of the trained empty index and
+writing it beside the index being built (a shared file system on a real cluster); the driver reads the parts back
+one at a time to merge them. A task on a lost node is retried by Ray."""
 
 from __future__ import annotations
 
@@ -9,17 +10,38 @@ import secrets
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from simengine.ray_cluster import connected
+from simengine.shards.layout import embedding_path
+from simengine.store import faiss_factory
 
 TASK_CPUS = 1
 TASK_RETRIES = 3
 
 
+def shard_groups(shards: Sequence[tuple[int, int]], first_id: int, parts: int) -> list[list[tuple[int, int, int]]]:
+    """(shard, first id, vectors) split into at most `parts` consecutive groups of about equal size."""
+    starts = np.cumsum([0] + [count for _, count in shards])[:-1] + first_id
+    items = [(k, int(s), count) for (k, count), s in zip(shards, starts)]
+    bounds = np.linspace(0, len(items), min(parts, len(items)) + 1).round().astype(int)
+    return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def fill_part(template: bytes, embeddings: Path, group: Sequence[tuple[int, int, int]]):
+    """A copy of the (trained) empty index holding the vectors of `group`'s shards, one shard in memory at a time."""
+    import faiss
+
+    index = faiss.deserialize_index(np.frombuffer(template, np.uint8))
+    for k, first, count in group:
+        vectors = np.load(embedding_path(embeddings, k), mmap_mode="r")
+        faiss_factory.add(index, np.asarray(vectors, np.float32), np.arange(first, first + count, dtype=np.int64))
+    return index
+
+
 def _fill_and_write(template: bytes, embeddings: str, group: list, target: str) -> tuple[str, str]:
     import faiss
     import ray
-
-    from simengine.index.from_embeddings import fill_part
 
     part = fill_part(template, Path(embeddings), group)
     tmp = f"{target}.{secrets.token_hex(3)}.tmp"
@@ -32,8 +54,6 @@ def fill_on_ray(template: bytes, embeddings: Path, shards: Sequence[tuple[int, i
                 folder: Path, address: str | None, workers: int | None) -> tuple[list[str], dict[str, int]]:
     """Files in `folder` of the parts of the filled index, in id order (at least `parts`, and one per worker:
     default and most one per CPU of the cluster), and how many parts each Ray node filled."""
-    from simengine.index.from_embeddings import shard_groups
-
     with connected(address):
         import ray
 

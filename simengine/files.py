@@ -1,0 +1,56 @@
+"""The ground floor for files: content hashes, crash-safe writes, and where derived data is cached.
+
+Every layer may import this module; it imports nothing of simengine's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+# Temporary files of `write_durably` end with this; whoever owns a folder may delete leftovers of a crash.
+TMP_SUFFIX = ".tmp"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes: the identity of images, weights, bundles and index files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write `path` so that it either has all of `data` or does not change, even across a crash."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def cache_dir() -> Path:
+    """Where derived data that can always be rebuilt (features, exported graphs) lives: $SIMENGINE_CACHE, else
+    $XDG_CACHE_HOME/simengine, else ~/.cache/simengine."""
+    if env := os.environ.get("SIMENGINE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "simengine"
