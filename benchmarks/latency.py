@@ -1,6 +1,6 @@
 """Speed: embedding throughput per runtime and batch size against a plain timm baseline and timm eager channels_last
 batch 32 (same run), the model alone per runtime, decoding alone, the accuracy gate of every runtime against fp32
-torch eager (evaluation.runtime_gate on val; a reduced precision's verdict is recorded for `--runtime auto`), index
+torch eager (model.runtime_gate on val; a reduced precision's verdict is recorded for `--runtime auto`), index
 build time, warm query latency (Python API) and cold CLI latency. The index's bundle is quantized to int8 first
 (`simengine quantize`, calibrated on 300 train images) when it has no int8 model and NNCF is installed.
 

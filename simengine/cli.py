@@ -272,8 +272,10 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
             raise click.UsageError("--from-embeddings needs --model: the bundle that embedded the folder")
         if workers and ray_address is None:
             raise click.UsageError("--workers needs --ray")
+        from simengine.index.target import check_target
         from simengine.shards.layout import read_plan
 
+        check_target(out, index_type)
         read_plan(Path(embeddings))  # a folder that is not one is refused here, in one line, not scanned for images
     elif max_index_memory or segments != 1 or ray_address or workers:
         raise click.UsageError("--max-index-memory, --segments, --ray and --workers go with --from-embeddings")

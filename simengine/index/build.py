@@ -88,12 +88,14 @@ def build_index(
     if model is None:
         raise SimengineError("give a model to index these items with")
     if not items:
-        raise SimengineError("no images to index")
+        raise SimengineError("no image could be embedded; nothing to index")
     loaded = model if isinstance(model, Model) else load_bundle(model, runtime)
     chosen, choice = _model_for_collection(loaded, items, embedding, runtime, progress)
-    report = AddReport(failed=list(build_info.pop("skipped", [])))
-    _embed_and_commit(items, chosen, out, report, index_type, target_far, seed,
-                      dict(build_info, embedding=choice) if choice is not None else build_info, progress, timeout_s)
+    skipped = build_info.pop("skipped", [])
+    report = _embed_and_commit(items, chosen, out, index_type, target_far, seed,
+                               dict(build_info, embedding=choice) if choice is not None else build_info, progress,
+                               timeout_s)
+    report.failed[:0] = skipped  # what the scan skipped comes first; the build record counts embedding failures
     return Built(out, report, loaded.path)
 
 
@@ -154,12 +156,11 @@ def _model_for_collection(model: Model, items: Sequence[Item], embedding: str, r
     return (model if chosen == model.path else load_bundle(chosen, runtime)), choice
 
 
-def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, report: AddReport, index_type: str,
-                      target_far: float | None, seed: int, build_info: dict[str, Any], progress: bool,
-                      timeout_s: float) -> None:
+def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, index_type: str, target_far: float | None,
+                      seed: int, build_info: dict[str, Any], progress: bool, timeout_s: float) -> AddReport:
     started = time.time()
-    vectors, kept, failed = embed_items(model, unique_by_content(items, report), progress)
-    report.failed.extend(failed)
+    report = AddReport()
+    vectors, kept, report.failed = embed_items(model, unique_by_content(items, report), progress)
     if not kept:
         raise SimengineError("no image could be embedded; nothing to index")
     rows = item_rows(kept)
@@ -171,3 +172,4 @@ def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, report: Ad
         report.added = replace_collection(writer, vectors, rows, model, calibration, index_type, info)
 
     commit_build(out, model, check_target(out, index_type), write, "build", timeout_s)
+    return report

@@ -41,8 +41,19 @@ def create_index(folder: Path, model: Model) -> None:
                  {"model": model_identity(model), "calibration": model.calibration.to_dict()})
 
 
+INDEX_FIELDS = ("model", "calibration")  # what an index keeps in each manifest, beside the store's own fields
+
+
+def check_index_fields(manifest: dict[str, Any], where: str | os.PathLike) -> None:
+    """One clear line for a manifest without the index's own fields (the store checks only its own)."""
+    for key in INDEX_FIELDS:
+        if not isinstance(manifest.get(key), dict):
+            raise IndexUnusableError(f"{where}: {key!r} missing or not dict")
+
+
 def require_model(manifest: dict[str, Any], model: Model, where: str | os.PathLike) -> None:
     """Refuse a model other than the one that embedded this version's vectors."""
+    check_index_fields(manifest, where)
     if model.hash != manifest["model"].get("hash"):
         raise IndexUnusableError(f"{where}: the index was built with model {str(manifest['model'].get('hash'))[:12]}, "
                                  f"the model given is {model.hash[:12]}")
@@ -51,6 +62,7 @@ def require_model(manifest: dict[str, Any], model: Model, where: str | os.PathLi
 def _replacement(writer: StoreWriter, model: Model, calibration: dict[str, Any], build_info: dict[str, Any]
                  ) -> tuple[dict[str, Any], Attachment | None]:
     metadata = {"model": model_identity(model), "calibration": calibration, "build": build_info}
+    check_index_fields(writer.base, writer.store.root)
     same = model.hash == writer.base["model"]["hash"]
     return metadata, None if same else bundle_attachment(model)
 

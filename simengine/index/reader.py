@@ -9,12 +9,8 @@ from simengine.errors import IndexUnusableError
 from simengine.evaluation.decisions import Calibration
 from simengine.index import items
 from simengine.index.calibrate import UNCALIBRATED
-from simengine.store.reader import StoreReader, merge_best
-
-__all__ = ["Index", "merge_best"]
-
-# What an index keeps in each manifest's metadata, beside the store's own fields.
-INDEX_FIELDS = ("model", "calibration")
+from simengine.index.model_link import check_index_fields
+from simengine.store.reader import StoreReader
 
 
 class Index(StoreReader):
@@ -24,9 +20,7 @@ class Index(StoreReader):
     calibration: Calibration
 
     def _derive(self, manifest: dict[str, Any]) -> Calibration:
-        for key in INDEX_FIELDS:
-            if not isinstance(manifest.get(key), dict):
-                raise IndexUnusableError(f"{self.store.manifest_path(manifest['version'])}: {key!r} missing or not dict")
+        check_index_fields(manifest, self.store.manifest_path(manifest["version"]))
         try:
             return Calibration.from_dict(manifest["calibration"])
         except (KeyError, TypeError, ValueError) as exc:

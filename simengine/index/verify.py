@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from simengine.errors import IndexUnusableError
+from simengine.index.model_link import check_index_fields
 from simengine.store.layout import StoreDir
 from simengine.store.verify import guarded, verify_store
 
@@ -15,6 +17,10 @@ def verify_index(path: str | os.PathLike) -> list[str]:
     manifest, problems = verify_store(path)
     if manifest is None:
         return problems
+    try:
+        check_index_fields(manifest, StoreDir(path).manifest_path(manifest["version"]))
+    except IndexUnusableError as exc:
+        return problems + [str(exc)]
     problems += guarded("model", _check_model, StoreDir(path), manifest)
     problems += guarded("calibration", _check_calibration, manifest)
     return problems

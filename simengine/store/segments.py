@@ -94,15 +94,16 @@ def _merge_into_trained(files: SegmentFiles, segments: list[dict[str, Any]], rem
     return [files.save(index, first["type"], faiss_factory.ids_of(index), first.get("template"))]
 
 
-def merge_small_tail(files: SegmentFiles, segments: list[dict[str, Any]], removed: np.ndarray,
+def merge_small_tail(files: SegmentFiles, segments: list[dict[str, Any]], removed: Callable[[], np.ndarray],
                      kind_for: Callable[[int], str]) -> list[dict[str, Any]]:
     """Merge the newest segments with the ones before them while each of those is at most twice the size of what
     follows it (never the base). Sizes then fall geometrically, so a store holds O(log n) segments and each
-    vector is rewritten O(log n) times: a write stays proportional to its change, amortised."""
+    vector is rewritten O(log n) times: a write stays proportional to its change, amortised. `removed` is asked
+    for the removed ids only when something is merged."""
     tail = 1
     while len(segments) - tail >= 2 and segments[-tail - 1]["vectors"] <= 2 * sum(
             s["vectors"] for s in segments[-tail:]):
         tail += 1
     if tail == 1:
         return segments
-    return segments[:-tail] + merge(files, segments[-tail:], removed, kind_for)
+    return segments[:-tail] + merge(files, segments[-tail:], removed(), kind_for)

@@ -1,6 +1,6 @@
 """Writing a store: one writer at a time stages changes against the live version and commits the next one.
 
-A commit writes, in order: the new segment files, the SQLite rows stamped with the new version, the new manifest,
+A commit writes, in order: the SQLite rows stamped with the new version, the new segment files, the new manifest,
 and last CURRENT. Until CURRENT names the new manifest nothing is visible; a writer that dies before that leaves
 leftovers that the next writer removes before it starts. A write costs time proportional to what it changes: new
 vectors go to a new segment, removals are stamps in SQLite filtered inside FAISS at search time. Replacing the
@@ -166,6 +166,8 @@ class StoreWriter:
 
     def compact(self) -> None:
         """Rewrite every segment into one, without removed vectors, of the type the store's size calls for."""
+        if self._new_segments not in (self._appended, self._compacted):
+            raise SimengineError("a replaced collection is written whole already; compact it in a later write")
         self._new_segments = self._compacted
 
     def replace_all(self, vectors: np.ndarray, new_rows: Sequence[dict[str, Any]], dim: int, index_type: str,
@@ -259,7 +261,7 @@ class StoreWriter:
         segments = list(self.base["segments"])
         if len(ids):
             segments.append(self._files().write(vectors, ids, self._kind_for(policy)(len(ids))))
-        return merge_small_tail(self._files(), segments, self._removed_ids(), self._kind_for(policy)), False
+        return merge_small_tail(self._files(), segments, self._removed_ids, self._kind_for(policy)), False
 
     def _compacted(self, ids: np.ndarray, vectors: np.ndarray | None) -> tuple[list[dict[str, Any]], bool]:
         return merge(self._files(), self.base["segments"], self._removed_ids(), self._kind_for(self._policy()),
