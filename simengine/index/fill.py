@@ -59,7 +59,9 @@ def fill_on_ray(template: bytes, embeddings: Path, shards: Sequence[tuple[int, i
 
         most = max(1, int(ray.cluster_resources().get("CPU", 1)))
         groups = shard_groups(shards, first_id, max(parts, min(workers or most, most)))
-        task = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)(_fill_and_write)
+        # SPREAD: the groups go to as many nodes as there are, not first to the driver's own until it is busy.
+        task = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES,
+                          scheduling_strategy="SPREAD")(_fill_and_write)
         template_ref = ray.put(template)
         done = ray.get([task.remote(template_ref, str(embeddings.resolve()), group, str(folder.resolve() / f"part-{i}"))
                         for i, group in enumerate(groups)])
