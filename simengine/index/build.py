@@ -69,11 +69,13 @@ def build_index(
     that embedded it, in the most exact index type that fits `max_index_memory` bytes, filled in `segments` parts
     (on Ray with `use_ray`)."""
     out = Path(out)
-    check_target(out, index_type)
+    in_place = check_target(out, index_type)  # decided before the slow work: a build racing it fails at the swap
     if embedding not in EMBEDDINGS:
         raise SimengineError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
     if not isinstance(source, (str, os.PathLike)):
-        items, build_info = list(source), {}
+        if model is None:
+            raise SimengineError("give a model to index these items with")
+        items, build_info, skipped = list(source), {}, []
     elif is_embeddings_folder(Path(source)):
         if model is None:
             raise SimengineError(f"{source} is an embeddings folder: give the model bundle that embedded it")
@@ -84,15 +86,12 @@ def build_index(
         if model is None:
             model = _train_for(Path(source), out, runtime, train_options, finetune_options, backbone, weights,
                                progress)
-        items, build_info = _scan(Path(source), splits, labels, path_column, progress)
-    if model is None:
-        raise SimengineError("give a model to index these items with")
+        items, build_info, skipped = _scan(Path(source), splits, labels, path_column, progress)
     if not items:
         raise SimengineError("no image could be embedded; nothing to index")
     loaded = model if isinstance(model, Model) else load_bundle(model, runtime)
     chosen, choice = _model_for_collection(loaded, items, embedding, runtime, progress)
-    skipped = build_info.pop("skipped", [])
-    report = _embed_and_commit(items, chosen, out, index_type, target_far, seed,
+    report = _embed_and_commit(items, chosen, out, in_place, index_type, target_far, seed,
                                dict(build_info, embedding=choice) if choice is not None else build_info, progress,
                                timeout_s)
     report.failed[:0] = skipped  # what the scan skipped comes first; the build record counts embedding failures
@@ -104,7 +103,8 @@ def _bundle_path(model: Model | str | os.PathLike) -> Path:
 
 
 def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, progress: bool
-          ) -> tuple[list[Item], dict[str, Any]]:
+          ) -> tuple[list[Item], dict[str, Any], list[tuple[str, str]]]:
+    """The source's items, what the build records of it, and the entries skipped (path, reason)."""
     from simengine.data.sources import scan_source
 
     collection = scan_source(source, labels, splits, path_column, progress)
@@ -114,7 +114,7 @@ def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, pr
     return collection.items, {
         "source": str(source.resolve()), "source_kind": collection.kind, "labels": labels,
         "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None,
-        "skipped": collection.skipped}
+    }, collection.skipped
 
 
 def _train_for(source: Path, out: Path, runtime: str, train_options, finetune_options, backbone, weights,
@@ -156,8 +156,9 @@ def _model_for_collection(model: Model, items: Sequence[Item], embedding: str, r
     return (model if chosen == model.path else load_bundle(chosen, runtime)), choice
 
 
-def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, index_type: str, target_far: float | None,
-                      seed: int, build_info: dict[str, Any], progress: bool, timeout_s: float) -> AddReport:
+def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, in_place: bool, index_type: str,
+                      target_far: float | None, seed: int, build_info: dict[str, Any], progress: bool,
+                      timeout_s: float) -> AddReport:
     started = time.time()
     report = AddReport()
     vectors, kept, report.failed = embed_items(model, unique_by_content(items, report), progress)
@@ -171,5 +172,5 @@ def _embed_and_commit(items: Sequence[Item], model: Model, out: Path, index_type
     def write(writer: StoreWriter) -> None:
         report.added = replace_collection(writer, vectors, rows, model, calibration, index_type, info)
 
-    commit_build(out, model, check_target(out, index_type), write, "build", timeout_s)
+    commit_build(out, model, in_place, write, "build", timeout_s)
     return report

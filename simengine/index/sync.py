@@ -19,14 +19,14 @@ import numpy as np
 from simengine.data.folders import Item
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
-from simengine.index.items import metadata_of
-from simengine.store import rows as store_rows
 from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
-from simengine.store.lock import DEFAULT_TIMEOUT_S
+from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
-from simengine.store.layout import StoreDir
-from simengine.store.writer import StoreWriter
 from simengine.model.bundle import Model, load_bundle
+from simengine.store import rows as store_rows
+from simengine.store.layout import StoreDir
+from simengine.store.lock import DEFAULT_TIMEOUT_S
+from simengine.store.writer import StoreWriter
 
 
 # A sync that would remove every item, or more than this share of the index (and more than MASS_REMOVAL_MIN items),

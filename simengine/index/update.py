@@ -16,16 +16,16 @@ from simengine.data.decode import not_a_file_reason
 from simengine.data.folders import Item
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
-from simengine.index.items import labelled, live_ids_by_sha
-from simengine.store import rows as store_rows
-from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
 from simengine.index.calibrate import calibrate_index
-from simengine.store.lock import DEFAULT_TIMEOUT_S
-from simengine.index.reader import Index
+from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
+from simengine.index.items import labelled, live_ids_by_sha
 from simengine.index.model_link import require_model
-from simengine.store.layout import GRACE_S, StoreDir
-from simengine.store.writer import StoreWriter
+from simengine.index.reader import Index
 from simengine.model.bundle import Model, load_bundle
+from simengine.store import rows as store_rows
+from simengine.store.layout import GRACE_S, StoreDir
+from simengine.store.lock import DEFAULT_TIMEOUT_S
+from simengine.store.writer import StoreWriter
 
 
 def _model_for(store: StoreDir, manifest: dict, model: Model | None) -> Model:

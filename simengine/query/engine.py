@@ -21,10 +21,10 @@ from simengine.evaluation.metrics import classification_report
 from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
-from simengine.store.layout import resolve_index_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
+from simengine.store.layout import resolve_index_dir
 
 
 class Engine:

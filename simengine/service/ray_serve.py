@@ -23,9 +23,9 @@ import numpy as np
 
 from simengine.errors import SimengineError
 from simengine.index.reader import Index
+from simengine.ray_cluster import serve_replica_on_loopback
 from simengine.store.layout import StoreDir
 from simengine.store.reader import merge_best
-from simengine.ray_cluster import serve_replica_on_loopback
 
 log = logging.getLogger(__name__)
 

@@ -257,11 +257,11 @@ class StoreWriter:
     # before which removed rows may be purged).
 
     def _appended(self, ids: np.ndarray, vectors: np.ndarray | None) -> tuple[list[dict[str, Any]], bool]:
-        policy = _delta_policy(self._policy())
+        files, kind_for = self._files(), self._kind_for(_delta_policy(self._policy()))
         segments = list(self.base["segments"])
         if len(ids):
-            segments.append(self._files().write(vectors, ids, self._kind_for(policy)(len(ids))))
-        return merge_small_tail(self._files(), segments, self._removed_ids, self._kind_for(policy)), False
+            segments.append(files.write(vectors, ids, kind_for(len(ids))))
+        return merge_small_tail(files, segments, self._removed_ids, kind_for), False
 
     def _compacted(self, ids: np.ndarray, vectors: np.ndarray | None) -> tuple[list[dict[str, Any]], bool]:
         return merge(self._files(), self.base["segments"], self._removed_ids(), self._kind_for(self._policy()),

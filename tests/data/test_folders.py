@@ -5,8 +5,8 @@ import pytest
 from simengine.data import folders as data
 from simengine.data import imagenette as imagenette_module
 from simengine.data.labels import display_name
-from simengine.files import sha256_file
 from simengine.errors import SimengineError
+from simengine.files import sha256_file
 
 
 def test_scan_split_gives_path_class_split_sha(fixture_data):

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 
 from simengine.data.folders import Item
-from simengine.shards.worker import model_identity
 from simengine.shards.layout import write_collection
+from simengine.shards.worker import model_identity
 
 CLASSES = 12
 PER_SHARD = 3_000

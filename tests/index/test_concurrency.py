@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from simengine.errors import IndexBusyError
-from simengine.store import rows
 from simengine.index.reader import Index
 from simengine.index.verify import verify_index
+from simengine.store import rows
 from simengine.store.writer import StoreWriter
 
 WORKERS = Path(__file__).with_name("store_workers.py")

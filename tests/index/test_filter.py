@@ -9,10 +9,10 @@ import pytest
 
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
-from simengine.store import faiss_factory, rows
 from simengine.index.build import build_index
 from simengine.index.reader import Index
 from simengine.index.update import remove_items
+from simengine.store import faiss_factory, rows
 
 
 @pytest.fixture(scope="module")

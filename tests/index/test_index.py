@@ -13,9 +13,9 @@ from simengine.data.folders import scan_split
 from simengine.errors import IndexUnusableError, SimengineError
 from simengine.index.build import build_index
 from simengine.index.reader import Index
-from simengine.store.layout import StoreDir, resolve_index_dir
 from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
 from simengine.index.verify import verify_index
+from simengine.store.layout import StoreDir, resolve_index_dir
 from simengine.store.writer import StoreWriter
 from store_workers import commit_rows
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from simengine.errors import SimengineError
-from simengine.model.runtime_gate import run_gate
 from simengine.model.encoder import Encoder
+from simengine.model.runtime_gate import run_gate
 
 
 class Scrambled:

@@ -4,13 +4,13 @@ import shutil
 import numpy as np
 import pytest
 
-from simengine.model.bundle import bundle_hash, load_bundle, read_config
 from simengine.errors import BundleError
+from simengine.model.bundle import bundle_hash, load_bundle, read_config
 import torch
 from torch.nn import functional as F
 
-from simengine.model.heads import EmbeddingHead
 from simengine.data.evalsets import sample_training_triplets
+from simengine.model.heads import EmbeddingHead
 from simengine.model.heads import embed_numpy
 from simengine.training.fit import TrainOptions, split_holdout, train_embedding_head
 
