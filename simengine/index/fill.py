@@ -57,15 +57,22 @@ def fill_on_ray(template: bytes, embeddings: Path, shards: Sequence[tuple[int, i
     with connected(address):
         import ray
 
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         most = max(1, int(ray.cluster_resources().get("CPU", 1)))
         groups = shard_groups(shards, first_id, max(parts, min(workers or most, most)))
-        # SPREAD: the groups go to as many nodes as there are, not first to the driver's own until it is busy.
-        task = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES,
-                          scheduling_strategy="SPREAD")(_fill_and_write)
+        task = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)(_fill_and_write)
         template_ref = ray.put(template)
-        done = ray.get([task.remote(template_ref, str(embeddings.resolve()), group, str(folder.resolve() / f"part-{i}"))
-                        for i, group in enumerate(groups)])
-    nodes: dict[str, int] = {}
+        # Groups are dealt to the nodes in turn: Ray's own policies (the default, and SPREAD, which is best effort)
+        # may run them one after another on one node while another sits idle. Soft: a lost node's group runs
+        # elsewhere.
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= TASK_CPUS)
+        source = str(embeddings.resolve())
+        done = ray.get([
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True))
+            .remote(template_ref, source, group, str(folder.resolve() / f"part-{i}"))
+            for i, group in enumerate(groups)])
+    filled: dict[str, int] = {}
     for _, node in done:
-        nodes[node] = nodes.get(node, 0) + 1
-    return [path for path, _ in done], nodes
+        filled[node] = filled.get(node, 0) + 1
+    return [path for path, _ in done], filled
