@@ -14,7 +14,7 @@ from pathlib import Path
 from simengine.model.runtime_choice import cpu_facts
 
 RESULTS = Path(__file__).parent / "results"
-PACKAGES = ("simengine", "torch", "timm", "onnxruntime", "openvino", "faiss-cpu", "numpy", "pillow")
+PACKAGES = ("simengine-images", "torch", "timm", "onnxruntime", "openvino", "faiss-cpu", "numpy", "pillow")
 
 
 def environment() -> dict:

@@ -140,6 +140,9 @@ def _training_options(f):
                      "projection keeping SHARE of the cosine (e.g. 0.7): better on classes far from the training "
                      "ones, 1000 more dimensions (benchmarks/results/unseen_classes.md)."),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--int8/--no-int8", default=True, show_default=True,
+                     help="Also make an int8 model of the backbone (NNCF) and gate it on val, when nncf and openvino "
+                          "are installed; `--runtime auto` then runs it where it passes and is fastest."),
         click.option("--finetune", is_flag=True, help="Fine-tune the backbone's last blocks on images first (GPU recommended)."),
         click.option("--finetune-blocks", type=int, default=2, show_default=True, help="Blocks to unfreeze (-1: all)."),
         click.option("--finetune-steps", type=int, default=300, show_default=True),
@@ -150,14 +153,14 @@ def _training_options(f):
     return f
 
 
-def _train_options(mining, margin, dim, hidden, steps, lr, flip, head_weight, seed, finetune, finetune_blocks,
+def _train_options(mining, margin, dim, hidden, steps, lr, flip, head_weight, seed, int8, finetune, finetune_blocks,
                    finetune_steps):
     from simengine.training.finetune import FinetuneOptions
     from simengine.training.fit import TrainOptions
 
     posteriors = {} if head_weight is None else {"posteriors": True, "head_weight": head_weight}
     opts = TrainOptions(mining=mining, margin=margin, dim=dim, hidden=hidden, steps=steps, pair_steps=steps, lr=lr,
-                        flip=flip, seed=seed, **posteriors)
+                        flip=flip, seed=seed, int8=int8, **posteriors)
     return opts, (FinetuneOptions(blocks=finetune_blocks, steps=finetune_steps, seed=seed) if finetune else None)
 
 
@@ -221,7 +224,8 @@ def _source_options(recorded: bool = False):
 @click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root, as SOURCE (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
 @click.option("--split", default="train", show_default=True, help="Split(s) of an ImageFolder dataset to index, comma-separated (e.g. train,val).")
 @_source_options()
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model bundle; trained first when omitted (needs an ImageFolder dataset).")
+@click.option("--model", "model_dir", metavar="DIR|builtin", help="Model bundle, or `builtin` (default: indexes/default-model "
+              "when one was trained there, else the built-in model; with --data and no --model, one is trained first).")
 @click.option("--name", default=None, help="Index name under indexes/ (default: default).")
 @click.option("--out", type=click.Path(), default=None, help="Index path (instead of --name).")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivf_sq8", "ivf_pq"]), default="auto",
@@ -256,6 +260,7 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
       a CSV/TSV/parquet table  a path column, an optional label column, other columns kept as metadata (for --where)
     """
     from simengine.data.imagenette import resolve_data_dir
+    from simengine.data.sources import is_image_folder
     from simengine.index.build import build_index
     from simengine.store.index_choice import parse_memory
     from simengine.store.layout import DEFAULT_ROOT
@@ -279,11 +284,12 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
         read_plan(Path(embeddings))  # a folder that is not one is refused here, in one line, not scanned for images
     elif max_index_memory or segments != 1 or ray_address or workers:
         raise click.UsageError("--max-index-memory, --segments, --ray and --workers go with --from-embeddings")
-    train_options, finetune = (None, None) if model_dir or embeddings else _train_options(**train_kwargs)
+    train = not (model_dir or embeddings or source)  # --data (or nothing: the demo dataset) trains a model first
+    train_options, finetune = _train_options(**train_kwargs) if train else (None, None)
     built = build_index(
         embeddings or source or resolve_data_dir(data_dir), model_dir, out, splits=[s.strip() for s in split.split(",")],
         labels=labels, path_column=path_column, index_type=index_type, target_far=target_far, runtime=runtime,
-        train_options=train_options, finetune_options=finetune, backbone=backbone, weights=weights,
+        train=train, train_options=train_options, finetune_options=finetune, backbone=backbone, weights=weights,
         max_index_memory=parse_memory(max_index_memory) if max_index_memory else None, segments=segments,
         use_ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
         workers=workers, progress=_progress(ctx))
@@ -299,8 +305,11 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
     if as_json:
         _echo_json(built.to_dict())
         return
-    if model_dir is None:
+    if train:
         _print_val_metrics(built.model)
+    elif source and not model_dir and is_image_folder(Path(source)):
+        click.echo(f"{source} is a labelled dataset, indexed with the default model: to train a model for its "
+                   f"classes, run `simengine index build --data {source}`", err=True)
     for _, reason in report.failed:
         click.echo(f"skipped: {one_line(reason)}", err=True)
     click.echo(f"index {built.index}: {len(report.added)} items, {len(report.duplicates)} duplicates skipped, "
@@ -402,15 +411,14 @@ def index_info(index_dir, as_json):
     from simengine.store.layout import resolve_index_dir
 
     from simengine.model.bundle import ONNX_FILES, read_config
-    from simengine.model.runtime_choice import recorded_choice
+    from simengine.model.runtime_choice import describe_choice, recorded_choice
 
     index = Index(resolve_index_dir(index_dir))
     info = index.info()
     export = (read_config(index.model_dir).get("onnx") or {}).get("backbone", {}).get("sha256")
     choice = recorded_choice(index.model_dir / ONNX_FILES["backbone"], export) if export else None
-    info["runtime"] = (f"{choice['chosen']} (measured here " + ", ".join(
-        f"{r['runtime']} {r['images_per_s']} img/s" for r in choice["measured"] if "images_per_s" in r) + ")"
-        if choice else "not measured on this machine yet (the first use with --runtime auto measures)")
+    info["runtime"] = (describe_choice(choice) if choice else
+                       "not measured on this machine yet (the first use with --runtime auto measures)")
     if as_json:
         _echo_json(dict(info, runtime_choice=choice))
         return
@@ -577,8 +585,9 @@ def search(image, k, where, params, as_json, index_dir, runtime):
 @click.option("--against", type=click.Path(exists=True),
               help="An index directory, or another folder/list/table: report only SOURCE's images that have a copy "
                    "there (train/val leakage; a new batch against a catalogue).")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="Model bundle (default: the --against index's model, else indexes/default-model).")
+@click.option("--model", "model_dir", metavar="DIR|builtin",
+              help="Model bundle, or `builtin` (default: the --against index's model, else indexes/default-model "
+                   "when one was trained there, else the built-in model).")
 @click.option("--path-column", default="path", show_default=True,
               help="The column of a CSV/parquet table that holds image paths.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write one row per image to this CSV.")
@@ -640,12 +649,13 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for the shards: img_emb/img_emb_{k}.npy and metadata/metadata_{k}.parquet (clip-retrieval's "
                    "layout, which autofaiss reads). A rerun into the same folder embeds only unfinished shards.")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Model bundle whose embedding is written.")
+@click.option("--model", "model_dir", metavar="DIR|builtin",
+              help="Model bundle whose embedding is written, or `builtin` (default: indexes/default-model when one "
+                   "was trained there, else the built-in model).")
 @click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True, help="Images per shard.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Embed on Ray: `--ray` alone starts a local Ray on 127.0.0.1; `--ray ADDRESS` joins a cluster "
-                   "(`--ray auto`: the one this machine belongs to). Needs `simengine[ray]`.")
+                   "(`--ray auto`: the one this machine belongs to). Needs `simengine-images[ray]`.")
 @click.option("--workers", type=click.IntRange(1), help="With --ray: actors embedding at once (default and most: one "
                                                         "per CPU of the cluster; each asks for half a CPU).")
 @click.option("--labels", type=click.Choice(["auto", "folders", "table", "none"]), default="auto", show_default=True,
@@ -680,8 +690,8 @@ def embed(ctx, source, out, model_dir, shard_size, ray_address, workers, labels,
 
 
 @cli.command("quantize")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Model bundle whose backbone is quantized (the int8 model is stored in it).")
+@click.option("--model", "model_dir", required=True, metavar="DIR|builtin",
+              help="Model bundle whose backbone is quantized (the int8 model is stored in it), or `builtin`.")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
               help="Images like those the model will embed: an ImageFolder dataset (calibration on train/, the gate "
                    "on val/), a folder with class subfolders, or a list or table of paths.")
@@ -775,7 +785,7 @@ def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
               help="How long a batch waits for more images before it runs.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Serve on Ray Serve, the index split into --shards deployments (`--ray` alone: a local Ray on "
-                   "127.0.0.1; `--ray ADDRESS`: a cluster whose nodes see the index's files). Needs simengine[ray].")
+                   "127.0.0.1; `--ray ADDRESS`: a cluster whose nodes see the index's files). Needs simengine-images[ray].")
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
               help="With --ray: shard deployments; each searches every n-th segment of the index.")
 @click.option("--replicas", type=click.IntRange(0), default=1, show_default=True,

@@ -26,7 +26,7 @@ def connected(address: str | None = None) -> Iterator[dict[str, Any]]:
     try:
         import ray
     except ImportError as exc:
-        raise SimengineError(f"--ray needs Ray ({exc}); pip install 'simengine[ray]'") from exc
+        raise SimengineError(f"--ray needs Ray ({exc}); pip install 'simengine-images[ray]'") from exc
     started = not ray.is_initialized()
     if started:
         if address is None:

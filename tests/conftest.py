@@ -47,7 +47,8 @@ def encoder():
 def tiny_options():
     from simengine.training.fit import TrainOptions
 
-    return TrainOptions(steps=60, pair_steps=60, eval_every=20, classes_per_batch=4, per_class=4)
+    # int8 off: its own tests make one; `--runtime auto` would otherwise switch the fixtures to it mid-session.
+    return TrainOptions(steps=60, pair_steps=60, eval_every=20, classes_per_batch=4, per_class=4, int8=False)
 
 
 @pytest.fixture(scope="session")

@@ -263,12 +263,20 @@ def test_cli_unlabelled_folder_build_filter_query_and_sync(fixture_data, bundle_
     assert code == 0 and len(json.loads(out)["removed"]) == 1 and json.loads(out)["version"] == 2
 
 
-def test_cli_build_without_model_on_a_plain_folder_says_what_to_do(tmp_path, val):
+def test_cli_build_without_model_uses_the_builtin_one_and_says_how_to_train(tmp_path, val, fixture_data):
     import shutil
 
-    shutil.copy(val["coffee"][0], tmp_path / "a.jpg")
-    code, out = run("index", "build", tmp_path, "--out", tmp_path / "index")
-    assert code == 1 and "--model" in out and len(out.strip().splitlines()) == 1
+    from simengine.index.reader import Index
+    from simengine.model.builtin import builtin_model_dir
+    from simengine.model.bundle import bundle_hash
+
+    (tmp_path / "photos").mkdir()
+    shutil.copy(val["coffee"][0], tmp_path / "photos" / "a.jpg")
+    code, out = run("index", "build", tmp_path / "photos", "--out", tmp_path / "index")
+    assert code == 0 and "1 items" in out and "--data" not in out
+    assert Index(tmp_path / "index").manifest["model"]["hash"] == bundle_hash(builtin_model_dir())
+    code, out = run("index", "build", fixture_data, "--out", tmp_path / "labelled")
+    assert code == 0 and f"run `simengine index build --data {fixture_data}`" in out
 
 
 def test_cli_dedup_reports_then_moves_only_with_yes(fixture_data, bundle_dir, tmp_path):

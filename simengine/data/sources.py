@@ -206,7 +206,7 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, 
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SimengineError("reading parquet needs pyarrow: pip install 'simengine[parquet]'") from None
+        raise SimengineError("reading parquet needs pyarrow: pip install 'simengine-images[parquet]'") from None
     try:
         table = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own types (ArrowInvalid, OSError) for damaged files

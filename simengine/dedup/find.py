@@ -31,13 +31,13 @@ from simengine.dedup.near import NEIGHBOURS, near_pairs
 from simengine.dedup.verify import PairVerifier
 from simengine.errors import NotCalibratedError, SimengineError
 from simengine.evaluation.metrics import normalise
-from simengine.store.layout import CURRENT, DEFAULT_ROOT
+from simengine.model.builtin import default_model_dir, resolve_model_dir
+from simengine.store.layout import CURRENT
 
 if TYPE_CHECKING:
     from simengine.model.bundle import Model
     from simengine.store.reader import StoreReader
 
-DEFAULT_MODEL = DEFAULT_ROOT / "default-model"
 EXACT = (1.0, 1.0, None)  # the signals of a byte-identical copy
 
 
@@ -114,7 +114,7 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     from simengine.model.bundle import load_bundle
 
     started = time.time()
-    model_dir = Path(model_dir) if model_dir is not None else _default_model(against)
+    model_dir = resolve_model_dir(model_dir) if model_dir is not None else _default_model(against)
     decision = decision or stored_decision(model_dir)
     model = load_bundle(model_dir, runtime)
     collection = scan_source(source, "none", path_column=path_column, progress=progress)
@@ -223,10 +223,7 @@ def _default_model(against: str | os.PathLike | None) -> Path:
 
         with StoreReader(against) as index:
             return index.attached_dir  # an index's attached directory is its model bundle
-    if not DEFAULT_MODEL.is_dir():
-        raise SimengineError(f"no model given and no {DEFAULT_MODEL}: give --model DIR (a bundle from `simengine "
-                             "train`, or the one `make demo` trains)")
-    return DEFAULT_MODEL
+    return default_model_dir()
 
 
 def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> tuple[list[ReportedImage], list[tuple[str, str]]]:

@@ -56,37 +56,41 @@ class Built:
 def build_index(
     source: Source, model: Model | str | os.PathLike | None = None, out: str | os.PathLike = DEFAULT_ROOT / "default",
     *, splits: Sequence[str] = ("train",), labels: str = "auto", path_column: str = "path", index_type: str = "auto",
-    target_far: float | None = None, embedding: str = "auto", runtime: str = "auto", train_options=None,
+    target_far: float | None = None, embedding: str = "auto", runtime: str = "auto", train: bool = False,
+    train_options=None,
     finetune_options=None, backbone: str | None = None, weights: str | os.PathLike | None = None,
     max_index_memory: int | None = None, segments: int = 1, use_ray: bool = False, ray_address: str | None = None,
     workers: int | None = None, progress: bool = False, seed: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Built:
-    """Index `source` with `model` (a loaded `Model` or a bundle's path) at `out`.
+    """Index `source` with `model` (a loaded `Model`, a bundle's path, or "builtin") at `out`.
 
-    Without a model, one is trained first into `<out>-model`, which needs an ImageFolder dataset. With `embedding`
-    "auto", a collection mostly unlike the classes the model was trained on is indexed with the bundle's general
-    twin (see `model.general`); "trained" keeps the model as given. An embeddings folder is indexed with the model
+    Without a model, the default one embeds: indexes/default-model where one was trained, else the built-in model
+    (see `model.builtin`). With `train`, a model is trained first into `<out>-model`, which needs an ImageFolder
+    dataset. With `embedding` "auto", a collection mostly unlike the classes the model was trained on is indexed
+    with the bundle's general twin (see `model.general`); "trained" keeps the model as given. An embeddings folder is indexed with the model
     that embedded it, in the most exact index type that fits `max_index_memory` bytes, filled in `segments` parts
     (on Ray with `use_ray`)."""
     out = Path(out)
     in_place = check_target(out, index_type)  # decided before the slow work: a build racing it fails at the swap
     if embedding not in EMBEDDINGS:
         raise SimengineError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
-    if not isinstance(source, (str, os.PathLike)):
-        if model is None:
-            raise SimengineError("give a model to index these items with")
-        items, build_info, skipped = list(source), {}, []
-    elif is_embeddings_folder(Path(source)):
+    embeddings_folder = isinstance(source, (str, os.PathLike)) and is_embeddings_folder(Path(source))
+    if train and (model is not None or not isinstance(source, (str, os.PathLike)) or embeddings_folder):
+        raise SimengineError("train=True trains a model on an ImageFolder dataset: give no model, and a folder")
+    if embeddings_folder:
         if model is None:
             raise SimengineError(f"{source} is an embeddings folder: give the model bundle that embedded it")
+        model = _resolved(model)
         report = build_from_embeddings(source, out, model, max_index_memory, index_type, segments, use_ray,
                                        ray_address, workers, target_far, seed, progress, timeout_s)
-        return Built(out, report, _bundle_path(model))
-    else:
-        if model is None:
-            model = _train_for(Path(source), out, runtime, train_options, finetune_options, backbone, weights,
-                               progress)
+        return Built(out, report, model.path if isinstance(model, Model) else model)
+    if train:
+        model = _train_for(Path(source), out, runtime, train_options, finetune_options, backbone, weights, progress)
+    model = _resolved(model)
+    if isinstance(source, (str, os.PathLike)):
         items, build_info, skipped = _scan(Path(source), splits, labels, path_column, progress)
+    else:
+        items, build_info, skipped = list(source), {}, []
     if not items:
         raise SimengineError("no image could be embedded; nothing to index")
     loaded = model if isinstance(model, Model) else load_bundle(model, runtime)
@@ -98,8 +102,11 @@ def build_index(
     return Built(out, report, loaded.path)
 
 
-def _bundle_path(model: Model | str | os.PathLike) -> Path:
-    return model.path if isinstance(model, Model) else Path(model)
+def _resolved(model: Model | str | os.PathLike | None) -> Model | Path:
+    """A loaded model as it is; a path, "builtin" or None (the default model) as a bundle directory."""
+    from simengine.model.builtin import resolve_model_dir
+
+    return model if isinstance(model, Model) else resolve_model_dir(model)
 
 
 def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, progress: bool
@@ -124,8 +131,7 @@ def _train_for(source: Path, out: Path, runtime: str, train_options, finetune_op
 
     if not (source.is_dir() and is_image_folder(source)):
         raise SimengineError(f"{source} is not an ImageFolder dataset (train/<class>/...), so no model can be "
-                             "trained on it: give --model DIR (e.g. indexes/default-model, which `make demo` "
-                             "trains on Imagenette)")
+                             "trained on it; without training it is indexed with the built-in model")
     from simengine.training.fit import TrainOptions
     from simengine.training.pipeline import train_model
 

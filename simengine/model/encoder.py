@@ -164,7 +164,7 @@ def backbone_runtime(onnx_path: Path, export_sha256: str, input_shape: tuple[int
         return make_runtime(onnx_path, runtime, export_sha256), None
     except ImportError as exc:
         raise SimengineError(f"runtime {runtime} requested but not installed ({exc}); pip install "
-                             f"'simengine[openvino]'") from exc
+                             "openvino") from exc
 
 
 def cached_onnx_path(identity: dict[str, Any]) -> Path:

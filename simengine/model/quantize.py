@@ -21,13 +21,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from simengine.errors import SimengineError
 from simengine.files import sha256_file
-
-if TYPE_CHECKING:
-    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +75,20 @@ def _checked(folder: Path, stamps: tuple) -> tuple[Path, dict[str, Any]] | None:
     return xml, record
 
 
+def int8_installed() -> bool:
+    """Whether NNCF and OpenVINO, which quantize and run the int8 model, are installed."""
+    from importlib.util import find_spec
+
+    return find_spec("nncf") is not None and find_spec("openvino") is not None
+
+
 def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_image: Callable[[Path], np.ndarray],
                       paths: Sequence[str | os.PathLike], progress: bool = False) -> dict[str, Any]:
     """Quantize the export at `onnx_path` to int8, calibrated on `paths` (decoded and preprocessed by `load_image`,
     which raises ImageLoadError for a bad file: it is skipped and counted), and write it beside the export. With
     `progress`, NNCF's progress bars go to stderr. Returns the record."""
-    from importlib import metadata
-
     from simengine.errors import ImageLoadError
 
-    try:
-        import nncf
-        import openvino as ov
-    except ImportError as exc:
-        raise SimengineError(f"int8 quantization needs OpenVINO and NNCF ({exc}); pip install 'simengine[int8]'"
-                             ) from exc
     onnx_path = Path(onnx_path)
     batches, skipped, used = [], 0, []
     for path in paths:
@@ -103,6 +101,20 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
     if len(batches) < MIN_CALIBRATION_IMAGES:
         raise SimengineError(f"only {len(batches)} calibration images decoded ({skipped} skipped); "
                              f"at least {MIN_CALIBRATION_IMAGES} are needed")
+    quantized, kept = _quantize(onnx_path, batches, progress)
+    return _save(quantized, onnx_path, {
+        "source_export_sha256": export_sha256, "kept_in_float": kept, "calibration_images": len(batches),
+        "calibration_skipped": skipped, "calibration_paths_sha256": _digest(used)})
+
+
+def _quantize(onnx_path: Path, batches: list[np.ndarray], progress: bool):
+    """NNCF's post-training quantization of the export, calibrated on `batches`; and the layers kept in float."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        raise SimengineError(f"int8 quantization needs OpenVINO and NNCF ({exc}); pip install "
+                             "nncf openvino") from exc
     model = ov.Core().read_model(str(onnx_path))
     kept = _first_and_last_convolution(model)
     # NNCF logs and draws its progress bars on stdout, where `--json` output goes.
@@ -113,6 +125,17 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(sys.stderr if progress else devnull):
         quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset(PRESET),
                                   subset_size=len(batches), ignored_scope=nncf.IgnoredScope(names=kept))
+    return quantized, kept
+
+
+def _save(quantized, onnx_path: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """Write the int8 model beside the export, then its record (`facts` and the files' hashes), last."""
+    from importlib import metadata
+
+    import openvino as ov
+
+    from simengine.files import write_durably
+
     folder = onnx_path.parent
     for leftover in folder.glob(f"{TEMP_PREFIX}*"):  # from a run that was killed
         shutil.rmtree(leftover, ignore_errors=True)
@@ -123,15 +146,89 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
         for produced in Path(tmp).iterdir():
             os.replace(produced, folder / produced.name)
     xml = folder / INT8_MODEL
-    record = {"record_version": RECORD_VERSION, "source_export_sha256": export_sha256,
-              "xml_sha256": sha256_file(xml), "bin_sha256": sha256_file(xml.with_suffix(".bin")),
-              "nncf": metadata.version("nncf"), "openvino": metadata.version("openvino"), "preset": PRESET,
-              "kept_in_float": kept, "calibration_images": len(batches), "calibration_skipped": skipped,
-              "calibration_paths_sha256": _digest(used)}
-    from simengine.files import write_durably
-
+    record = {"record_version": RECORD_VERSION, **facts, "xml_sha256": sha256_file(xml),
+              "bin_sha256": sha256_file(xml.with_suffix(".bin")), "nncf": metadata.version("nncf"),
+              "openvino": metadata.version("openvino"), "preset": PRESET}
     write_durably(folder / INT8_RECORD, json.dumps(record, indent=2).encode())
     return record
+
+
+# An int8 model ships as its difference from quantizing the same export on one placeholder image: the constants
+# that calibration decides (activation ranges, corrected biases), 0.14 MB for EfficientNet-Lite0, where the model is
+# 5 MB. Quantizing on the placeholder again and putting those constants back gives the same weights file, byte for
+# byte, which is checked (constants are matched by position: NNCF numbers their names per process).
+def _placeholder(input_shape: tuple[int, ...]) -> list[np.ndarray]:
+    from simengine.model.runtimes import probe_batch
+
+    return [probe_batch(input_shape, 1)]
+
+
+def _constants(model) -> list:
+    return [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"]
+
+
+def _structure(model) -> list[str]:
+    return [op.get_type_name() for op in model.get_ordered_ops()]
+
+
+def int8_delta(onnx_path: str | os.PathLike, export_sha256: str, input_shape: tuple[int, ...]
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The int8 model beside `onnx_path` as its difference from a placeholder quantization of the export: the
+    constants that differ, by position ("c<index>"), and what `restore_int8` checks (the record's facts)."""
+    import openvino as ov
+
+    found = int8_model(onnx_path, export_sha256)
+    if found is None:
+        raise SimengineError(f"{Path(onnx_path).parent}: no int8 model quantized from this export")
+    xml, record = found
+    placeholder, _ = _quantize(Path(onnx_path), _placeholder(input_shape), False)
+    calibrated = ov.Core().read_model(str(xml))
+    if _structure(placeholder) != _structure(calibrated):
+        raise SimengineError(f"{xml}: not the graph NNCF makes of this export here")
+    delta = {f"c{i}": b.get_data() for i, (a, b) in enumerate(zip(_constants(placeholder), _constants(calibrated)))
+             if not np.array_equal(a.get_data(), b.get_data())}
+    return delta, {k: v for k, v in record.items() if k not in ("xml_sha256",)}
+
+
+def restore_int8(onnx_path: str | os.PathLike, export_sha256: str, input_shape: tuple[int, ...],
+                 delta: dict[str, np.ndarray], facts: dict[str, Any]) -> dict[str, Any] | None:
+    """Make the int8 model `int8_delta` described, beside `onnx_path`; its record, or None (and why, in the log)
+    when NNCF here does not make the same graph or the weights file comes out otherwise."""
+    from openvino import opset13
+
+    quantized, kept = _quantize(Path(onnx_path), _placeholder(input_shape), False)
+    constants = _constants(quantized)
+    for key, value in delta.items():
+        index = int(key[1:])
+        old = constants[index] if index < len(constants) else None
+        if old is None or tuple(old.get_output_shape(0)) != value.shape or old.get_data().dtype != value.dtype:
+            log.warning("no int8 model: the shipped quantization does not fit the graph NNCF %s makes here",
+                        facts.get("nncf"))
+            return None
+        new = opset13.constant(value)
+        new.set_friendly_name(old.get_friendly_name())
+        old.output(0).replace(new.output(0))
+    record = _save(quantized, Path(onnx_path), {k: v for k, v in facts.items()
+                                                if k not in ("record_version", "bin_sha256", "nncf", "openvino")}
+                   | {"source_export_sha256": export_sha256, "kept_in_float": kept,
+                      "restored_from": "a calibrated quantization's constants"})
+    if record["bin_sha256"] != facts["bin_sha256"]:
+        log.warning("no int8 model: its weights came out otherwise than when it was made (NNCF %s, OpenVINO %s "
+                    "then)", facts.get("nncf"), facts.get("openvino"))
+        for path in _files(Path(onnx_path).parent):
+            path.unlink(missing_ok=True)
+        return None
+    return record
+
+
+def copy_int8_model(source: Path, target: Path) -> None:
+    """Copy the int8 model beside one export to a folder holding the same export (a bundle's general twin); the
+    record goes last, as when it was written."""
+    record, *files = _files(source)
+    (target / INT8_RECORD).unlink(missing_ok=True)
+    for path in files:
+        shutil.copyfile(path, target / path.name)
+    shutil.copyfile(record, target / INT8_RECORD)
 
 
 def int8_sha256(record: dict[str, Any]) -> str:

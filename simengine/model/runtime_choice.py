@@ -10,6 +10,11 @@ never chosen. A reduced precision is chosen only once the accuracy gate passed t
 `model.runtime_gate`), with the same OpenVINO version and CPU flags. Where nothing else is installed or
 eligible, ONNX Runtime fp32 is the answer. Processes that start together measure one at a time, and the later ones
 find the record written (two measurements at once would time each other).
+
+Timings are noisy: the candidates run in turn, round after round, and each is judged by its median, so that a burst
+of other work slows all of them rather than one. A measurement taken while the machine was busy (load per core above
+LOAD_LIMIT) is provisional: it is used, and measured again by the first process that finds the machine quiet. New
+runtime versions, CPU flags or settings (RECORD_VERSION) make a record stale.
 """
 
 from __future__ import annotations
@@ -36,14 +41,15 @@ CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni
              "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REDUCED = ("bf16", "int8")  # precisions that need the accuracy gate
-PROBE_BATCH = 32
+PROBE_BATCH = 16
 PROBE_MIN_COSINE = 0.999
 # int8 is judged by the gate alone: random probe pixels lie outside the range it was calibrated on (0.98 here).
 PROBE_EXEMPT = ("int8",)
 GATE_TOLERANCE = 0.002
-TIMED_RUNS = 3
+TIMED_ROUNDS = 5
+LOAD_LIMIT = 0.5  # the 1-minute load average per usable core above which a measurement is provisional
 MEASUREMENT_LOCK_TIMEOUT_S = 600.0
-RECORD_VERSION = 2  # bumped when the runtimes' settings change, so that old measurements are not reused
+RECORD_VERSION = 3  # bumped when the runtimes' settings change, so that old measurements are not reused
 
 
 def cpu_facts() -> tuple[str, list[str]]:
@@ -133,6 +139,8 @@ def recorded_choice(onnx_path: str | os.PathLike, export_sha256: str) -> dict[st
     record = _read(_choice_path(onnx_path, export_sha256))
     if record is None or record.get("machine") != _machine() or record.get("export_sha256") != export_sha256:
         return None
+    if record.get("provisional") and _load_per_core() <= LOAD_LIMIT:
+        return None  # taken under load, and the machine is quiet now
     if [row["runtime"] for row in record["measured"]] != candidates(record["machine"]["cpu_flags"], onnx_path,
                                                                     export_sha256):
         return None
@@ -187,28 +195,34 @@ def _measurement_lock() -> Iterator[None]:
             lock.release()
 
 
+def _load_per_core() -> float:
+    try:
+        return os.getloadavg()[0] / usable_cores()
+    except OSError:  # no load average on this platform: never provisional
+        return 0.0
+
+
 def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
     # Imported here, not at the top: benchmarks/common.py takes cpu_facts from this module, also when it runs
     # beside an older simengine (benchmarks/index_write.py's format-1 side), whose evaluation was one module.
     from simengine.evaluation.metrics import row_cosines
 
+    load = _load_per_core()
     probe = probe_batch(input_shape, PROBE_BATCH)
     reference = OnnxRuntime(onnx_path)(probe)  # fp32, the yardstick of every candidate
-    rows = []
-    for name in candidates(machine["cpu_flags"], onnx_path, export_sha256):
+    rows, runtimes, outputs = [], {}, {}
+    names = candidates(machine["cpu_flags"], onnx_path, export_sha256)
+    for name in names:
         try:
-            runtime = make_runtime(onnx_path, name, export_sha256)
-            out = runtime(probe)  # the first call also warms up
-            seconds = []
-            for _ in range(TIMED_RUNS):
-                started = time.perf_counter()
-                runtime(probe)
-                seconds.append(time.perf_counter() - started)
+            runtimes[name] = make_runtime(onnx_path, name, export_sha256)
+            outputs[name] = runtimes[name](probe)  # the first call also warms up
         except Exception as exc:  # an optional runtime that fails here is not a candidate
             rows.append({"runtime": name, "error": str(exc)})
-            continue
-        cosine = float(np.mean(row_cosines(out, reference)))
-        row = {"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds)), 1),
+            runtimes.pop(name, None)
+    seconds = _interleaved_seconds(runtimes, probe)
+    for name, runtime in runtimes.items():
+        cosine = float(np.mean(row_cosines(outputs[name], reference)))
+        row = {"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds[name])), 1),
                "mean_cosine_to_fp32": round(cosine, 6)}
         close = cosine >= PROBE_MIN_COSINE or name.endswith(PROBE_EXEMPT)
         if name.endswith(REDUCED):
@@ -218,12 +232,48 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
         else:
             row["eligible"] = close
         rows.append(row)
+    rows.sort(key=lambda r: names.index(r["runtime"]))  # the order `recorded_choice` compares
     eligible = [r for r in rows if r.get("eligible")]
     chosen = max(eligible, key=lambda r: r["images_per_s"])["runtime"] if eligible else "onnxruntime"
-    log.info("embedding runtime chosen by measurement: %s (%s)", chosen,
-             ", ".join(f"{r['runtime']} {r.get('images_per_s', 'failed')}" for r in rows))
-    return {"export_sha256": export_sha256, "machine": machine, "measured": rows, "chosen": chosen,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {"export_sha256": export_sha256, "machine": machine, "measured": rows, "chosen": chosen,
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_per_core": round(load, 2),
+              "rounds": TIMED_ROUNDS, "provisional": load > LOAD_LIMIT}
+    log.info("embedding runtime: %s", describe_choice(record))
+    return record
+
+
+def _interleaved_seconds(runtimes: dict[str, Runtime], probe: np.ndarray) -> dict[str, list[float]]:
+    """Seconds per call of each runtime over TIMED_ROUNDS rounds, each round running every runtime once, starting
+    with a different one each time."""
+    names, seconds = list(runtimes), {name: [] for name in runtimes}
+    for round_ in range(TIMED_ROUNDS):
+        first = round_ % len(names) if names else 0
+        for name in names[first:] + names[:first]:
+            started = time.perf_counter()
+            runtimes[name](probe)
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def describe_choice(record: dict[str, Any]) -> str:
+    """One line: the runtime chosen, and why (each candidate's speed and gate verdict, when and under what load)."""
+    parts = []
+    for row in record["measured"]:
+        if "error" in row:
+            parts.append(f"{row['runtime']} failed to start")
+            continue
+        text = f"{row['runtime']} {row['images_per_s']} img/s"
+        if row["runtime"].endswith(REDUCED):
+            gate = row.get("gate")
+            text += (", no accuracy gate run here" if gate is None else
+                     f", gate {'passed' if gate['passed'] else 'FAILED'} ({gate['largest_difference']:.4f} of "
+                     f"{gate['tolerance']})")
+        elif not row.get("eligible"):
+            text += ", drifts from fp32"
+        parts.append(text)
+    busy = " under load: to be measured again when the machine is quiet" if record.get("provisional") else ""
+    return (f"{record['chosen']}: the fastest eligible ({'; '.join(parts)}), measured {record['measured_at']}, "
+            f"load {record.get('load_per_core', '?')}/core{busy}")
 
 
 def gate_path(model_sha256: str, runtime: str) -> Path:
@@ -242,6 +292,17 @@ def record_gate(model_sha256: str, runtime: str, reference: dict[str, float], me
                "measured": measured, "largest_difference": worst, "tolerance": GATE_TOLERANCE, "passed": passed}
     _write(gate_path(model_sha256, runtime), verdict)
     return verdict
+
+
+def adopt_gate(verdict: dict[str, Any], model_sha256: str) -> bool:
+    """Record a verdict given on another machine for the same model (the built-in model's, made with its package
+    data) where it holds: the same CPU flags, architecture and OpenVINO, hence the same kernels. Whether it did."""
+    here, there = _gate_machine(), verdict["machine"]
+    if any(here[key] != there.get(key) for key in ("cpu_flags", "arch", "openvino")):
+        return False
+    _write(gate_path(model_sha256, verdict["runtime"]),
+           dict(verdict, model_sha256=model_sha256, machine=here, measured_on=there["cpu"]))
+    return True
 
 
 def gate_verdict(reference: dict[str, float], measured: dict[str, float]) -> tuple[float, bool]:

@@ -8,7 +8,9 @@ reference runtime:
   on the runtime, as after `--runtime auto` switches to it on an existing index;
 - pair and triplet accuracy at the bundle's calibrated thresholds, on the same 10,000 balanced pairs and triplets.
 
-A runtime passes when every one is within `runtime_choice.GATE_TOLERANCE` of the reference; the verdict of a reduced
+With `twins` (a bundle's general twin, which shares its backbone), the same metrics of their heads on the same
+features count too (`general_*`). A runtime passes when every one is within `runtime_choice.GATE_TOLERANCE` of the
+reference; the verdict of a reduced
 precision is recorded on this machine (`runtime_choice.record_gate`), so that `--runtime auto` may choose it.
 """
 
@@ -29,10 +31,10 @@ DECISION_SETS = 10_000
 
 
 def run_gate(model: Model, encoders: dict[str, Encoder], paths: Sequence[str | os.PathLike], labels: Sequence[str],
-             reference: str, record: bool = True) -> list[dict[str, Any]]:
+             reference: str, record: bool = True, twins: Sequence[Model] = ()) -> list[dict[str, Any]]:
     """One row per runtime (its metrics, the largest difference from `reference`, passed or not); with `record`, the
     verdicts of reduced precisions are stored for `--runtime auto`."""
-    embedded = {name: _embed(model, encoder, paths) for name, encoder in encoders.items()}
+    embedded = {name: _features(model, encoder, paths) for name, encoder in encoders.items()}
     ok = set.intersection(*(set(found) for _, found in embedded.values()))  # the same files, for every runtime
     if len({label for i, label in enumerate(labels) if i in ok}) < 2:
         from simengine.errors import SimengineError
@@ -40,8 +42,13 @@ def run_gate(model: Model, encoders: dict[str, Encoder], paths: Sequence[str | o
         raise SimengineError("the accuracy gate needs labelled images of at least two classes")
     rows_of = {name: [row for row, i in enumerate(found) if i in ok] for name, (_, found) in embedded.items()}
     y = [labels[i] for i in sorted(ok)]
-    vectors = {name: emb[rows_of[name]] for name, (emb, _) in embedded.items()}
-    metrics = {name: _metrics(model, vectors[name], vectors[reference], y) for name in encoders}
+    features = {name: x[rows_of[name]] for name, (x, _) in embedded.items()}
+    metrics = {}
+    for name in encoders:
+        metrics[name] = _metrics(model, features[name], features[reference], y)
+        for twin in twins:
+            metrics[name] |= {f"general_{k}": v for k, v in
+                              _metrics(twin, features[name], features[reference], y).items()}
     export = model.config["onnx"]["backbone"]["sha256"]
     rows = []
     for name, m in metrics.items():
@@ -54,12 +61,15 @@ def run_gate(model: Model, encoders: dict[str, Encoder], paths: Sequence[str | o
     return rows
 
 
-def _embed(model: Model, encoder: Encoder, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[int]]:
+def _features(model: Model, encoder: Encoder, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[int]]:
+    """Backbone features of the images that decode, and which those are."""
     result = encoder.embed_paths(paths, flip=model.flip)
-    return model.embed_features(result.vectors), result.ok
+    return result.vectors, result.ok
 
 
-def _metrics(model: Model, emb: np.ndarray, reference_emb: np.ndarray, labels: list[str]) -> dict[str, float]:
+def _metrics(model: Model, features: np.ndarray, reference_features: np.ndarray, labels: list[str]
+             ) -> dict[str, float]:
+    emb, reference_emb = model.embed_features(features), model.embed_features(reference_features)
     within = retrieval_metrics(emb, labels, emb, labels, exclude_self=True)
     mixed = retrieval_metrics(emb, labels, reference_emb, labels, exclude_self=True)
     calibration = model.calibration

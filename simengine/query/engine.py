@@ -21,19 +21,22 @@ from simengine.evaluation.metrics import classification_report
 from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
+from simengine.model.builtin import resolve_model_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
-from simengine.store.layout import resolve_index_dir
+from simengine.store.layout import index_dirs, resolve_index_dir
 
 
 class Engine:
     """Answers the three questions from an index and the model that embedded it, held side by side. Before each
-    question the index moves to the newest committed version (a file read when nothing changed)."""
+    question the index moves to the newest committed version (a file read when nothing changed). Without an index
+    (`for_model`), pair and triplet questions are answered with the model's own calibration."""
 
-    def __init__(self, index: Index, model: Model, mode: str | None = None, runtime: str = "auto",
+    def __init__(self, index: Index | None, model: Model, mode: str | None = None, runtime: str = "auto",
                  max_pixels: int = MAX_PIXELS):
-        require_model(index.manifest, model, index.path)
+        if index is not None:
+            require_model(index.manifest, model, index.path)
         self.index, self.model = index, model
         self._requested_mode, self._runtime, self.max_pixels = mode, runtime, max_pixels
         model.encoder.max_pixels = max_pixels
@@ -42,8 +45,18 @@ class Engine:
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto",
              max_pixels: int = MAX_PIXELS) -> "Engine":
-        """The engine of an index (by default indexes/default); images over `max_pixels` are refused."""
+        """The engine of an index (by default indexes/default, or the only one under indexes/; where there is none,
+        the default model's, see `for_model`); images over `max_pixels` are refused."""
+        if index_dir is None and not index_dirs():
+            return cls.for_model(None, mode, runtime, max_pixels)
         return cls.over(Index(resolve_index_dir(index_dir)), mode, runtime, max_pixels)
+
+    @classmethod
+    def for_model(cls, model: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto",
+                  max_pixels: int = MAX_PIXELS) -> "Engine":
+        """An engine without an index, for pair and triplet questions: `model` is a bundle, "builtin", or None for
+        the default model (indexes/default-model where one was trained, else the built-in model)."""
+        return cls(None, load_bundle(resolve_model_dir(model), runtime), mode, runtime, max_pixels)
 
     @classmethod
     def over(cls, index: Index, mode: str | None = None, runtime: str = "auto", max_pixels: int = MAX_PIXELS
@@ -53,7 +66,13 @@ class Engine:
 
     @property
     def calibration(self) -> Calibration:
-        return self.index.calibration
+        return self.model.calibration if self.index is None else self.index.calibration
+
+    def _indexed(self) -> Index:
+        if self.index is None:
+            raise SimengineError("no index: build one with `simengine index build PHOTOS` (a pair or a triplet of "
+                                 "images needs none)")
+        return self.index
 
     @property
     def mode(self) -> str:
@@ -66,6 +85,8 @@ class Engine:
 
     def refresh(self) -> bool:
         """Pick up a newer committed version of the index, if any (and its model, when it was rebuilt with another)."""
+        if self.index is None:
+            return False
         changed = self.index.refresh()
         if self.index.manifest["model"]["hash"] != self.model.hash:  # checked every time: a failed load is retried
             self.model = load_bundle(self.index.model_dir, self._runtime)
@@ -78,13 +99,13 @@ class Engine:
     def item(self, item_id: int) -> dict:
         """Metadata of a live indexed item."""
         self.refresh()
-        return self.index.item(item_id)
+        return self._indexed().item(item_id)
 
     def info(self) -> dict:
         """The index's summary, with the runtime the model runs on here (and the measurement behind an "auto"
         choice)."""
         self.refresh()
-        return dict(self.index.info(), runtime=self.model.runtime, runtime_choice=self.model.encoder.runtime_choice)
+        return dict(self._indexed().info(), runtime=self.model.runtime, runtime_choice=self.model.encoder.runtime_choice)
 
     # --- embedding ---------------------------------------------------------------------------------------------
 
@@ -115,7 +136,7 @@ class Engine:
         for ref in by_id:
             try:
                 item_id = parse_id(ref)
-                self.index.item(item_id)
+                self._indexed().item(item_id)
                 vectors[ref] = self.index.vectors([item_id])[0]
             except SimengineError as exc:
                 errors[ref] = str(exc)
@@ -180,6 +201,7 @@ class Engine:
         if k < 1:
             raise SimengineError("k must be at least 1")
         self.refresh()
+        self._indexed()
         [(ref, q)] = self.resolve([image])
         sims, ids = self.index.search(q[None, :], k, where, params)
         ids, sims = ids[0][ids[0] >= 0], sims[0][ids[0] >= 0]
@@ -210,7 +232,7 @@ class Engine:
         from simengine.dedup.find import copies_in_index
 
         self.refresh()
-        decision, members = copies_in_index(self.index, self.model, image, name, k, self.max_pixels)
+        decision, members = copies_in_index(self._indexed(), self.model, image, name, k, self.max_pixels)
         return CopiesResult(name, [m.to_dict() for m in members], decision.to_dict())
 
     # --- batch -------------------------------------------------------------------------------------------------

@@ -42,16 +42,18 @@ class EmbedReport:
                 "seconds": round(self.seconds, 3), "backend": self.backend, "nodes": self.nodes}
 
 
-def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_dir: str | os.PathLike,
+def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_dir: str | os.PathLike | None = None,
                      shard_size: int = SHARD_SIZE, runtime: str = "auto", ray_address: str | None = None,
                      use_ray: bool = False, workers: int | None = None, path_column: str = "path",
                      labels: str = "auto", progress: bool = False) -> EmbedReport:
-    """Embed every image of `source` (a folder, a list or a table of paths) with the bundle at `model_dir` into
+    """Embed every image of `source` (a folder, a list or a table of paths) with the bundle at `model_dir` (or
+    "builtin"; None: the default model, see `model.builtin`) into
     shards under `out`. Finished shards of the same plan are kept (a rerun resumes); with `use_ray`, on the Ray
     cluster at `ray_address` (None: a local one on 127.0.0.1) with `workers` actors. One run at a time per `out`."""
     from filelock import FileLock, Timeout
 
     from simengine.data.sources import scan_source
+    from simengine.model.builtin import resolve_model_dir
     from simengine.model.bundle import load_bundle
 
     started = time.perf_counter()
@@ -59,7 +61,7 @@ def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_di
     collection = scan_source(source, labels=labels, path_column=path_column, progress=progress)
     if not collection.items:
         raise SimengineError(f"{source}: no images")
-    model = load_bundle(model_dir, runtime)
+    model = load_bundle(resolve_model_dir(model_dir), runtime)
     shards = plan_shards(collection.items, shard_size)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK), timeout=0)

@@ -139,24 +139,29 @@ class StoreDir:
 
 def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAULT_ROOT) -> Path:
     """--index DIR, else indexes/default, else the only index under indexes/."""
-
-    def is_index(p: Path) -> bool:
-        return (p / CURRENT).is_file() or (p / V1_MANIFEST).is_file()
-
     if index is not None:
         path = Path(index)
         StoreDir(path).require_format()
         return path
-    if is_index(root / "default"):
+    if _is_index(root / "default"):
         StoreDir(root / "default").require_format()
         return root / "default"
-    found = [p for p in sorted(root.glob("*")) if not p.name.startswith(".") and is_index(p)] if root.is_dir() else []
+    found = index_dirs(root)
     if len(found) == 1:
         StoreDir(found[0]).require_format()
         return found[0]
     if not found:
         raise IndexUnusableError(f"no index found under {root}/: build one with `simengine index build`")
     raise IndexUnusableError(f"several indexes under {root}/ ({', '.join(p.name for p in found)}): choose one with --index")
+
+
+def _is_index(path: Path) -> bool:
+    return (path / CURRENT).is_file() or (path / V1_MANIFEST).is_file()
+
+
+def index_dirs(root: Path = DEFAULT_ROOT) -> list[Path]:
+    """The indexes directly under `root` (hidden folders left out)."""
+    return [p for p in sorted(root.glob("*")) if not p.name.startswith(".") and _is_index(p)] if root.is_dir() else []
 
 
 def now_iso() -> str:

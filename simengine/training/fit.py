@@ -54,6 +54,9 @@ class TrainOptions:
     holdout: float = 0.1
     flip: bool = False
     seed: int = 0
+    # Make the int8 model (NNCF) of the backbone and gate it on val (else the holdout), when nncf and openvino are
+    # installed: `--runtime auto` runs it where it passes the gate and measures fastest.
+    int8: bool = True
 
     def __post_init__(self):
         if self.mining not in MINING:

@@ -114,7 +114,35 @@ def train_model(
     finally:
         shutil.rmtree(twin, ignore_errors=True)
     log.info("bundle written to %s in %.0f s", path, time.time() - started)
+    if opts.int8:
+        _int8_model(path, [train_items[i] for i in fit], val_items or [train_items[i] for i in hold], opts.seed,
+                    progress)
     return path
+
+
+def _int8_model(bundle: Path, calibration: list[Item], gate: list[Item], seed: int, progress: bool) -> None:
+    """The bundle's int8 model, calibrated on training images the heads were fitted on and gated on labelled images
+    none of that saw; a step that cannot run here (no NNCF, too few images) is said, not fatal."""
+    import random
+
+    from simengine.model.int8 import quantize_and_gate
+    from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES, int8_installed
+    from simengine.model.runtime_choice import GATE_TOLERANCE
+
+    if not int8_installed():
+        log.warning("no int8 model: NNCF and OpenVINO are not installed (pip install nncf openvino)")
+        return
+    if len(calibration) < MIN_CALIBRATION_IMAGES:
+        log.warning("no int8 model: %d training images, %d needed to calibrate it", len(calibration),
+                    MIN_CALIBRATION_IMAGES)
+        return
+    started = time.time()
+    sample = random.Random(seed).sample(calibration, min(CALIBRATION_IMAGES, len(calibration)))
+    result = quantize_and_gate(bundle, [i.path for i in sample], [(i.path, i.label) for i in gate], progress)
+    int8 = next(row for row in result["gate"] if row["runtime"] == "openvino-int8")
+    log.info("int8 model: gate %s on %d images (largest difference %.4f, tolerance %s) in %.0f s",
+             "passed" if int8["passes_gate"] else "FAILED", int8["images"], int8["largest_difference"],
+             GATE_TOLERANCE, time.time() - started)
 
 
 def _same_picture(encoder: Encoder, train_items: list[Item], x: np.ndarray, hold: np.ndarray, opts: TrainOptions,

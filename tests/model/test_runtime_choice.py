@@ -25,11 +25,44 @@ def test_openvino_fp32_agrees_with_onnxruntime(export):
 
 def test_the_choice_is_measured_once_and_recorded(export, monkeypatch):
     path, sha, shape = export
+    monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 0.0)
     runtime, record = runtime_choice.choose_runtime(path, sha, shape)
     assert runtime.name == record["chosen"] and record["chosen"] in {r["runtime"] for r in record["measured"]}
     assert all(r["mean_cosine_to_fp32"] > 0.999 for r in record["measured"] if "images_per_s" in r)
     monkeypatch.setattr(runtime_choice, "_measure", lambda *a: pytest.fail("measured again"))
     assert runtime_choice.choose_runtime(path, sha, shape)[1] == record == runtime_choice.recorded_choice(path, sha)
+
+
+def test_a_measurement_under_load_is_taken_again_once_the_machine_is_quiet(export, monkeypatch, tmp_path):
+    path, sha, shape = export
+    monkeypatch.setenv("SIMENGINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime_choice, "TIMED_ROUNDS", 1)
+    monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 1.7)
+    _, busy = runtime_choice.choose_runtime(path, sha, shape)
+    assert busy["provisional"] and busy["load_per_core"] == 1.7 and "under load" in runtime_choice.describe_choice(busy)
+    assert runtime_choice.recorded_choice(path, sha) == busy  # still busy: used as it is, not measured under load again
+    monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 0.1)
+    assert runtime_choice.recorded_choice(path, sha) is None
+    _, quiet = runtime_choice.choose_runtime(path, sha, shape)
+    assert not quiet["provisional"] and runtime_choice.recorded_choice(path, sha) == quiet
+    monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 1.7)
+    assert runtime_choice.recorded_choice(path, sha) == quiet  # a quiet measurement holds under load too
+
+
+def test_runtimes_are_timed_in_turn_and_judged_by_their_median(monkeypatch):
+    calls = []
+
+    class Slow:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, batch):
+            calls.append(self.name)
+
+    monkeypatch.setattr(runtime_choice, "TIMED_ROUNDS", 4)
+    seconds = runtime_choice._interleaved_seconds({"a": Slow("a"), "b": Slow("b"), "c": Slow("c")}, np.zeros(1))
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert {k: len(v) for k, v in seconds.items()} == {"a": 4, "b": 4, "c": 4}
 
 
 def test_bf16_needs_the_gate_on_this_machine(export, monkeypatch, tmp_path, request):
@@ -39,7 +72,7 @@ def test_bf16_needs_the_gate_on_this_machine(export, monkeypatch, tmp_path, requ
     monkeypatch.setenv("SIMENGINE_CACHE", str(tmp_path))
     cpu, flags = runtime_choice.cpu_facts()
     monkeypatch.setattr(runtime_choice, "cpu_facts", lambda: (cpu, [*flags, "amx_bf16"]))
-    monkeypatch.setattr(runtime_choice, "TIMED_RUNS", 1)
+    monkeypatch.setattr(runtime_choice, "TIMED_ROUNDS", 1)
     runtime_choice._machine.cache_clear()  # what the machine is, read again under the patched flags
     request.addfinalizer(runtime_choice._machine.cache_clear)
     _, record = runtime_choice.choose_runtime(path, sha, shape)
@@ -82,7 +115,7 @@ def test_an_int8_model_is_measured_but_chosen_only_after_a_passing_gate(export, 
 
     path, sha, shape = export
     monkeypatch.setenv("SIMENGINE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime_choice, "TIMED_RUNS", 1)
+    monkeypatch.setattr(runtime_choice, "TIMED_ROUNDS", 1)
     onnx = tmp_path / "backbone.onnx"
     onnx.write_bytes(path.read_bytes())
     _, before = runtime_choice.choose_runtime(onnx, sha, shape)
@@ -124,7 +157,7 @@ def counted(*args):
     time.sleep(0.5)
     return measure(*args)
 runtime_choice._measure = counted
-runtime_choice.TIMED_RUNS = 1
+runtime_choice.TIMED_ROUNDS = 1
 with open(log, "a") as out:
     out.write("arrived\\n")
 runtime, record = runtime_choice.choose_runtime(sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3])))
