@@ -120,7 +120,8 @@ def scale_run(n: int, dim: int, copies: int, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=Path("indexes/default-model"))
+    parser.add_argument("--model", default=None,
+                        help="a bundle, or builtin (default: indexes/default-model, else the built-in model)")
     parser.add_argument("--originals", type=int, default=300)
     parser.add_argument("--distractors", type=int, default=900)
     parser.add_argument("--scale-n", type=int, default=100_000)
@@ -133,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from simengine.dedup.calibrate import read_same_picture
+    from simengine.model.builtin import resolve_model_dir
 
+    args.model = resolve_model_dir(args.model)
     stored = read_same_picture(args.model)
     if stored is None:
         raise SystemExit(f"{args.model} has no same-picture calibration: run simengine dedup-calibrate first")

@@ -530,10 +530,14 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
     simengine query a.jpg --k 5         nearest neighbours, verified by the pair head
     simengine query a.jpg --k 5 --where "label = :l" --param l=n01440764
     simengine query --pairs set.csv     batch mode, with a classification report if labelled
+
+    Where there is no index yet (none under indexes/, no --index), pairs and triplets are answered with the default
+    model: indexes/default-model when one was trained, else the built-in model.
     """
     from simengine.errors import SimengineError
     from simengine.query.engine import Engine
     from simengine.query.refs import parse_refs
+    from simengine.store.layout import index_dirs
 
     batch = [p for p in (pairs_csv, triplets_csv) if p]
     if batch and images:
@@ -550,7 +554,10 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
         parse_refs(images)
     if (where or params) and k is None:
         raise SimengineError("--where and --param filter nearest neighbours: give one image with --k")
-    engine = Engine.open(index_dir, mode, runtime)
+    if index_dir is None and not index_dirs():  # no index yet: a pair or a triplet needs only the model
+        engine = Engine.for_model(None, mode, runtime)
+    else:
+        engine = Engine.open(index_dir, mode, runtime)
     if batch:
         for csv_path, width in ((pairs_csv, 2), (triplets_csv, 3)):
             if csv_path:

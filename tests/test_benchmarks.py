@@ -186,3 +186,17 @@ def test_build_scale_script(built_index, tmp_path):
     assert data["shards"] == 4 and data["recall_at_10"] > 0.5 and data["batched_qps"] > 0
     assert [s["nprobe"] for s in data["nprobe_sweep"]] == [4, 8, 16]  # around the tuned 8
     assert data["build_peak_rss_bytes"] > 0 and not (tmp_path / "work").exists()  # a tiny index may reuse freed RAM
+
+
+def test_first_run_script(fixture_data, bundle_dir, tmp_path):
+    import first_run
+
+    first_run.main(["--folder", str(fixture_data / "train"), "--images", "8", "--eval", str(fixture_data / "val"),
+                    "--model", str(bundle_dir), "--rounds", "1", "--out", str(tmp_path)])
+    data = _written(tmp_path, "first_run")
+    run = data["first_run"]
+    assert run["build_output"].startswith("index ") and run["neighbours"] == 5
+    assert len(run["prepared_once"]) == 1 and run["cache_mb"]["models"] > 0
+    assert set(data["build_rate"]["images_per_s"]) == {"auto", "onnxruntime"}
+    [accuracy] = data["accuracy"].values()
+    assert set(accuracy) == {"built-in", "trained"} and all(m["images"] == 12 for m in accuracy.values())

@@ -279,6 +279,16 @@ def test_cli_build_without_model_uses_the_builtin_one_and_says_how_to_train(tmp_
     assert code == 0 and f"run `simengine index build --data {fixture_data}`" in out
 
 
+def test_cli_query_without_an_index_answers_pairs_with_the_builtin_model(tmp_path, monkeypatch, val):
+    monkeypatch.chdir(tmp_path)  # no indexes/ here
+    code, out = run("query", "--json", val["coffee"][0], val["coffee"][1])
+    assert code == 0 and json.loads(out)["same"] is True
+    code, out = run("query", val["coffee"][0], val["rocket"][0], val["chelsea"][0])
+    assert code == 0 and "at least two share a class: NO" in out
+    code, out = run("query", val["coffee"][0], "--k", "3")
+    assert code == 1 and "no index: build one with `simengine index build PHOTOS`" in out
+
+
 def test_cli_dedup_reports_then_moves_only_with_yes(fixture_data, bundle_dir, tmp_path):
     import shutil
 

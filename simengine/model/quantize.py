@@ -109,6 +109,8 @@ def quantize_backbone(onnx_path: str | os.PathLike, export_sha256: str, load_ima
 
 def _quantize(onnx_path: Path, batches: list[np.ndarray], progress: bool):
     """NNCF's post-training quantization of the export, calibrated on `batches`; and the layers kept in float."""
+    # NNCF imports torch's C++ extension helper, which warns "No CUDA runtime is found" on every machine without one.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         import nncf
         import openvino as ov

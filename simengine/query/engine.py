@@ -25,7 +25,7 @@ from simengine.model.builtin import resolve_model_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
-from simengine.store.layout import index_dirs, resolve_index_dir
+from simengine.store.layout import resolve_index_dir
 
 
 class Engine:
@@ -45,10 +45,8 @@ class Engine:
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None, mode: str | None = None, runtime: str = "auto",
              max_pixels: int = MAX_PIXELS) -> "Engine":
-        """The engine of an index (by default indexes/default, or the only one under indexes/; where there is none,
-        the default model's, see `for_model`); images over `max_pixels` are refused."""
-        if index_dir is None and not index_dirs():
-            return cls.for_model(None, mode, runtime, max_pixels)
+        """The engine of an index (by default indexes/default, or the only one under indexes/); images over
+        `max_pixels` are refused."""
         return cls.over(Index(resolve_index_dir(index_dir)), mode, runtime, max_pixels)
 
     @classmethod

@@ -83,3 +83,18 @@ def _photo() -> Path:
     import skimage
 
     return Path(skimage.data.data_dir) / "chelsea.png"
+
+
+def test_its_int8_model_comes_back_and_its_gate_verdict_holds_where_the_kernels_are_the_same():
+    from simengine.model.bundle import ONNX_FILES
+    from simengine.model.quantize import int8_model, int8_sha256
+    from simengine.model.runtime_choice import _gate_machine, gate_result
+
+    path = builtin.builtin_model_dir()
+    shipped = json.loads((builtin.DATA_DIR / builtin.GENERAL / builtin.INT8_FACTS).read_text())
+    export = read_config(path)["onnx"]["backbone"]["sha256"]
+    _, record = int8_model(path / ONNX_FILES["backbone"], export)
+    assert record["bin_sha256"] == shipped["facts"]["bin_sha256"]  # the calibrated model, byte for byte
+    verdict = next(v for v in shipped["verdicts"] if v["runtime"] == "openvino-int8")
+    same_kernels = all(_gate_machine()[k] == verdict["machine"][k] for k in ("cpu_flags", "arch", "openvino"))
+    assert (gate_result(int8_sha256(record), "openvino-int8") is not None) == same_kernels

@@ -87,6 +87,19 @@ def test_bf16_needs_the_gate_on_this_machine(export, monkeypatch, tmp_path, requ
     assert bf16["gate"]["passed"] and bf16["eligible"]
 
 
+def test_a_verdict_given_elsewhere_is_adopted_only_where_the_kernels_are_the_same(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIMENGINE_CACHE", str(tmp_path))
+    metrics = {"precision_at_1": 0.986, "map_at_r": 0.978}
+    elsewhere = runtime_choice.record_gate("a" * 64, "openvino-int8", metrics, metrics)
+    elsewhere["machine"] = dict(elsewhere["machine"], cpu="Another CPU")
+    assert runtime_choice.adopt_gate(elsewhere, "b" * 64)
+    adopted = runtime_choice.gate_result("b" * 64, "openvino-int8")
+    assert adopted["passed"] and adopted["measured_on"] == "Another CPU"
+    other_flags = dict(elsewhere, machine=dict(elsewhere["machine"], cpu_flags=["sse4_2"]))
+    assert not runtime_choice.adopt_gate(other_flags, "c" * 64)
+    assert runtime_choice.gate_result("c" * 64, "openvino-int8") is None
+
+
 def test_named_runtimes_and_bad_names(encoder):
     from simengine.errors import SimengineError
     from simengine.model.encoder import Encoder

@@ -198,3 +198,22 @@ def test_classifier_stays_frozen_while_the_projection_trains():
     without = TrainOptions(**{**opts.to_dict(), "posteriors": False})
     plain, _ = train_embedding_head(x[fit], y[fit], x[hold], y[hold], without, classifier=(weight, bias))
     assert plain.dim == 8
+
+
+def test_training_makes_the_int8_model_and_gates_it_with_both_heads(fixture_data, tiny_options, tmp_path):
+    import dataclasses
+
+    from simengine.model import runtime_choice
+    from simengine.model.bundle import ONNX_FILES
+    from simengine.model.general import GENERAL_DIR
+    from simengine.model.quantize import int8_model, int8_sha256
+    from simengine.training.pipeline import train_model
+
+    bundle = train_model(fixture_data, tmp_path / "bundle", dataclasses.replace(tiny_options, int8=True))
+    export = read_config(bundle)["onnx"]["backbone"]["sha256"]
+    _, record = int8_model(bundle / ONNX_FILES["backbone"], export)
+    assert record["calibration_images"] >= 16  # training images outside the holdout
+    assert int8_model(bundle / GENERAL_DIR / ONNX_FILES["backbone"], export)[1] == record  # the twin runs it too
+    verdict = runtime_choice.gate_result(int8_sha256(record), "openvino-int8")
+    assert verdict is not None  # gated on val, so that `--runtime auto` may choose it
+    assert {"precision_at_1", "general_precision_at_1", "general_pair_accuracy"} <= set(verdict["measured"])
