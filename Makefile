@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # --data, else $SIMENGINE_DATA, else the shared copy beside this checkout, else ./data/imagenette2-160.
 DATA ?= $(firstword $(SIMENGINE_DATA) $(wildcard ../shared/data/imagenette2-160) data/imagenette2-160)
 VAL := $(DATA)/val
+# A collection unlike ImageNet, for the first-run benchmark (its new folder and a second accuracy split).
+TRASHNET ?= $(firstword $(wildcard ../shared/data/trashnet-256) data/trashnet-256)
 
 .PHONY: install demo test fuzz bench bench-ablation builtin-model clean-index
 
@@ -45,6 +47,8 @@ bench: install
 	$(BIN)/python benchmarks/unseen_classes.py --data $(DATA)
 	$(BIN)/python benchmarks/collection.py --data $(DATA) --model indexes/default-model --n 10000
 	$(BIN)/python benchmarks/dedup.py --data $(DATA) --model indexes/default-model
+	$(BIN)/python benchmarks/dedup.py --data $(DATA) --model builtin --name dedup_builtin --no-leakage
+	$(BIN)/python benchmarks/first_run.py --folder $(TRASHNET)/train --eval $(VAL) $(TRASHNET)/val --model indexes/default-model
 
 # Regenerate the built-in model's package data (simengine/model/builtin_data/) from Imagenette: about 2 min with the
 # feature cache warm, 10 without; see PROVENANCE.json there.

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    result: dict = {"images": args.images, "folder": args.folder.name}
+    result: dict = {"images": args.images, "folder": f"{args.folder.parent.name}/{args.folder.name}"}
     with tempfile.TemporaryDirectory(prefix="simengine-first-run-") as tmp:
         work = Path(tmp)
         photos = new_folder(args.folder, work / "photos", args.images, args.seed)
@@ -164,13 +164,13 @@ def markdown(r: dict) -> str:
         f"{r['images']} JPEG files of `{r['folder']}` copied into a new folder; a fresh HOME with no cache; the "
         "`simengine` command as a person runs it (each step a new process).",
         "",
-        table(["step", "seconds"], [
+        table(["step", "seconds"], [[step, f"{seconds:.1f}"] for step, seconds in [
             ["`index build FOLDER` (prepares the built-in model, then embeds)", f["index_build_seconds"]],
             ["`query IMAGE --k 5`", f["first_query_seconds"]],
             ["**first answer** (the two above)", f["first_answer_seconds"]],
             ["`dedup FOLDER` after the build (cache filled)", f["dedup_after_build_seconds"]],
             ["`dedup FOLDER` from an empty cache", f["dedup_from_empty_cache_seconds"]],
-        ]),
+        ]]),
         "",
         f"Build: {f['build_output']}  ",
         f"Runtime chosen by `auto`: {f['runtime']}  ",
@@ -180,7 +180,7 @@ def markdown(r: dict) -> str:
         f"{len(rate['seconds']['auto'])} builds each, interleaved)",
         "",
         table(["path", "images/s", "builds (s)"],
-              [[name, rate["images_per_s"][key], ", ".join(f"{s:.1f}" for s in rate["seconds"][key])]
+              [[name, f"{rate['images_per_s'][key]:.1f}", ", ".join(f"{s:.1f}" for s in rate["seconds"][key])]
                for name, key in (("default (`--runtime auto`)", "auto"), ("ONNX Runtime fp32", "onnxruntime"))]),
         "",
         f"Default over ONNX Runtime fp32: **{rate['default_over_onnxruntime']:.2f}×**.",

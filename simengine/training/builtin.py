@@ -58,7 +58,9 @@ def make_builtin(data: str | Path, out: str | Path = DATA_DIR / GENERAL, seed: i
         try:
             save_file(pair, str(staged / PAIR_HEAD))
             (staged / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-            shutil.copyfile(twin / SAME_PICTURE, staged / SAME_PICTURE)
+            same_picture = json.loads((twin / SAME_PICTURE).read_text())
+            same_picture["calibrated_on"] = same_picture["calibrated_on"].replace(str(data), data.name)
+            (staged / SAME_PICTURE).write_text(json.dumps(same_picture, indent=2) + "\n")
             _ship_int8(twin, staged)
             record = _provenance(data, config, staged, seed, time.time() - started)
             (staged / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
