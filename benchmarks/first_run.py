@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["accuracy"] = {f"{folder.parent.name}/{folder.name}": {name: accuracy(path, folder, args.seed)
                                                                   for name, path in models.items()}
                           for folder in args.eval}
-    write(args.name, result, markdown(result))
+    write(args.name, result, markdown(result), args.out)
     return result
 
 

@@ -11,6 +11,7 @@ The public face (imported on first use, so that `import simengine` stays light a
     scan_source                     the items of a folder, list or table (data/)
     find_duplicates, dedup_collection   duplicate groups; the whole `simengine dedup` job (dedup/)
     load_bundle, Encoder            the model (model/)
+    builtin_model_dir               the built-in model, prepared once into the cache (no training, offline)
     quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
     embed_collection                embeddings of a collection as shards, locally or on Ray (shards/)
     train_model                     train both heads into a bundle (training/, imports torch)
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from simengine.index.sync import sync_index
     from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
     from simengine.index.verify import verify_index
+    from simengine.model.builtin import builtin_model_dir
     from simengine.model.bundle import load_bundle
     from simengine.model.encoder import Encoder
     from simengine.model.int8 import quantize_model
@@ -59,6 +61,7 @@ _EXPORTS = {
     "find_duplicates": "simengine.dedup.find",
     "dedup_collection": "simengine.dedup.job",
     "load_bundle": "simengine.model.bundle",
+    "builtin_model_dir": "simengine.model.builtin",
     "Encoder": "simengine.model.encoder",
     "quantize_model": "simengine.model.int8",
     "embed_collection": "simengine.shards.embed",

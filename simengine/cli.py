@@ -535,7 +535,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
     model: indexes/default-model when one was trained, else the built-in model.
     """
     from simengine.errors import SimengineError
-    from simengine.query.engine import Engine
+    from simengine.query.engine import NO_INDEX, Engine
     from simengine.query.refs import parse_refs
     from simengine.store.layout import index_dirs
 
@@ -555,6 +555,8 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
     if (where or params) and k is None:
         raise SimengineError("--where and --param filter nearest neighbours: give one image with --k")
     if index_dir is None and not index_dirs():  # no index yet: a pair or a triplet needs only the model
+        if k is not None:
+            raise SimengineError(NO_INDEX)  # before preparing a model for nothing
         engine = Engine.for_model(None, mode, runtime)
     else:
         engine = Engine.open(index_dir, mode, runtime)
@@ -719,20 +721,22 @@ def quantize(ctx, model_dir, data_dir, images, gate_images, gate, as_json):
 
     result = quantize_model(model_dir, data_dir, images, gate_images, gate, progress=_progress(ctx))
     rows = result["gate"] or []
-    passed = all(r["passes_gate"] for r in rows) if rows else None
+    int8 = next((r for r in rows if r["runtime"] == "openvino-int8"), None)  # bf16 may be gated beside it
+    passed = int8["passes_gate"] if int8 else None
     if as_json:
         _echo_json(dict(result, passed=passed))
     else:
         record = result["int8"]
-        click.echo(f"{model_dir}: int8 backbone written (calibrated on {record['calibration_images']} images, "
+        click.echo(f"{result['model']}: int8 backbone written (calibrated on {record['calibration_images']} images, "
                    f"{record['calibration_skipped']} skipped; kept in float: {', '.join(record['kept_in_float'])})")
         for r in rows:
             click.echo(f"  {r['runtime']:14s} P@1 {r['precision_at_1']:.4f}  MAP@R {r['map_at_r']:.4f}  "
                        f"in the fp32 index: P@1 {r['precision_at_1_in_fp32_index']:.4f}  "
                        f"pair {r['pair_accuracy']:.4f}  triplet {r['triplet_accuracy']:.4f}  "
-                       f"largest difference {r['largest_difference']:.4f}")
+                       f"largest difference {r['largest_difference']:.4f}"
+                       + ("" if r["passes_gate"] else "  (beyond the gate)"))
         click.echo("gate not run: --runtime auto will not choose int8" if passed is None else
-                   f"gate {'passed' if passed else 'FAILED'} on {rows[0]['images']} images (tolerance 0.002): "
+                   f"int8 gate {'passed' if passed else 'FAILED'} on {rows[0]['images']} images (tolerance 0.002): "
                    f"--runtime auto {'may choose' if passed else 'will not choose'} int8 on this machine")
     if passed is False:
         ctx.exit(1)

@@ -32,12 +32,22 @@ def hermetic_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def builtin_model(hermetic_cache) -> Path:
+    """The built-in model, prepared before any other model loads (the encoder asks for it first): the gate verdicts
+    it brings (bf16 on CPUs that have it) then hold for the whole session, so that `--runtime auto` does not change
+    its choice half-way through."""
+    from simengine.model.builtin import builtin_model_dir
+
+    return builtin_model_dir()
+
+
+@pytest.fixture(scope="session")
 def fixture_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"), {"train": 8, "val": 3})
 
 
 @pytest.fixture(scope="session")
-def encoder():
+def encoder(builtin_model):
     from simengine.model.encoder import Encoder
 
     return Encoder.load()

@@ -263,13 +263,15 @@ def test_cli_unlabelled_folder_build_filter_query_and_sync(fixture_data, bundle_
     assert code == 0 and len(json.loads(out)["removed"]) == 1 and json.loads(out)["version"] == 2
 
 
-def test_cli_build_without_model_uses_the_builtin_one_and_says_how_to_train(tmp_path, val, fixture_data):
+def test_cli_build_without_model_uses_the_builtin_one_and_says_how_to_train(tmp_path, val, fixture_data,
+                                                                            monkeypatch):
     import shutil
 
     from simengine.index.reader import Index
     from simengine.model.builtin import builtin_model_dir
     from simengine.model.bundle import bundle_hash
 
+    monkeypatch.chdir(tmp_path)  # no indexes/default-model here
     (tmp_path / "photos").mkdir()
     shutil.copy(val["coffee"][0], tmp_path / "photos" / "a.jpg")
     code, out = run("index", "build", tmp_path / "photos", "--out", tmp_path / "index")

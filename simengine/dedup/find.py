@@ -108,7 +108,8 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
                     progress: bool = False) -> DuplicateReport:
     """Duplicate groups in `source` (a folder, a list of paths or a table; see `data.sources.scan_source`), or of
     `source` against `against` (an index directory or another source). The model is `model_dir`, else the index's
-    when `against` is one, else indexes/default-model; its stored same-picture decision is used unless `decision`
+    when `against` is one, else the default model (see `model.builtin`; "builtin" names the built-in one); its stored
+    same-picture decision is used unless `decision`
     is given. Unreadable files are reported in `skipped`, never fatal."""
     from simengine.data.sources import scan_source
     from simengine.model.bundle import load_bundle

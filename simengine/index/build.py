@@ -131,7 +131,7 @@ def _train_for(source: Path, out: Path, runtime: str, train_options, finetune_op
 
     if not (source.is_dir() and is_image_folder(source)):
         raise SimengineError(f"{source} is not an ImageFolder dataset (train/<class>/...), so no model can be "
-                             "trained on it; without training it is indexed with the built-in model")
+                             "trained on it; give it as SOURCE to index it with the default model")
     from simengine.training.fit import TrainOptions
     from simengine.training.pipeline import train_model
 

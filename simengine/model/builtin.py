@@ -41,7 +41,7 @@ LOCK_TIMEOUT_S = 900.0
 def data_files(name: str = GENERAL) -> list[Path]:
     """The package data of built-in model `name`, sorted: what its cache folder's name is a digest of."""
     folder = DATA_DIR / name
-    if not (folder / CONFIG).is_file():
+    if name not in known():
         raise SimengineError(f"no built-in model {name!r} in this installation ({folder}); "
                              f"known: {', '.join(known()) or 'none'}")
     return sorted(p for p in folder.iterdir() if p.is_file())
@@ -71,8 +71,8 @@ def builtin_model_dir(name: str = GENERAL) -> Path:
             if not _complete(target):  # another process may have made it while this one waited
                 _materialise(name, target)
     except Timeout:
-        raise SimengineError(f"{target}: another process has been preparing the built-in model for "
-                             f"{LOCK_TIMEOUT_S:.0f} s; remove {target.with_suffix('.lock')} if it died") from None
+        raise SimengineError(f"{target}: another process is still preparing the built-in model after "
+                             f"{LOCK_TIMEOUT_S:.0f} s; try again when it is done") from None
     return target
 
 
@@ -96,6 +96,8 @@ def _materialise(name: str, target: Path) -> None:
     from simengine.model.encoder import Encoder
     from simengine.model.heads import EmbeddingHead, PairHead
 
+    for leftover in target.parent.glob(f".{target.name}.*"):  # from a process killed while preparing it
+        shutil.rmtree(leftover, ignore_errors=True)
     source = DATA_DIR / name
     config = json.loads((source / CONFIG).read_text())
     log.warning("preparing the built-in model %r once (ONNX export of the backbone) into %s", name, target)
@@ -122,7 +124,10 @@ def _materialise(name: str, target: Path) -> None:
             raise BundleError(f"the built-in model's heads came out as {got[:12]}, not {expected[:12]} as when it "
                               "was made: regenerate it with `make builtin-model`")
         if (source / INT8_FACTS).is_file():
-            _restore_int8(source, built)
+            try:
+                _restore_int8(source, built)
+            except Exception as exc:  # the model is whole without it: full precision
+                log.warning("the built-in model runs without its int8 model: %s", exc)
         if target.exists():  # an incomplete one from a process that was killed
             shutil.rmtree(target)
         os.replace(built, target)
@@ -146,6 +151,10 @@ def _restore_int8(source: Path, bundle: Path) -> None:
         record = restore_int8(bundle / ONNX_FILES["backbone"], export,
                               tuple(config["encoder"]["data_config"]["input_size"]), dict(delta), shipped["facts"])
     if record is None:
+        return
+    if record["nncf"] != shipped["facts"]["nncf"]:
+        log.warning("the built-in int8 model was rebuilt with NNCF %s, gated with %s: not used until gated here",
+                    record["nncf"], shipped["facts"]["nncf"])
         return
     for verdict in shipped["verdicts"]:
         if verdict["runtime"] == "openvino-int8":

@@ -139,13 +139,11 @@ def recorded_choice(onnx_path: str | os.PathLike, export_sha256: str) -> dict[st
     record = _read(_choice_path(onnx_path, export_sha256))
     if record is None or record.get("machine") != _machine() or record.get("export_sha256") != export_sha256:
         return None
-    if record.get("provisional") and _load_per_core() <= LOAD_LIMIT:
-        return None  # taken under load, and the machine is quiet now
     if [row["runtime"] for row in record["measured"]] != candidates(record["machine"]["cpu_flags"], onnx_path,
                                                                     export_sha256):
         return None
     for row in record["measured"]:
-        if row["runtime"].endswith(REDUCED) and (
+        if row["runtime"].endswith(REDUCED) and "error" not in row and (
                 row.get("model_sha256") != runtime_model_sha256(onnx_path, export_sha256, row["runtime"])
                 or row.get("gate") != gate_result(row["model_sha256"], row["runtime"])):
             return None
@@ -155,12 +153,12 @@ def recorded_choice(onnx_path: str | os.PathLike, export_sha256: str) -> dict[st
 def choose_runtime(onnx_path: str | os.PathLike, export_sha256: str, input_shape: tuple[int, ...]
                    ) -> tuple[Runtime, dict[str, Any]]:
     """The fastest eligible runtime for this export on this machine, and the record of why (measured once, then
-    read from the record)."""
+    read from the record; a provisional one is measured again once the machine is quiet)."""
     record = recorded_choice(onnx_path, export_sha256)
-    if record is None:
+    if record is None or _to_measure_again(record):
         with _measurement_lock():
             record = recorded_choice(onnx_path, export_sha256)  # measured by another process while this one waited
-            if record is None:
+            if record is None or _to_measure_again(record):
                 record = _measure(onnx_path, export_sha256, input_shape, _machine())
                 _write(_choice_path(onnx_path, export_sha256), record)
     chosen = next((row for row in record["measured"] if row["runtime"] == record["chosen"]), {})
@@ -195,6 +193,11 @@ def _measurement_lock() -> Iterator[None]:
             lock.release()
 
 
+def _to_measure_again(record: dict[str, Any]) -> bool:
+    """A measurement taken under load, while the machine is quiet now."""
+    return bool(record.get("provisional")) and _load_per_core() <= LOAD_LIMIT
+
+
 def _load_per_core() -> float:
     try:
         return os.getloadavg()[0] / usable_cores()
@@ -219,8 +222,11 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
         except Exception as exc:  # an optional runtime that fails here is not a candidate
             rows.append({"runtime": name, "error": str(exc)})
             runtimes.pop(name, None)
-    seconds = _interleaved_seconds(runtimes, probe)
+    seconds, errors = _interleaved_seconds(runtimes, probe)
+    rows += [{"runtime": name, "error": error} for name, error in errors.items()]
     for name, runtime in runtimes.items():
+        if name in errors:
+            continue
         cosine = float(np.mean(row_cosines(outputs[name], reference)))
         row = {"runtime": name, "images_per_s": round(PROBE_BATCH / float(np.median(seconds[name])), 1),
                "mean_cosine_to_fp32": round(cosine, 6)}
@@ -242,17 +248,24 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
     return record
 
 
-def _interleaved_seconds(runtimes: dict[str, Runtime], probe: np.ndarray) -> dict[str, list[float]]:
+def _interleaved_seconds(runtimes: dict[str, Runtime], probe: np.ndarray
+                         ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Seconds per call of each runtime over TIMED_ROUNDS rounds, each round running every runtime once, starting
-    with a different one each time."""
-    names, seconds = list(runtimes), {name: [] for name in runtimes}
+    with a different one each time; and the error of each that failed on the way (it runs no more)."""
+    names, seconds, errors = list(runtimes), {name: [] for name in runtimes}, {}
     for round_ in range(TIMED_ROUNDS):
         first = round_ % len(names) if names else 0
         for name in names[first:] + names[:first]:
+            if name in errors:
+                continue
             started = time.perf_counter()
-            runtimes[name](probe)
+            try:
+                runtimes[name](probe)
+            except Exception as exc:  # an optional runtime that fails here is not a candidate
+                errors[name] = str(exc)
+                continue
             seconds[name].append(time.perf_counter() - started)
-    return seconds
+    return {name: s for name, s in seconds.items() if name not in errors}, errors
 
 
 def describe_choice(record: dict[str, Any]) -> str:

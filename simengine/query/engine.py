@@ -1,6 +1,7 @@
 """The query layer: pair-match, "at least two of three", and verified nearest neighbours, over an index and a model.
 
-Nothing on this path imports torch: the model runs on ONNX Runtime, the index is FAISS + SQLite.
+Nothing on this path imports torch once the model is prepared: the model runs on ONNX Runtime or OpenVINO, the index
+is FAISS + SQLite (preparing the built-in model the first time exports it from torch).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from simengine.model.bundle import Model, load_bundle
 from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
 from simengine.store.layout import resolve_index_dir
+
+NO_INDEX = "no index: build one with `simengine index build PHOTOS` (a pair or a triplet of images needs none)"
 
 
 class Engine:
@@ -68,8 +71,7 @@ class Engine:
 
     def _indexed(self) -> Index:
         if self.index is None:
-            raise SimengineError("no index: build one with `simengine index build PHOTOS` (a pair or a triplet of "
-                                 "images needs none)")
+            raise SimengineError(NO_INDEX)
         return self.index
 
     @property

