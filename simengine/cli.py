@@ -221,7 +221,7 @@ def _source_options(recorded: bool = False):
 
 @index.command("build")
 @click.argument("source", required=False, type=click.Path())
-@click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root, as SOURCE (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
+@click.option("--data", "data_dir", type=click.Path(), help="An ImageFolder dataset to train a model on (unless --model) and index; with neither SOURCE nor --data: $SIMENGINE_DATA or ./data/imagenette2-160.")
 @click.option("--split", default="train", show_default=True, help="Split(s) of an ImageFolder dataset to index, comma-separated (e.g. train,val).")
 @_source_options()
 @click.option("--model", "model_dir", metavar="DIR|builtin", help="Model bundle, or `builtin` (default: indexes/default-model "
@@ -253,7 +253,8 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
     removed; readers and servers move over without a restart).
 
     \b
-    SOURCE is one of:
+    SOURCE is indexed with --model, else indexes/default-model where one was trained, else the built-in model (no
+    training); --data DATASET trains a model on an ImageFolder dataset first. SOURCE is one of:
       an ImageFolder dataset   root/train/<class>/*.jpg (labels from the class folders; --split picks splits)
       any folder               searched recursively for images; hidden files skipped; unlabelled unless --labels folders
       a text file              one image path per line
