@@ -277,8 +277,17 @@ def test_cli_build_without_model_uses_the_builtin_one_and_says_how_to_train(tmp_
     code, out = run("index", "build", tmp_path / "photos", "--out", tmp_path / "index")
     assert code == 0 and "1 items" in out and "--data" not in out
     assert Index(tmp_path / "index").manifest["model"]["hash"] == bundle_hash(builtin_model_dir())
+    assert "held out from training" not in out  # nothing to say of training data for an unlabelled folder
     code, out = run("index", "build", fixture_data, "--out", tmp_path / "labelled")
     assert code == 0 and f"run `simengine index build --data {fixture_data}`" in out
+
+
+def test_cli_build_of_a_wrong_path_fails_before_preparing_a_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIMENGINE_CACHE", str(tmp_path / "empty-cache"))
+    code, out = run("index", "build", tmp_path / "nothing")
+    assert code == 1 and "no such file" in out and len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "empty-cache" / "models").exists()
 
 
 def test_cli_query_without_an_index_answers_pairs_with_the_builtin_model(tmp_path, monkeypatch, val):

@@ -86,13 +86,13 @@ def build_index(
         return Built(out, report, model.path if isinstance(model, Model) else model)
     if train:
         model = _train_for(Path(source), out, runtime, train_options, finetune_options, backbone, weights, progress)
-    model = _resolved(model)
     if isinstance(source, (str, os.PathLike)):
         items, build_info, skipped = _scan(Path(source), splits, labels, path_column, progress)
     else:
         items, build_info, skipped = list(source), {}, []
     if not items:
         raise SimengineError("no image could be embedded; nothing to index")
+    model = _resolved(model)  # after the scan: a wrong path is said before the built-in model is prepared
     loaded = model if isinstance(model, Model) else load_bundle(model, runtime)
     chosen, choice = _model_for_collection(loaded, items, embedding, runtime, progress)
     report = _embed_and_commit(items, chosen, out, in_place, index_type, target_far, seed,

@@ -27,12 +27,12 @@ def calibrate_index(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model: 
     labelled = [n for n, r in enumerate(rows) if r["label"] is not None]
     held = [n for n in labelled if rows[n]["sha256"] in holdout]
     source = "indexed items held out from training"
+    if len(labelled) < 6 or len({rows[n]["label"] for n in labelled}) < 3:  # an unlabelled collection, say
+        log.info("too few labelled items to calibrate on: the model's own thresholds are kept (an estimate here)")
+        return dataclasses.replace(model.calibration, source=f"{UNCALIBRATED} ({model.calibration.source})")
     if len(held) < MIN_HOLDOUT or len({rows[n]["label"] for n in held}) < 3:
         log.warning("fewer than %d indexed items were held out from training: calibrating on all indexed items, "
                     "which may overlap the training data", MIN_HOLDOUT)
         held, source = labelled, "all indexed items (may overlap training data)"
-    if len(held) < 6 or len({rows[n]["label"] for n in held}) < 3:
-        log.warning("too few labelled items to calibrate; keeping the model's own calibration")
-        return dataclasses.replace(model.calibration, source=f"{UNCALIBRATED} ({model.calibration.source})")
     return calibrate_decisions(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, source,
                                target_far=target_far, seed=seed)

@@ -13,6 +13,7 @@ the first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from simengine.errors import BundleError, SimengineError
 from simengine.files import cache_dir, sha256_file
@@ -69,7 +70,8 @@ def builtin_model_dir(name: str = GENERAL) -> Path:
     try:
         with FileLock(str(target.with_suffix(".lock")), timeout=LOCK_TIMEOUT_S):
             if not _complete(target):  # another process may have made it while this one waited
-                _materialise(name, target)
+                with _quiet("simengine.model.encoder", "simengine.model.backbones"):  # its own line says it all
+                    _materialise(name, target)
     except Timeout:
         raise SimengineError(f"{target}: another process is still preparing the built-in model after "
                              f"{LOCK_TIMEOUT_S:.0f} s; try again when it is done") from None
@@ -131,6 +133,20 @@ def _materialise(name: str, target: Path) -> None:
         if target.exists():  # an incomplete one from a process that was killed
             shutil.rmtree(target)
         os.replace(built, target)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Only warnings from these loggers meanwhile."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _restore_int8(source: Path, bundle: Path) -> None:

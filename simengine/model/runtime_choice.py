@@ -244,7 +244,8 @@ def _measure(onnx_path, export_sha256: str, input_shape: tuple[int, ...], machin
     record = {"export_sha256": export_sha256, "machine": machine, "measured": rows, "chosen": chosen,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_per_core": round(load, 2),
               "rounds": TIMED_ROUNDS, "provisional": load > LOAD_LIMIT}
-    log.info("embedding runtime: %s", describe_choice(record))
+    log.info("embedding runtime measured: %s (`simengine index info` says why)", chosen)
+    log.debug("embedding runtime: %s", describe_choice(record))
     return record
 
 
