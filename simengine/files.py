@@ -5,9 +5,11 @@ Every layer may import this module; it imports nothing of simengine's.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 # Temporary files of `write_durably` end with this; whoever owns a folder may delete leftovers of a crash.
@@ -15,9 +17,13 @@ TMP_SUFFIX = ".tmp"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes: the identity of images, weights, bundles and index files."""
+    """Hex sha256 of a regular file's bytes: the identity of images, weights, bundles and index files. Anything else
+    (a FIFO, a device) raises OSError at once: it is opened without blocking, so a FIFO named like an image never
+    hangs a scan waiting for a writer."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()

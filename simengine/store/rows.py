@@ -28,7 +28,11 @@ FILTER_TIMEOUT_S = 10.0
 # printf and format: a large width pads for seconds inside one call, beyond the length limit's reach.
 DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "randomblob",
                               "zeroblob", "printf", "format"})
-FILTER_MAX_VALUE_BYTES = 1_000_000  # so no single function call builds a huge string between progress checks
+# The progress handler runs between SQLite's steps, never inside one function call, so one call's cost is bounded by
+# its inputs: no value over 100 KB and no LIKE/GLOB pattern over 256 bytes (a 10,000-byte pattern against a 531 KB
+# string ran for a minute inside one LIKE).
+FILTER_MAX_VALUE_BYTES = 100_000
+FILTER_MAX_PATTERN_BYTES = 256
 LIVE_VIEW = "live_items_at"
 
 
@@ -104,15 +108,16 @@ def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[s
     """Ids of the live items at `version` for which the SQL condition `where` holds, e.g. "label = :l AND width >
     200" with params {"l": "tench"}. Values only ever come as bound parameters. The condition sees the live
     rows only (a view; the items table itself cannot be read), may not write or read anything else, builds no
-    value over 1 MB and runs for at most `timeout_s`."""
+    value over 100 KB nor LIKE/GLOB pattern over 256 bytes, and runs for at most `timeout_s`."""
     params = dict(params or {})
     if bad := [k for k, v in params.items() if not isinstance(v, (str, int, float, bytes, type(None)))]:
         raise SimengineError(f"parameter {bad[0]!r}: only text, numbers, bytes or None can be bound")
     live = live_condition(int(version))[0].replace("?", str(int(version)))
     conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {LIVE_VIEW}_{int(version)} AS SELECT * FROM items WHERE {live}")
     deadline = time.monotonic() + timeout_s
-    length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, FILTER_MAX_VALUE_BYTES)
+    limits = {sqlite3.SQLITE_LIMIT_LENGTH: FILTER_MAX_VALUE_BYTES,
+              sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: FILTER_MAX_PATTERN_BYTES}
+    before = {limit: conn.setlimit(limit, value) for limit, value in limits.items()}
     conn.set_authorizer(_filter_authorizer)
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
@@ -125,7 +130,8 @@ def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[s
     finally:
         conn.set_authorizer(None)
         conn.set_progress_handler(None, 0)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length_limit)
+        for limit, value in before.items():
+            conn.setlimit(limit, value)
     if any(type(i) is not int or not 0 <= i <= MAX_ID for i in selected):
         raise SimengineError(f"--where {where!r}: the condition must select items, not make up values")
     return np.unique(np.array(selected, np.int64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,22 @@ def test_folder_is_searched_recursively_skipping_hidden_and_non_images(tree):
     assert names(collection) == ["astronaut.png", "broken.jpg", "cat.JPG", "rocket.jpeg", "top.jpg"]
     assert collection.kind == "folder" and not collection.labelled
     assert all(item.path.is_absolute() and len(item.sha256) == 64 for item in collection.items)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_named_like_an_image_is_reported_and_skipped_without_hanging(tree):
+    """A FIFO is never opened to wait for a writer: every scan of the folder (build, sync, dedup, embed) would hang."""
+    import subprocess
+    import sys
+
+    os.mkfifo(tree / "2025" / "pipe.jpg")
+    (tree / "2025" / "link.jpg").symlink_to(tree / "2025" / "pipe.jpg")
+    code = ("import sys; from simengine.data.sources import scan_source; c = scan_source(sys.argv[1]); "
+            "print(len(c.items)); print(*sorted(reason for _, reason in c.skipped), sep='\\n')")
+    result = subprocess.run([sys.executable, "-c", code, str(tree)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    count, *reasons = result.stdout.splitlines()
+    assert count == "5" and len(reasons) == 2 and all(r.endswith("not a regular file") for r in reasons)
 
 
 def test_folder_labels_from_folder_names(tree):

@@ -82,6 +82,22 @@ def test_a_runaway_condition_is_stopped(index):
         index.ids_where(recursive)
 
 
+def test_one_expensive_function_call_cannot_outrun_the_limit(index):
+    """The time limit is checked between SQLite's steps, not inside one LIKE: its inputs are bounded instead."""
+    import time
+
+    grown = "'aaaaa'"
+    for _ in range(5):  # 500,000 characters, which one LIKE against a long pattern took a minute to scan
+        grown = f"replace({grown}, 'a', 'aaaaaaaaaa')"
+    started = time.monotonic()
+    for where, params in ((f"id BETWEEN 3 AND 6 AND ({grown} || label) LIKE :p", {"p": "%a" * 5000 + "b"}),
+                          ("label LIKE :p", {"p": "%" * 300})):
+        with pytest.raises(SimengineError, match="too big|too complex|took longer"):
+            rows.ids_where(index.conn, index.version, where, params, timeout_s=1)
+    assert time.monotonic() - started < 20
+    assert index.ids_where("label LIKE :p", {"p": "%rock%"}).size == 8  # ordinary patterns still work
+
+
 def test_removed_items_never_come_back_through_the_condition(table_index, tmp_path):
     import shutil
 
