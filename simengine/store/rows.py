@@ -8,6 +8,7 @@ the stamps; the columns are the caller's (fixed ones declared at `create`, other
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -34,6 +35,14 @@ DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit",
 FILTER_MAX_VALUE_BYTES = 100_000
 FILTER_MAX_PATTERN_BYTES = 256
 LIVE_VIEW = "live_items_at"
+# The live-rows view's name ends with this process's secret: a condition can neither name it nor give a CTE of its own
+# that name, and reads of the items table are allowed only through the view of that exact name.
+_VIEW_SECRET = secrets.token_hex(8)
+
+
+def live_view(version: int) -> str:
+    """The name of the temporary view of the rows live at `version` that a filter condition reads."""
+    return f"{LIVE_VIEW}_{int(version)}_{_VIEW_SECRET}"
 
 
 def live_condition(version: int) -> tuple[str, list[int]]:
@@ -113,15 +122,16 @@ def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[s
     if bad := [k for k, v in params.items() if not isinstance(v, (str, int, float, bytes, type(None)))]:
         raise SimengineError(f"parameter {bad[0]!r}: only text, numbers, bytes or None can be bound")
     live = live_condition(int(version))[0].replace("?", str(int(version)))
-    conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {LIVE_VIEW}_{int(version)} AS SELECT * FROM items WHERE {live}")
+    view = live_view(version)
+    conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {view} AS SELECT * FROM items WHERE {live}")
     deadline = time.monotonic() + timeout_s
     limits = {sqlite3.SQLITE_LIMIT_LENGTH: FILTER_MAX_VALUE_BYTES,
               sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: FILTER_MAX_PATTERN_BYTES}
     before = {limit: conn.setlimit(limit, value) for limit, value in limits.items()}
-    conn.set_authorizer(_filter_authorizer)
+    conn.set_authorizer(_filter_authorizer(view))
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
-        selected = [r[0] for r in conn.execute(f"SELECT id FROM {LIVE_VIEW}_{int(version)} WHERE ({where}\n)", params)]
+        selected = [r[0] for r in conn.execute(f"SELECT id FROM {view} WHERE ({where}\n)", params)]
     except sqlite3.Error as exc:
         reason = f"took longer than {timeout_s:g} s" if "interrupted" in str(exc) else " ".join(str(exc).split())
         raise SimengineError(f"--where {where!r}: {reason}") from None
@@ -137,17 +147,22 @@ def ids_where(conn: sqlite3.Connection, version: int, where: str, params: dict[s
     return np.unique(np.array(selected, np.int64))
 
 
-def _filter_authorizer(action: int, arg1: str | None, arg2: str | None, database: str | None, source: str | None) -> int:
-    if action == sqlite3.SQLITE_SELECT:
-        return sqlite3.SQLITE_OK
-    # The items table is read only through the live-rows view, so removed rows stay out of reach.
-    if action == sqlite3.SQLITE_READ and (
-            (arg1 == "items" and (source or "").startswith(LIVE_VIEW))
-            or (database == "temp" and (arg1 or "").startswith(LIVE_VIEW))):
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() not in DENIED_FUNCTIONS:
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
+def _filter_authorizer(view: str):
+    """Allow a condition to select, call harmless functions and read the live rows through `view`, nothing else."""
+
+    def authorize(action: int, arg1: str | None, arg2: str | None, database: str | None, source: str | None) -> int:
+        if action == sqlite3.SQLITE_SELECT:
+            return sqlite3.SQLITE_OK
+        # The items table is read only through the live-rows view, so removed rows stay out of reach. `source` names
+        # the view or CTE whose body reads: a CTE could take a name like the view's, hence its secret suffix.
+        if action == sqlite3.SQLITE_READ and (
+                (database == "main" and arg1 == "items" and source == view) or (database == "temp" and arg1 == view)):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() not in DENIED_FUNCTIONS:
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+
+    return authorize
 
 
 def live_rows(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
