@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from simengine.data.folders import ROW_COLUMNS, Item, scan_split
 from simengine.errors import SimengineError
@@ -45,7 +45,8 @@ class Collection:
     items: list[Item]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     kind: str = "folder"
-    unreadable: set[str] = field(default_factory=set)  # files that exist but could not be read this time
+    # Files that exist but could not be read this time, and folders (ending with a separator) that could not be listed.
+    unreadable: set[str] = field(default_factory=set)
 
     @property
     def labelled(self) -> bool:
@@ -92,7 +93,13 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
             "imagefolder" if labels in ("auto", "folders") and is_image_folder(root) else "folder")
         if layout == "imagefolder":
             return Collection([item for split in splits for item in scan_split(root, split)], kind="imagefolder")
-        return _hashed(_walk(root), labels == "folders", "folder", progress)
+        unlisted: list[OSError] = []
+        collection = _hashed(_walk(root, unlisted.append), labels == "folders", "folder", progress)
+        for exc in unlisted:  # its items stay in an index a sync compares with this
+            folder = str(Path(exc.filename).absolute())
+            collection.skipped.append((folder, f"{folder}: cannot list this folder ({exc.strerror or exc})"))
+            collection.unreadable.add(folder.rstrip(os.sep) + os.sep)
+        return collection
     if not root.is_file():
         raise SimengineError(f"{root}: no such file or folder")
     suffix = root.suffix.lower()
@@ -104,11 +111,12 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
     return _hashed(_listed(root), labels == "folders", "list", progress)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+def _walk(root: Path, on_error: Callable[[OSError], None]) -> Iterator[tuple[str, Path]]:
     """Image files under `root`, in a stable order; hidden files and folders, indexes and model bundles are skipped
-    and folder links are not followed (no loops, nothing outside the tree by accident)."""
+    and folder links are not followed (no loops, nothing outside the tree by accident). A folder that cannot be
+    listed goes to `on_error`."""
     suffixes = image_suffixes()
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root, onerror=on_error):
         if any(marker in files for marker in NOT_A_COLLECTION):
             dirs[:] = []
             continue

@@ -69,10 +69,12 @@ class SyncReport:
 
 def plan_sync(items: list[Item], rows: list[dict[str, Any]], unreadable: set[str] = frozenset()) -> SyncPlan:
     """Compare a source's items with an index's live rows, by path; rows of files that exist but could not be read
-    this time stay as they are."""
+    this time, and of every file under a folder that could not be listed (entries ending with a separator), stay as
+    they are."""
     by_path = {row["path"]: row for row in rows}
-    plan = SyncPlan(unchanged=len(unreadable & by_path.keys()))
-    present = set(unreadable)
+    folders = tuple(path for path in unreadable if path.endswith(os.sep))
+    present = {path for path in by_path if path in unreadable or path.startswith(folders)} if unreadable else set()
+    plan = SyncPlan(unchanged=len(present))
     for item in items:
         path = str(Path(item.path).absolute())
         present.add(path)

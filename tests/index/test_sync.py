@@ -147,3 +147,25 @@ def test_an_index_built_before_sources_syncs_from_its_dataset(built_index, fixtu
 def _rows(index_dir) -> list[dict]:
     with Index(index_dir) as idx:
         return list(idx.items(range(idx.manifest["next_id"])).values())
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_items(folder_index, monkeypatch):
+    """As for a user without root's override after `chmod 000 SRC/sub`: the folder's files are neither seen nor
+    gone, and the folder is reported."""
+    import os
+
+    folder, index = folder_index
+    locked = folder / "coffee"
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    before = len(Index(index))
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = sync_index(index)
+    assert report.removed == [] and report.version is None and len(Index(index)) == before
+    assert report.unchanged == before
+    assert any(str(locked) in reason and "cannot list" in reason for _, reason in report.failed)
