@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from simengine.errors import IndexUnusableError, SimengineError
+from simengine.files import sha256_file
 from simengine.store import faiss_factory, rows
 from simengine.store.layout import StoreDir
 
@@ -113,6 +114,11 @@ class StoreReader:
             raise FileNotFoundError(path)
         if (size := path.stat().st_size) != record["bytes"]:
             raise IndexUnusableError(f"{path}: {size} bytes, the manifest says {record['bytes']}; "
+                                     "run `simengine index verify`")
+        # Once per segment and reader (segments are immutable, and kept open across versions): a few changed bytes
+        # keep the size and may still load, and would then answer with nonsense distances.
+        if sha256_file(path) != record["sha256"]:
+            raise IndexUnusableError(f"{path}: its bytes differ from the manifest's sha256 (damaged on disk); "
                                      "run `simengine index verify`")
         try:
             segment = faiss.read_index(str(path))

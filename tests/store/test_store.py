@@ -162,3 +162,18 @@ def test_damaged_segment_is_reported_by_verify(store):
     manifest, problems = verify_store(store)
     assert manifest is not None and any("sha256 differs" in p for p in problems)
     assert StoreDir(store).current_version() == 1
+
+
+def test_a_damaged_segment_is_refused_when_opened_not_searched(store):
+    """Four changed bytes keep the file's size and may still load: the reader checks the recorded sha256 itself."""
+    from simengine.errors import IndexUnusableError
+
+    vectors = unit(np.random.default_rng(7), 8)
+    add(store, vectors)
+    segment = next((store / "segments").iterdir())
+    data = bytearray(segment.read_bytes())
+    data[-40:-36] = np.float32(1e7).tobytes()  # inside the vectors, the layout untouched
+    segment.write_bytes(bytes(data))
+    with pytest.raises(IndexUnusableError, match="sha256") as err:
+        StoreReader(store)
+    assert "\n" not in str(err.value)
