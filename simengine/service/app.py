@@ -224,12 +224,14 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
 
     @app.get("/healthz")
     async def healthz() -> dict:
+        await ask_engine(worker.engine.refresh)  # the version on disk now, not the one of the last question
         return {"status": "ok", "items": len(worker.engine.index), "version": worker.engine.index.version}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        await ask_engine(worker.engine.refresh)  # the index-version gauge reads the engine's version
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

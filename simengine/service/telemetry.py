@@ -71,8 +71,8 @@ class Metrics:
               registry=registry).set_function(self.images_rate.rate)
         self.queue_depth = Gauge("simengine_embed_queue_depth", "Images waiting for an embedding batch.",
                                  registry=registry)
-        self.index_version = Gauge("simengine_index_version", "Version of the index the last question was answered "
-                                   "from.", registry=registry)
+        self.index_version = Gauge("simengine_index_version", "Version of the index served (read again at each scrape "
+                                   "and health check).", registry=registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -75,6 +75,18 @@ def server(built_index):
         yield url
 
 
+def test_health_and_metrics_follow_the_index_without_a_question(index_copy, val):
+    """A new version written by another process shows in /healthz and the version gauge before any /v1 request."""
+    from simengine.index.update import add_images
+
+    with running_server(index_copy) as url:
+        assert httpx.get(f"{url}/healthz").json()["version"] == 1
+        add_images(index_copy, [val["coffee"][0]])
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "items": 33, "version": 2}
+        gauge = [line for line in httpx.get(f"{url}/metrics").text.splitlines() if line.startswith("simengine_index_version ")]
+        assert gauge and all(line.endswith(" 2.0") for line in gauge), gauge
+
+
 def upload(*paths, field="images"):
     return [(field, (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in paths]
 
