@@ -72,6 +72,8 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
                     # JPEG DCT scaling: decode at 1/2, 1/4, 1/8 size when that still covers draft_size.
                     img.draft("RGB", draft_size)
                 img.load()
+                if draft_size is not None:
+                    img = _reduced(img, min(draft_size))
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except ImageLoadError:
@@ -86,6 +88,29 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
         raise ImageLoadError(f"{name}: not an image (EPS/PostScript is never rendered)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def _reduced(img: Image.Image, side: int) -> Image.Image:
+    """The image shrunk by a whole factor, in its own mode, while its short side stays at least twice `side`: what
+    comes after (alpha compositing, grey scaling, colour conversion) then costs what the result costs, not what a
+    6300 x 6300 PNG costs (1.2 GB and 10 s before)."""
+    factor = min(img.size) // (2 * side)
+    if factor < 2:
+        return img
+    if img.mode.startswith("I;16"):  # Pillow cannot reduce it: a box mean in numpy, kept 16-bit
+        values = np.asarray(img)
+        h, w = (values.shape[0] // factor) * factor, (values.shape[1] // factor) * factor
+        blocks = values[:h, :w].reshape(h // factor, factor, w // factor, factor)
+        mean = blocks.mean(axis=(1, 3), dtype=np.float32)
+        return Image.frombytes("I;16", mean.shape[::-1], np.rint(mean).astype("<u2").tobytes())
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    try:
+        return img.reduce(factor)
+    except ValueError:  # a mode Pillow cannot reduce: converted later at full size, as before
+        return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -223,3 +223,27 @@ def test_postscript_is_never_rendered_whatever_the_file_is_called(tmp_path):
     fake.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     with pytest.raises(ImageLoadError, match="never rendered"):
         images.load_rgb(fake)
+
+
+def test_a_small_file_of_many_pixels_costs_what_its_result_costs(tmp_path):
+    """A 91 KB 16-bit PNG and a 170 KB RGBA PNG of 6300 x 6300 px (legal: under the pixel limit) were scaled and
+    composited at full size: 1.2 GB and 10 s each. They are reduced first, in their own mode."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("I;16", (6300, 6300), 4000).save(tmp_path / "u16.png")
+    Image.new("RGBA", (6300, 6300), (10, 200, 30, 128)).save(tmp_path / "rgba.png")
+    code = ("import resource, sys, numpy as np; from simengine.data.decode import load_rgb\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "for name in sys.argv[1:]:\n"
+            "    img = load_rgb(name, draft_size=(256, 256)); print(*np.asarray(img)[5, 5], min(img.size))\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "u16.png"), str(tmp_path / "rgba.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    u16, rgba, grown_mb = result.stdout.splitlines()
+    assert u16.split()[:3] == ["16", "16", "16"] and int(u16.split()[3]) >= 512  # 4000 of 65535, as before
+    assert rgba.split()[:3] == ["132", "227", "142"]  # half-transparent green over white, as before
+    assert int(grown_mb) < 400
