@@ -21,12 +21,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from simengine.errors import SimengineError
 from simengine.files import sha256_file
+
+if TYPE_CHECKING:  # the CLI imports this module's constants at start-up, which must not load numpy
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def int8_delta(onnx_path: str | os.PathLike, export_sha256: str, input_shape: tu
                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The int8 model beside `onnx_path` as its difference from a placeholder quantization of the export: the
     constants that differ, by position ("c<index>"), and what `restore_int8` checks (the record's facts)."""
+    import numpy as np
     import openvino as ov
 
     found = int8_model(onnx_path, export_sha256)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from simengine.dedup.calibrate import SAME_PICTURE
-from simengine.files import sha256_file
 from simengine.errors import SimengineError
+from simengine.files import sha256_file
+from simengine.model.bundle import HEADS
 from simengine.model.builtin import (CONFIG, DATA_DIR, GENERAL, INT8_DELTA, INT8_FACTS, PAIR_HEAD, PROVENANCE,
                                      builtin_model_dir)
 from simengine.model.general import GENERAL_DIR
@@ -50,7 +51,7 @@ def make_builtin(data: str | Path, seed: int = 0, progress: bool = False) -> dic
         for derived in ("onnx", "format_version"):
             config.pop(derived, None)
         config["dataset"]["root"] = data.name  # not the path on the machine that made it
-        pair = {k[len("pair."):]: v for k, v in load_file(str(twin / "heads.safetensors")).items()
+        pair = {k[len("pair."):]: v for k, v in load_file(str(twin / HEADS)).items()
                 if k.startswith("pair.")}
         out.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
