@@ -79,11 +79,12 @@ def encoder_rates(model_dir: Path, images: list[Path], repeats: int = 5) -> dict
     return {"forward_by_batch": forward, "forward_best": max(forward.values()), "files_to_embeddings": pipeline}
 
 
-def multipart(a: Path, b: Path) -> tuple[bytes, str]:
+def multipart(*paths: Path) -> tuple[bytes, str]:
+    """The body and content type of a request uploading `paths` as repeated `images` fields."""
     boundary = uuid.uuid4().hex
     parts = b"".join(
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{p.name}\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n".encode() + p.read_bytes() + b"\r\n" for p in (a, b))
+        f"Content-Type: image/jpeg\r\n\r\n".encode() + p.read_bytes() + b"\r\n" for p in paths)
     return parts + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 

@@ -288,6 +288,7 @@ def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", p
 
     check_exposure(host, allow_remote, api_key, no_auth)
     hosts = allowed_hosts(host, extra_hosts)
+    _unmap_large_blocks_when_freed()
     app = create_app(index_dir, mode, limits, api_key, hosts, runtime)
     _log_request_ids()
     if host in ("0.0.0.0", "::") and not extra_hosts:
@@ -298,6 +299,22 @@ def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", p
              ", API key required" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
                 timeout_graceful_shutdown=int(limits.timeout_s) + 5)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _unmap_large_blocks_when_freed() -> None:
+    """Blocks of 1 MB and more (decoded uploads, batches) get their own mappings, returned to the system when freed.
+    glibc's default threshold rises with every such block freed, after which big blocks come from the heap and stay
+    there: a server that had decoded a few large uploads held hundreds of MB for good. No-op where libc is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 2**20)
+    except (OSError, AttributeError):
+        log.debug("not glibc: large blocks are freed as the C library does it")
 
 
 def _log_request_ids() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -107,6 +108,30 @@ def test_images_over_the_pixel_limit_are_refused(server, val, tmp_path):
     response = httpx.post(f"{server}/v1/pair", files=upload(huge, val["coffee"][0]))
     assert response.status_code == 422
     assert response.json()["error"]["message"].endswith("image too large to decode safely (7000x7000 px, more than 40,000,000)")
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_memory_comes_back_after_uploads_that_decode_to_huge_images(built_index, val, tmp_path):
+    """Small files within the pixel limit (a 16-bit grey and an RGBA PNG of 6300 x 6300, 260 KB together) are
+    answered, and the hundreds of MB they take while decoding are given back afterwards."""
+    u16, rgba = tmp_path / "u16.png", tmp_path / "rgba.png"
+    Image.new("I;16", (6300, 6300), 4000).save(u16)
+    Image.new("RGBA", (6300, 6300), (10, 200, 30, 128)).save(rgba)
+    with running_server(built_index) as url:
+        for _ in range(3):  # warm: the first batches of a process take memory they keep
+            assert httpx.post(f"{url}/v1/pair", files=upload(*val["coffee"][:2]), timeout=60).status_code == 200
+        before = rss_mb(url.proc.pid)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda files: httpx.post(f"{url}/v1/triplet", files=files, timeout=120),
+                                    [upload(u16, rgba, u16), upload(rgba, u16, rgba)]))
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        assert all(a.json()["any_match"] for a in answers)  # two copies of one picture in each
+        time.sleep(1)
+        assert rss_mb(url.proc.pid) - before < 100, f"{before:.0f} MB before, {rss_mb(url.proc.pid):.0f} MB after"
 
 
 def test_ids_beyond_int64_are_not_found(server):
