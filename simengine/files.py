@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import secrets
+import shutil
 import stat
 from pathlib import Path
 
@@ -51,6 +52,41 @@ def write_durably(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def move_no_replace(source: Path, target: Path) -> None:
+    """Move a file (a link as the link) to `target`, which must not exist: FileExistsError if it does, whenever it
+    appeared, so a file written there meanwhile is never overwritten (a rename would replace it). A hard link then an
+    unlink within one file system; across file systems, an exclusive create and a copy. FileNotFoundError when
+    `source` is gone, also when another process moved it first (then nothing is left at `target`)."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        _copy_no_replace(source, target)
+    try:
+        os.unlink(source)
+    except FileNotFoundError:
+        target.unlink()  # moved by someone else between the link and now: theirs is the move
+        raise
+
+
+def _copy_no_replace(source: Path, target: Path) -> None:
+    if source.is_symlink():
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        shutil.copystat(source, target)
+    except FileExistsError:
+        raise
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def cache_dir() -> Path:

@@ -126,7 +126,7 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
                                  for i in collection.items)
     report = DuplicateReport(str(source), None if against is None else str(against), decision, str(model_dir),
                              len(images), skipped=list(collection.skipped) + skipped)
-    search = _Search(model, decision, k, progress)
+    search = _Search(model, decision, k, progress, Path(source).resolve() if Path(source).is_dir() else None)
     if against is None:
         report.groups = search.within(images)
     else:
@@ -245,23 +245,23 @@ def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> 
 class _Search:
     """Features, candidate pairs and verification for one run; images are numbered by their position."""
 
-    def __init__(self, model, decision: SamePicture, k: int, progress: bool):
+    def __init__(self, model, decision: SamePicture, k: int, progress: bool, folder: Path | None):
         from simengine.model.feature_cache import FeatureCache
 
         self.cache = FeatureCache(model.encoder, flip=model.flip)
-        self.decision, self.k, self.progress = decision, k, progress
+        self.decision, self.k, self.progress, self.folder = decision, k, progress, folder
         self.skipped: list[tuple[str, str]] = []
 
     def within(self, images: list[ReportedImage]) -> list[DuplicateGroup]:
         hash_counts = Counter(image.sha256 for image in images)
-        candidates = {n: _candidate(n, image) for n, image in enumerate(images) if hash_counts[image.sha256] > 1}
+        candidates = {n: self._candidate(n, image) for n, image in enumerate(images) if hash_counts[image.sha256] > 1}
         exact = exact_groups(list(candidates.values()), {n: images[n].sha256 for n in candidates})
         copies_of = {g.keeper: g.duplicates for g in exact}
         exact_copies = {c for g in exact for c in g.duplicates}
         vectors, rows = self._features(images, [n for n in range(len(images)) if n not in exact_copies])
         pairs = self._verified(images, near_pairs(vectors, rows, self.decision.min_backbone, self.k))
         for n in {n for pair in pairs for n in pair} - candidates.keys():
-            candidates[n] = _candidate(n, images[n])
+            candidates[n] = self._candidate(n, images[n])
         in_pairs = [candidates[n] for n in sorted({n for pair in pairs for n in pair})]
         groups, grouped = [], set()
         for group in group_duplicates(in_pairs, ((a, b, scores[0]) for (a, b), scores in pairs.items())):
@@ -335,12 +335,14 @@ class _Search:
                 accepted[(a, b) if ordered else (min(a, b), max(a, b))] = (cos, *verdict[1:])
         return accepted
 
+    def _candidate(self, n: int, image: ReportedImage) -> Candidate:
+        """What picks the keeper; read only for images in some group (a header read and a stat). Paths are resolved:
+        one outside the scanned folder was reached through a link, and ranks after every file inside."""
+        width, height = image_size(image.path)
+        elsewhere = self.folder is not None and self.folder not in Path(image.path).parents
+        try:
+            stat = os.stat(image.path)
+        except OSError:  # gone since it was read: ranks last
+            return Candidate(n, 0, 0, float("inf"), elsewhere)
+        return Candidate(n, (width or 0) * (height or 0), stat.st_size, stat.st_mtime, elsewhere)
 
-def _candidate(n: int, image: ReportedImage) -> Candidate:
-    """What picks the keeper; read only for images in some group (a header read and a stat)."""
-    width, height = image_size(image.path)
-    try:
-        stat = os.stat(image.path)
-    except OSError:  # gone since it was read: ranks last
-        return Candidate(n, 0, 0, float("inf"))
-    return Candidate(n, (width or 0) * (height or 0), stat.st_size, stat.st_mtime)

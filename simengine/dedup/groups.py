@@ -27,10 +27,12 @@ class Candidate:
     pixels: int
     size_bytes: int
     mtime: float
+    elsewhere: bool = False  # reached through a link to outside the scanned folder
 
     def keeper_rank(self) -> tuple:
-        """Sorts best first: most pixels, then the largest file, then the oldest, then the lowest id."""
-        return (-self.pixels, -self.size_bytes, self.mtime, self.id)
+        """Sorts best first: a file inside the scanned folder (the keeper is the copy that stays there), then most
+        pixels, then the largest file, then the oldest, then the lowest id."""
+        return (self.elsewhere, -self.pixels, -self.size_bytes, self.mtime, self.id)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Moving duplicates aside: planned first (a dry run prints the plan), then done file by file, each move recorded.
 
 Nothing is deleted. Only the source's duplicates move, never a keeper and never an image of the other set. A file
-that changed since it was read (its content hash differs), whose keeper is gone, or whose target exists is left
-where it is, and reported.
+that changed since it was read (its content hash differs), whose keeper is gone or changed, or whose target exists is
+left where it is, and reported; a move never replaces a file that appears at its target meanwhile, and a file moved
+by another run at the same time is reported, not fatal.
 Targets keep each file's path below the source folder (or below the files' common folder), so equal names never
 collide. Every move is appended to `moves.csv` in the target folder, so that it can be undone.
 """
@@ -10,15 +11,17 @@ collide. Every move is appended to `moves.csv` in the target folder, so that it 
 from __future__ import annotations
 
 import csv
+import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from simengine.dedup.find import DuplicateReport
 from simengine.errors import SimengineError
-from simengine.files import sha256_file
+from simengine.files import move_no_replace, sha256_file
+
+log = logging.getLogger(__name__)
 
 MOVES_LOG = "moves.csv"
 
@@ -29,6 +32,7 @@ class Move:
     target: Path
     sha256: str
     keeper: str
+    keeper_sha256: str
 
 
 def check_target(source: str | os.PathLike, target_dir: str | os.PathLike) -> Path:
@@ -47,14 +51,19 @@ def plan_moves(report: DuplicateReport, target_dir: str | os.PathLike) -> list[M
     whatever else it is) and never an image of the other set."""
     target = check_target(report.source, target_dir)
     keepers = {g.keeper.path for g in report.groups}
-    members = [(m.image, g.keeper.path) for g in report.groups for m in g.duplicates
+    members = [(m.image, g.keeper) for g in report.groups for m in g.duplicates
                if m.image.origin == "source" and m.image.path not in keepers]
+    scanned = Path(report.source).resolve()
+    if scanned.is_dir():  # paths are resolved: one outside the folder was reached through a link, and stays
+        outside = [image for image, _ in members if scanned not in Path(image.path).parents]
+        for image in outside:
+            log.warning("%s: reached through a link, outside %s: not moved", image.path, scanned)
+        members = [(image, keeper) for image, keeper in members if image not in outside]
     if not members:
         return []
-    scanned = Path(report.source).resolve()
     root = scanned if scanned.is_dir() else Path(os.path.commonpath([str(Path(i.path).parent) for i, _ in members]))
-    return [Move(Path(image.path), target / Path(image.path).relative_to(root), image.sha256, keeper)
-            for image, keeper in members]
+    return [Move(Path(image.path), target / Path(image.path).relative_to(root), image.sha256, keeper.path,
+                 keeper.sha256) for image, keeper in members]
 
 
 def apply_moves(moves: list[Move], target_dir: str | os.PathLike) -> tuple[list[Move], list[tuple[str, str]]]:
@@ -62,23 +71,41 @@ def apply_moves(moves: list[Move], target_dir: str | os.PathLike) -> tuple[list[
     done, left = [], []
     log_path = Path(target_dir) / MOVES_LOG
     for move in moves:
-        if not move.source.is_file():
-            left.append((str(move.source), "no longer there"))
-        elif not Path(move.keeper).is_file():
-            left.append((str(move.source), f"its keeper {move.keeper} is no longer there"))
-        elif move.target.exists():
-            left.append((str(move.source), f"{move.target} already exists"))
-        elif sha256_file(move.source) != move.sha256:
-            left.append((str(move.source), "changed since it was read"))
-        else:
+        reason = _reason_to_stay(move)
+        if reason is None:
             move.target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(move.source, move.target)
-            new_log = not log_path.exists()
-            with log_path.open("a", newline="", encoding="utf-8") as out:
-                writer = csv.writer(out)
-                if new_log:
-                    writer.writerow(["moved_at", "from", "to", "sha256", "keeper"])
-                writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S%z"), move.source, move.target, move.sha256,
-                                 move.keeper])
-            done.append(move)
+            try:
+                move_no_replace(move.source, move.target)
+            except FileExistsError:
+                reason = f"{move.target} already exists"
+            except FileNotFoundError:
+                reason = "no longer there"
+        if reason is not None:
+            left.append((str(move.source), reason))
+            continue
+        new_log = not log_path.exists()
+        with log_path.open("a", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            if new_log:
+                writer.writerow(["moved_at", "from", "to", "sha256", "keeper"])
+            writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S%z"), move.source, move.target, move.sha256, move.keeper])
+        done.append(move)
     return done, left
+
+
+def _reason_to_stay(move: Move) -> str | None:
+    """Why `move` must not happen now, if it must not. The keeper is hashed again: one replaced by another picture
+    since the scan no longer keeps its duplicate's picture."""
+    try:
+        if sha256_file(move.keeper) != move.keeper_sha256:
+            return f"its keeper {move.keeper} changed since it was read"
+    except OSError:
+        return f"its keeper {move.keeper} is no longer there"
+    if move.target.exists() or move.target.is_symlink():
+        return f"{move.target} already exists"
+    try:
+        if sha256_file(move.source) != move.sha256:
+            return "changed since it was read"
+    except OSError:
+        return "no longer there"
+    return None

@@ -10,6 +10,7 @@ from fixtures import lite0_same_picture, photo
 from simengine.dedup.calibrate import same_picture_file, write_same_picture
 from simengine.dedup.copies import TRANSFORMS
 from simengine.dedup.find import find_duplicates
+from simengine.dedup.move import plan_moves
 from simengine.errors import NotCalibratedError
 from simengine.index.reader import Index
 
@@ -109,3 +110,19 @@ def test_a_file_met_twice_is_never_its_own_duplicate(collection, bundle_dir, tmp
         assert overlapping.groups == []
     finally:
         (collection / "moon-link.jpg").unlink()
+
+
+def test_a_link_is_never_kept_over_a_real_copy(bundle_dir, tmp_path, caplog):
+    """A link to a picture outside the folder would rank first as the older file; then the only real copy inside
+    would be the duplicate that `--move-to` takes out of the folder. The link's file stays where it is too."""
+    folder, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    older = save(photo("coffee"), outside / "coffee.jpg", quality=92)
+    folder.mkdir()
+    shutil.copyfile(older, folder / "coffee.jpg")
+    (folder / "coffee-link.jpg").symlink_to(older)
+    save(photo("rocket"), folder / "rocket.jpg", quality=92)
+    report = find_duplicates(folder, model_dir=bundle_dir, decision=DECISION)
+    [group] = report.groups
+    assert group.keeper.path == str(folder / "coffee.jpg")
+    assert [m.image.path for m in group.duplicates] == [str(older)]  # the link's file: paths are resolved
+    assert plan_moves(report, tmp_path / "dups") == [] and "outside" in caplog.text

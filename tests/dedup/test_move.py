@@ -93,3 +93,68 @@ def test_reports_escape_hostile_names(folder, tmp_path):
     with open(write_csv(report, tmp_path / "report.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [r["role"] for r in rows] == ["keeper", "duplicate"] and rows[1]["path"] == str(hostile)
+
+
+def hashing_with(monkeypatch, path: Path, side_effect) -> None:
+    """Run `side_effect` when `apply_moves` hashes `path`: something another process does between the checks and
+    the move."""
+    import simengine.dedup.move as move_module
+
+    def sha256(p):
+        digest = sha256_file(p)
+        if Path(p) == path:
+            side_effect()
+        return digest
+    monkeypatch.setattr(move_module, "sha256_file", sha256)
+
+
+def test_a_file_written_at_the_target_meanwhile_is_never_replaced(folder, tmp_path, monkeypatch):
+    target = tmp_path / "dups"
+    planned = plan_moves(report_of(folder, {"a.jpg": ["b.jpg"]}), target)
+    target.mkdir()
+    hashing_with(monkeypatch, folder / "b.jpg", lambda: (target / "b.jpg").write_bytes(b"written meanwhile"))
+    done, left = apply_moves(planned, target)
+    assert not done and left == [(str(folder / "b.jpg"), f"{target / 'b.jpg'} already exists")]
+    assert (target / "b.jpg").read_bytes() == b"written meanwhile" and (folder / "b.jpg").exists()
+
+
+def test_a_file_moved_by_another_run_meanwhile_is_reported_and_the_rest_go_on(folder, tmp_path, monkeypatch):
+    target, other_run = tmp_path / "dups", tmp_path / "other-run"
+    planned = plan_moves(report_of(folder, {"a.jpg": ["b.jpg", "c.jpg"]}), target)
+    other_run.mkdir()
+    hashing_with(monkeypatch, folder / "b.jpg", lambda: shutil.move(folder / "b.jpg", other_run / "b.jpg"))
+    done, left = apply_moves(planned, target)
+    assert [m.source.name for m in done] == ["c.jpg"] and left == [(str(folder / "b.jpg"), "no longer there")]
+    assert (other_run / "b.jpg").exists() and not (target / "b.jpg").exists() and (target / "c.jpg").exists()
+
+
+def test_a_keeper_replaced_by_another_picture_keeps_its_duplicates_in_place(folder, tmp_path):
+    planned = plan_moves(report_of(folder, {"a.jpg": ["b.jpg"]}), tmp_path / "dups")
+    (folder / "a.jpg").write_bytes(b"another picture now")
+    done, left = apply_moves(planned, tmp_path / "dups")
+    assert not done and left == [(str(folder / "b.jpg"), f"its keeper {folder / 'a.jpg'} changed since it was read")]
+
+
+@pytest.mark.parametrize("across_file_systems", [False, True])
+def test_move_no_replace(tmp_path, monkeypatch, across_file_systems):
+    import errno
+    import os
+
+    from simengine.files import move_no_replace
+
+    if across_file_systems:
+        def no_link(*args, **kwargs):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "link", no_link)
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "taken").write_bytes(b"taken")
+    with pytest.raises(FileExistsError):
+        move_no_replace(tmp_path / "a", tmp_path / "taken")
+    assert (tmp_path / "a").read_bytes() == b"a" and (tmp_path / "taken").read_bytes() == b"taken"
+    move_no_replace(tmp_path / "a", tmp_path / "b")
+    assert not (tmp_path / "a").exists() and (tmp_path / "b").read_bytes() == b"a"
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    move_no_replace(tmp_path / "link", tmp_path / "moved-link")
+    assert (tmp_path / "moved-link").is_symlink() and (tmp_path / "b").read_bytes() == b"a"
+    with pytest.raises(FileNotFoundError):
+        move_no_replace(tmp_path / "a", tmp_path / "c")
