@@ -36,7 +36,7 @@ from simengine.query.engine import Engine
 from simengine.service.batching import QueueFull
 from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
 from simengine.service.security import (LOOPBACK_HOSTS, ApiKeyGuard, BodyLimit, ConcurrencyLimit, SecurityHeaders,
-                                        allowed_hosts, check_exposure, error_body)
+                                        allowed_hosts, check_exposure, error_body, header_deadline_protocol)
 from simengine.service.telemetry import Metrics, RequestIdFilter, Telemetry
 
 log = logging.getLogger("simengine.service")
@@ -47,17 +47,20 @@ MULTIPART_OVERHEAD = 2**20  # headers, boundaries and form fields around the upl
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What one server accepts. In-flight memory is bounded by max_pending x max_body_bytes."""
+    """What one server accepts. Request bodies in memory are bounded by 2 x max_pending x max_body_bytes: those still
+    arriving together, and those of the requests in progress."""
 
     max_upload_bytes: int = 10 * 2**20  # per image
     max_pixels: int = MAX_PIXELS  # per image, checked from its header
     timeout_s: float = 30.0  # for a request's body to arrive (then 408), and again for its answer (then 504)
+    header_timeout_s: float = 10.0  # for a request's headers to arrive (then the connection is closed)
     max_pending: int = 128  # API requests in progress, then 503 + Retry-After (a burst of 64 fits)
     max_batch_size: int = MAX_BATCH_SIZE  # images per embedding batch
     max_wait_s: float = MAX_WAIT_S  # how long a batch waits for more images
 
     def __post_init__(self):
-        for name in ("max_upload_bytes", "max_pixels", "timeout_s", "max_pending", "max_batch_size"):
+        for name in ("max_upload_bytes", "max_pixels", "timeout_s", "header_timeout_s", "max_pending",
+                     "max_batch_size"):
             if getattr(self, name) <= 0:
                 raise SimengineError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_wait_s < 0:
@@ -110,8 +113,10 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
                   description="Image similarity: pair, triplet and neighbour queries. With an API key set, send "
                               "`Authorization: Bearer KEY` (or `X-API-Key: KEY`) to /v1 and /metrics.")
     app.state.worker, app.state.embedder, app.state.metrics = worker, embedder, metrics
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.timeout_s)
+    # A request slot is taken only once its body has arrived: BodyLimit, outside, reads the whole body first.
     app.add_middleware(ConcurrencyLimit, max_requests=limits.max_pending, gauge=metrics.in_progress)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.timeout_s,
+                       max_arriving_bytes=limits.max_pending * limits.max_body_bytes)
     app.add_middleware(ApiKeyGuard, api_key=api_key)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)
     app.add_middleware(Telemetry, metrics=metrics)
@@ -298,7 +303,8 @@ def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", p
     log.info("serving on http://%s:%d/ (API docs at /docs, metrics at /metrics%s)", shown, port,
              ", API key required" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
-                timeout_graceful_shutdown=int(limits.timeout_s) + 5)
+                timeout_graceful_shutdown=int(limits.timeout_s) + 5,
+                http=header_deadline_protocol(limits.header_timeout_s))
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simengine.errors import SimengineError
@@ -142,42 +141,104 @@ class ApiKeyGuard:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body may be at most `max_bytes`, and must have arrived within `timeout_s`. A larger
-    Content-Length is refused (413) before any of the body is read; a body without one is counted as it streams in
-    and refused when it passes the limit; a slower one gets 408."""
+    """ASGI middleware: the whole body is read before the app sees the request, so what lies inside (the request
+    slots of ConcurrencyLimit, the engine) is only ever held by requests whose body has arrived: connections that
+    start a body and stall hold nothing there. A body may be at most `max_bytes`: a larger Content-Length is refused
+    (413) before any of it is read, a body without one is counted as it streams in. It must arrive within
+    `timeout_s` (else 408), and the bodies arriving at one time may hold `max_arriving_bytes` together (else 503)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0, max_arriving_bytes: int | None = None):
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.max_arriving_bytes = max_arriving_bytes if max_arriving_bytes is not None else 64 * max_bytes
+        self.arriving = 0  # bytes of the bodies being read now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = request_header(scope, b"content-length")
-        limit_text = f"request body larger than {self.max_bytes / 2**20:.1f} MB"
+        close = [(b"connection", b"close")]
         if declared is not None and not declared.isdigit():
-            return await send_error(send, 400, "bad Content-Length", [(b"connection", b"close")])
+            return await send_error(send, 400, "bad Content-Length", close)
         if declared is not None and int(declared) > self.max_bytes:
-            return await send_error(send, 413, limit_text, [(b"connection", b"close")])
+            return await send_error(send, 413, f"request body larger than {self.max_bytes / 2**20:.1f} MB", close)
+        messages = await self._read_body(receive, send)
+        if messages is None:
+            return
+
+        async def replayed() -> Message:
+            return messages.pop(0) if messages else await receive()  # then only a disconnect is left to come
+
+        await self.app(scope, replayed, send)
+
+    async def _read_body(self, receive: Receive, send: Send) -> list[Message] | None:
+        """The request's messages up to its last body part; None when it has been answered with an error here, or
+        the client left."""
         loop = asyncio.get_running_loop()
-        received, complete, deadline = 0, False, loop.time() + self.timeout_s
-
-        async def counted() -> Message:
-            nonlocal received, complete
-            if complete:  # later receives wait for a disconnect: no deadline there
-                return await receive()
-            try:  # a client sending its body slowly must not hold a request slot for ever
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body took longer than {self.timeout_s:g} s to arrive",
-                                    headers={"Connection": "close"}) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+        deadline, messages, received = loop.time() + self.timeout_s, [], 0
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    await send_error(send, 408, f"the request body took longer than {self.timeout_s:g} s to arrive",
+                                     [(b"connection", b"close")])
+                    return None
+                if message["type"] != "http.request":
+                    return None
+                size = len(message.get("body", b""))
+                received += size
+                self.arriving += size
                 if received > self.max_bytes:
-                    raise HTTPException(413, limit_text, headers={"Connection": "close"})
-                complete = not message.get("more_body", False)
-            return message
+                    await send_error(send, 413, f"request body larger than {self.max_bytes / 2**20:.1f} MB",
+                                     [(b"connection", b"close")])
+                    return None
+                if self.arriving > self.max_arriving_bytes:
+                    await send_error(send, 503, "busy: too many request bodies arriving, try again shortly",
+                                     [(b"retry-after", b"1"), (b"connection", b"close")])
+                    return None
+                messages.append(message)
+                if not message.get("more_body", False):
+                    return messages
+        finally:
+            self.arriving -= received
 
-        await self.app(scope, counted, send)
+
+def header_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools), closing a connection whose request headers have not all arrived within
+    `timeout_s` of the connection or of the request's first byte: uvicorn has no such limit, and a client that sends
+    its headers slowly (or nothing at all) held a connection for ever. Idle keep-alive connections are uvicorn's to
+    close."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadline(HttpToolsProtocol):
+        _timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(timeout_s, self.transport.close)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    return HeaderDeadline
 
 
 class ConcurrencyLimit:

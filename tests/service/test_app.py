@@ -299,6 +299,32 @@ def test_the_body_limit_is_enforced_without_reading_the_body(server):
     assert sent < 50 * 2**20, f"{sent} bytes were sent before the 413"
 
 
+def test_stalled_bodies_hold_no_request_slot_and_slow_headers_are_cut_off(built_index, val):
+    """Connections that start a body and stall do not make others wait for a slot (a slot is taken once a body has
+    arrived); connections whose headers never finish, or that send nothing, are closed after the header timeout."""
+    start = (b"POST /v1/pair HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+             b"Content-Length: 50000\r\n\r\n--x\r\nContent-Disposition: form-data; name=\"images\"; "
+             b"filename=\"a.jpg\"\r\n\r\n")
+    with running_server(built_index, "--max-pending", "4") as url, contextlib.ExitStack() as stack:
+        host, port = url.removeprefix("http://").split(":")
+        stalled = [stack.enter_context(socket.create_connection((host, int(port)))) for _ in range(12)]
+        for sock in stalled:
+            sock.sendall(start)
+        time.sleep(0.5)
+        answer = httpx.post(f"{url}/v1/pair", files=upload(*val["coffee"][:2]), timeout=60)
+        assert answer.status_code == 200, answer.text
+        slow_headers = stack.enter_context(socket.create_connection((host, int(port)), timeout=30))
+        slow_headers.sendall(b"POST /v1/pair HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        silent = stack.enter_context(socket.create_connection((host, int(port)), timeout=30))
+        started = time.monotonic()
+        for sock in (slow_headers, silent):
+            try:
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started < 20
+
+
 def test_openapi_schema_and_its_examples(server, val):
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/v1/pair", "/v1/triplet", "/v1/search", "/v1/items/{item_id}", "/v1/items/{item_id}/image", "/v1/info"} <= set(schema["paths"])

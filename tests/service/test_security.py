@@ -138,3 +138,31 @@ def test_no_auth_and_a_key_contradict_each_other():
 
     with pytest.raises(SimengineError, match="contradict"):
         check_exposure("127.0.0.1", allow_remote=False, api_key="k" * 16, no_auth=True)
+
+
+def test_the_app_sees_a_request_once_its_body_has_arrived_and_arriving_bodies_share_a_budget():
+    seen = []
+
+    async def echo(request: Request):
+        seen.append(len(await request.body()))
+        return JSONResponse({"in_progress": limited.in_progress})
+
+    limited = ConcurrencyLimit(Starlette(routes=[Route("/v1/up", echo, methods=["POST"])]), max_requests=1)
+    app = BodyLimit(limited, max_bytes=1000, timeout_s=5, max_arriving_bytes=1500)
+
+    async def slowly(n: int):
+        for _ in range(n):
+            await asyncio.sleep(0.02)
+            yield b"z" * 100
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            slow = [asyncio.create_task(client.post("/v1/up", content=slowly(10))) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            quick = await client.post("/v1/up", content=b"q" * 10)  # the slow bodies, still arriving, hold no slot
+            return quick, await asyncio.gather(*slow), app.arriving
+
+    quick, slow, arriving = run(scenario())
+    assert quick.status_code == 200 and quick.json() == {"in_progress": 1}
+    assert sorted(r.status_code for r in slow) == [200, 503] and arriving == 0
+    assert "bodies arriving" in next(r for r in slow if r.status_code == 503).text and sorted(seen) == [10, 1000]
