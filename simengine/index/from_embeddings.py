@@ -29,7 +29,8 @@ from simengine.index.fill import fill_on_ray, fill_part, shard_groups
 from simengine.index.model_link import replace_streamed
 from simengine.index.target import check_target, commit_build
 from simengine.model.bundle import Model, load_bundle
-from simengine.shards.layout import PLAN, embedding_path, is_finished, metadata_path, read_plan
+from simengine.shards.layout import (PLAN, check_shard_vectors, embedding_path, is_finished, metadata_path,
+                                     read_plan)
 from simengine.store import faiss_factory, index_choice
 from simengine.store.layout import now_iso
 from simengine.store.lock import DEFAULT_TIMEOUT_S
@@ -71,13 +72,15 @@ def is_embeddings_folder(path: Path) -> bool:
 
 
 def finished_shards(embeddings: Path) -> tuple[dict[str, Any], list[tuple[int, int]]]:
-    """The plan and (shard, vectors) of every shard; an unfinished shard is an error (rerun `simengine embed`)."""
+    """The plan and (shard, vectors) of every shard, each shard's vectors checked (`check_shard_vectors`: the
+    readers convert any float type and byte order, and nothing else gets in); an unfinished shard is an error
+    (rerun `simengine embed`)."""
     plan = read_plan(embeddings)
     unfinished = [k for k in range(plan["shards"]) if not is_finished(embeddings, k)]
     if unfinished:
         raise SimengineError(f"{embeddings}: {len(unfinished)} of {plan['shards']} shards are not finished (first: "
                              f"{unfinished[0]}); run the same `simengine embed` again to finish them")
-    return plan, [(k, len(np.load(embedding_path(embeddings, k), mmap_mode="r"))) for k in range(plan["shards"])]
+    return plan, [(k, check_shard_vectors(embeddings, k, plan["model"]["dim"])) for k in range(plan["shards"])]
 
 
 def build_from_embeddings(
@@ -163,7 +166,11 @@ def _shard_rows(embeddings: Path, k: int, metadata_columns: Sequence[str]) -> li
 
     added_at = now_iso()
     columns = [*SHARD_COLUMNS, *metadata_columns]
-    table = pq.read_table(metadata_path(embeddings, k), columns=columns)
+    try:
+        table = pq.read_table(metadata_path(embeddings, k), columns=columns)
+    except (OSError, ValueError) as exc:  # damaged past its footer, or columns missing
+        raise SimengineError(f"{metadata_path(embeddings, k)}: unreadable ({str(exc).splitlines()[0]}); delete it and "
+                             "run the same `simengine embed` again") from None
     return [{SHARD_COLUMNS.get(key, key): value for key, value in record.items()}
             | {"split": None, "width": None, "height": None, "added_at": added_at} for record in table.to_pylist()]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -29,6 +30,8 @@ PLAN = "simengine.json"
 PLAN_VERSION = 1
 LOCK = ".lock"
 VECTORS_SHA256 = "simengine.img_emb_sha256"
+NORM_TOLERANCE = 1e-2  # wide enough for vectors another tool stored in float16
+CHECK_ROWS = 65_536  # rows checked at a time: memory stays bounded whatever a shard's size
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def is_finished(out: Path, k: int) -> bool:
         return False
     try:
         recorded = pq.read_schema(metadata_path(out, k)).metadata or {}
-    except OSError:
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid, for a file that is not Parquet, is a ValueError
         return False
     return recorded.get(VECTORS_SHA256.encode()) == sha256_file(embedding_path(out, k)).encode()
 
@@ -147,6 +150,7 @@ def write_collection(out: Path, model: dict[str, Any], shards: Iterable[tuple[np
         (out / sub).mkdir(parents=True, exist_ok=True)
     digests, count, schema = [], 0, None
     for k, (vectors, items) in enumerate(shards):
+        vectors = checked_vectors(np.asarray(vectors), model["dim"], f"shard {k}")
         schema = metadata_schema(items) if schema is None else schema
         shard = Shard(k, tuple(items))
         write_shard(out, shard, vectors, range(len(items)), [], schema)
@@ -159,12 +163,54 @@ def write_collection(out: Path, model: dict[str, Any], shards: Iterable[tuple[np
 
 
 def read_plan(out: Path) -> dict[str, Any]:
+    """The plan of an embeddings folder, checked: its shard count is that of its list of shards (a count edited to
+    a billion would otherwise be walked shard by shard)."""
     try:
-        return json.loads((out / PLAN).read_text())
+        plan = json.loads((out / PLAN).read_text())
     except FileNotFoundError:
         raise SimengineError(f"{out}: not an embeddings folder (no {PLAN}); make one with `simengine embed`") from None
     except ValueError as exc:
         raise SimengineError(f"{out / PLAN}: corrupt ({exc})") from exc
+    model = plan.get("model") if isinstance(plan, dict) else None
+    digests = plan.get("shard_digests") if isinstance(plan, dict) else None
+    if (not isinstance(digests, list) or type(plan.get("shards")) is not int or plan["shards"] != len(digests)
+            or not isinstance(model, dict) or type(model.get("dim")) is not int or model["dim"] < 1
+            or not isinstance(plan.get("metadata_schema"), dict) or not isinstance(plan.get("source"), dict)):
+        raise SimengineError(f"{out / PLAN}: not a plan `simengine embed` wrote (fields missing, or a shard count that "
+                             "is not the length of its shard list); embed again into a new folder")
+    return plan
+
+
+def checked_vectors(vectors: np.ndarray, dim: int, where: str | os.PathLike, first_row: int = 0) -> np.ndarray:
+    """`vectors` as native float32, converted from any float type and byte order; refused in one line naming
+    `where` and the row (counted from `first_row`) when they are not rows of `dim` finite values of unit length, as
+    embeddings are."""
+    if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype.kind != "f":
+        raise SimengineError(f"{where}: {vectors.dtype} array of shape {vectors.shape}; embeddings are floats of shape "
+                             f"(rows, {dim})")
+    converted = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(converted, axis=1)
+    bad = ~(np.abs(norms - 1) <= NORM_TOLERANCE)  # NaN compares false: refused too
+    if bad.any():
+        row = int(np.argmax(bad))
+        what = ("NaN or infinite values" if not np.isfinite(converted[row]).all()
+                else f"length {norms[row]:.6g}, not 1")
+        raise SimengineError(f"{where}: row {first_row + row} has {what}; embeddings are L2-normalised vectors")
+    return converted
+
+
+def check_shard_vectors(out: Path, k: int, dim: int) -> int:
+    """The number of vectors in shard k, after checking all of them (`checked_vectors`), a slice at a time."""
+    path = embedding_path(out, k)
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise SimengineError(f"{path}: not a NumPy array file ({exc})") from None
+    if vectors.ndim != 2:
+        checked_vectors(vectors, dim, path)  # says what is wrong
+    for start in range(0, len(vectors), CHECK_ROWS):
+        checked_vectors(vectors[start:start + CHECK_ROWS], dim, path, start)
+    return len(vectors)
 
 
 def write_shard(out: Path, shard: Shard, vectors: np.ndarray, embedded: Sequence[int],

@@ -118,3 +118,52 @@ def test_cli(model, bundle_dir, tmp_path):
     result = runner.invoke(cli, ["index", "build", "--from-embeddings", str(embeddings), "--model", str(bundle_dir),
                                  "--out", str(tmp_path / "x"), "--max-index-memory", "lots"])
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "memory size" in result.output
+
+
+def replace_vectors(embeddings: Path, k: int, vectors: np.ndarray) -> None:
+    """Shard k's vectors file replaced, its metadata naming the new file: a shard as another tool might write it."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from simengine.shards.layout import VECTORS_SHA256, embedding_path
+
+    np.save(embedding_path(embeddings, k), vectors)
+    table = pq.read_table(metadata_path(embeddings, k))
+    digest = hashlib.sha256(embedding_path(embeddings, k).read_bytes()).hexdigest()
+    pq.write_table(table.replace_schema_metadata({VECTORS_SHA256: digest}), metadata_path(embeddings, k))
+
+
+def test_shard_vectors_are_converted_or_refused_naming_the_shard_and_row(model, bundle_dir, tmp_path):
+    embeddings = clustered(model, tmp_path)
+    good = np.load(embeddings / "img_emb" / "img_emb_1.npy")
+    for kind, vectors in (("float64", good.astype(np.float64)), ("big-endian", good.astype(">f4"))):
+        replace_vectors(embeddings, 1, vectors)
+        build_from_embeddings(embeddings, tmp_path / kind, bundle_dir)
+        with Index(tmp_path / kind) as index:
+            similarities, ids = index.search(good[:5], 1)
+        assert list(ids[:, 0]) == list(range(PER_SHARD, PER_SHARD + 5)), kind
+        np.testing.assert_allclose(similarities[:, 0], 1, atol=1e-4)  # inner products of unit vectors
+    for what, row_value, message in (("nan", np.nan, "NaN or infinite"), ("inf", np.inf, "NaN or infinite"),
+                                     ("x1000", None, "length 1000, not 1")):
+        bad = good.copy()
+        bad[17] = bad[17] * 1000 if row_value is None else row_value
+        replace_vectors(embeddings, 1, bad)
+        with pytest.raises(SimengineError, match=rf"img_emb_1.npy: row 17 has {message}"):
+            build_from_embeddings(embeddings, tmp_path / what, bundle_dir)
+        assert not (tmp_path / what).exists()
+    replace_vectors(embeddings, 1, good.astype(np.int32))
+    with pytest.raises(SimengineError, match="int32 array of shape"):
+        build_from_embeddings(embeddings, tmp_path / "ints", bundle_dir)
+
+
+def test_a_damaged_metadata_file_or_plan_is_refused_in_one_line(model, bundle_dir, tmp_path):
+    embeddings = clustered(model, tmp_path)
+    plan = json.loads((embeddings / "simengine.json").read_text())
+    (embeddings / "simengine.json").write_text(json.dumps(plan | {"shards": 10**9}))
+    with pytest.raises(SimengineError, match="not a plan `simengine embed` wrote"):
+        build_from_embeddings(embeddings, tmp_path / "index", bundle_dir)
+    (embeddings / "simengine.json").write_text(json.dumps(plan))
+    metadata_path(embeddings, 3).write_bytes(b"PAR1" + b"\x00garbage" * 100)
+    with pytest.raises(SimengineError, match="1 of 4 shards are not finished"):
+        build_from_embeddings(embeddings, tmp_path / "index", bundle_dir)

@@ -94,3 +94,12 @@ def test_cli_embed_usage(images, bundle_dir, tmp_path):
     result = CliRunner().invoke(cli, ["embed", str(images), "--out", str(tmp_path / "emb"), "--model", str(bundle_dir),
                                       "--workers", "2"])
     assert result.exit_code == 2 and "--workers needs --ray" in result.output
+
+
+def test_a_rerun_embeds_a_shard_whose_metadata_file_is_garbage_again(images, bundle_dir, tmp_path):
+    out = tmp_path / "emb"
+    embed_collection(images, out, bundle_dir, shard_size=10)
+    metadata_path(out, 1).write_bytes(b"not parquet at all" * 50)
+    assert not is_finished(out, 1)
+    assert embed_collection(images, out, bundle_dir, shard_size=10).embedded_shards == [1]
+    assert is_finished(out, 1)
