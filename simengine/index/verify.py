@@ -27,7 +27,8 @@ def verify_index(path: str | os.PathLike) -> list[str]:
 
 
 def _check_model(store: StoreDir, manifest: dict) -> list[str]:
-    from simengine.model.bundle import bundle_hash, read_config
+    from simengine.model.bundle import bundle_hash, read_config, stale_exports
+    from simengine.model.runtimes import onnxruntime_version
 
     folder = store.attached_dir(manifest)
     config = read_config(folder)
@@ -35,6 +36,8 @@ def _check_model(store: StoreDir, manifest: dict) -> list[str]:
         return ["the model bundle's hash differs from the manifest's"]
     if config["encoder"] != manifest["model"].get("encoder"):
         return ["the model's encoder differs from the one recorded in the manifest"]
+    if onnxruntime_version() is not None and config.get("onnx") and (why := stale_exports(folder, config)):
+        return [f"the model's ONNX exports are unusable ({why}): queries fall back to torch"]
     return []
 
 

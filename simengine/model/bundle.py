@@ -148,7 +148,7 @@ def load_bundle(path: str | os.PathLike, runtime: str = "auto") -> Model:
     path = Path(path)
     config = read_config(path)
     if runtime != "torch":
-        stale = _stale_exports(path, config)
+        stale = stale_exports(path, config)
         if not stale:
             return _load_onnx(path, config, runtime)
         if runtime != "auto":
@@ -157,8 +157,8 @@ def load_bundle(path: str | os.PathLike, runtime: str = "auto") -> Model:
     return _load_torch(path, config)
 
 
-def _stale_exports(path: Path, config: dict[str, Any]) -> str:
-    """Why the bundle's ONNX files cannot be used, or '' when they can."""
+def stale_exports(path: Path, config: dict[str, Any]) -> str:
+    """Why the bundle's ONNX files cannot be used, or '' when they can (then `load_bundle` runs torch)."""
     if onnxruntime_version() is None:
         return "onnxruntime is not installed"
     records = config.get("onnx")

@@ -362,3 +362,15 @@ def test_a_full_disk_during_a_build_is_one_clear_error(tmp_path, fixture_data, m
     with pytest.raises(SimengineError, match=r"cannot copy the model bundle into .*No space left on device"):
         build_index(scan_split(fixture_data, "val"), model, tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+
+
+def test_verify_names_a_corrupt_onnx_export(index_copy):
+    from simengine.store.layout import StoreDir
+
+    model = StoreDir(index_copy).attached_dir(json.loads(live_manifest(index_copy).read_text()))
+    export = model / "embedding_head.onnx"
+    export.chmod(0o644)
+    export.write_bytes(export.read_bytes()[:-10] + b"\x00" * 10)
+    assert verify_index(index_copy) == [
+        "the model's ONNX exports are unusable (embedding_head.onnx does not match its recorded hash): "
+        "queries fall back to torch"]
