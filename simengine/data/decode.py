@@ -72,10 +72,11 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
                     # JPEG DCT scaling: decode at 1/2, 1/4, 1/8 size when that still covers draft_size.
                     img.draft("RGB", draft_size)
                 img.load()
+                bits = _png_grey_bits(opened) if img.format == "PNG" and img.mode.startswith("I;16") else None
                 if draft_size is not None:
                     img = _reduced(img, min(draft_size))
                 img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(img, bits)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -113,7 +114,29 @@ def _reduced(img: Image.Image, side: int) -> Image.Image:
         return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _png_grey_bits(source: Path | io.BytesIO) -> int | None:
+    """The significant bits of a PNG's grey samples, from its sBIT chunk (before the pixel data; Pillow does not
+    read it); None without one. Cameras and scanners store 10-16-bit data in 16-bit PNGs this way."""
+    fh = open(source, "rb") if isinstance(source, Path) else source
+    try:
+        fh.seek(8)  # the signature
+        while header := fh.read(8):
+            if len(header) < 8:
+                return None
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            if kind == b"sBIT":
+                bits = fh.read(min(length, 4))[:1]
+                return bits[0] if bits and 1 <= bits[0] <= 16 else None
+            fh.seek(length + 4, io.SEEK_CUR)  # the data and its CRC
+        return None
+    finally:
+        if fh is not source:
+            fh.close()
+
+
+def _to_rgb(img: Image.Image, grey_bits: int | None = None) -> Image.Image:
     """Any mode Pillow opens, as 8-bit RGB: alpha flattened onto white, high bit depths scaled (Pillow's own convert
     clips them: a 16-bit photo came out white); the rest (CMYK, LAB, YCbCr, palettes, ...) by Pillow's convert."""
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -123,17 +146,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        return _grey_to_8bit(img).convert("RGB")
+        return _grey_to_8bit(img, grey_bits).convert("RGB")
     return img.convert("RGB")
 
 
-def _grey_to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit greys scaled from 0..65535. 32-bit integer and float greys carry no range, so it is read from their
-    values: up to 1.0 (floats) is 0..1, up to 255 is 8-bit, up to 65535 is 16-bit, beyond that the maximum."""
+def _grey_to_8bit(img: Image.Image, bits: int | None = None) -> Image.Image:
+    """16-bit greys scaled from 0..65535, or from 0..2^bits - 1 when the file says only `bits` are significant and
+    no value goes beyond (a file that scaled its samples up, as the PNG standard asks, keeps 0..65535). 32-bit
+    integer and float greys carry no range, so it is read from their values: up to 1.0 (floats) is 0..1, up to 255
+    is 8-bit, up to 65535 is 16-bit, beyond that the maximum."""
     values = np.asarray(img, dtype=np.float64)
     values = np.where(np.isfinite(values), values, 0.0)
     if img.mode.startswith("I;16"):
         top = 65535.0
+        if bits is not None and bits < 16 and values.max(initial=0.0) <= 2**bits - 1:
+            top = 2.0**bits - 1
     else:
         peak = float(values.max(initial=0.0))
         top = 1.0 if img.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak

@@ -136,9 +136,17 @@ def _same_picture(tmp_path, case: str) -> tuple:
     reference = photo("coffee").resize((96, 64))
     grey = reference.convert("L")
     g = np.asarray(grey)
-    path = tmp_path / f"{case}.{'jpg' if case == 'CMYK' else 'png' if case in ('I;16', 'RGB16', 'RGBA16', 'P+transparency') else 'tif'}"
+    path = tmp_path / f"{case}.{'jpg' if case == 'CMYK' else 'tif' if case in ('LAB', 'F') or case.startswith('I ') else 'png'}"
     if case == "I;16":
         Image.fromarray(g.astype(np.uint16) * 257).save(path)
+        return path, grey.convert("RGB"), 0.5
+    if case.startswith("12-bit"):  # in a 16-bit PNG whose sBIT chunk says 12 bits are significant
+        from PIL.PngImagePlugin import PngInfo
+
+        significant = PngInfo()
+        significant.add(b"sBIT", bytes([12]))
+        scale = 257 if "scaled up" in case else 4095 / 255  # as the standard asks, or as cameras often store it
+        Image.fromarray(np.rint(g.astype(np.float64) * scale).astype(np.uint16)).save(path, pnginfo=significant)
         return path, grey.convert("RGB"), 0.5
     if case in ("I 16-bit range", "I 8-bit range"):
         Image.fromarray(g.astype(np.int32) * (257 if "16" in case else 1)).save(path)
@@ -167,7 +175,7 @@ def _same_picture(tmp_path, case: str) -> tuple:
     raise ValueError(case)
 
 
-@pytest.mark.parametrize("case", ["I;16", "I 16-bit range", "I 8-bit range", "F", "RGB16", "RGBA16", "LAB", "CMYK",
+@pytest.mark.parametrize("case", ["I;16", "12-bit", "12-bit scaled up", "I 16-bit range", "I 8-bit range", "F", "RGB16", "RGBA16", "LAB", "CMYK",
                                   "P+transparency"])
 def test_every_mode_decodes_to_the_same_picture(tmp_path, case):
     path, reference, tolerance = _same_picture(tmp_path, case)
