@@ -58,7 +58,8 @@ def move_no_replace(source: Path, target: Path) -> None:
     """Move a file (a link as the link) to `target`, which must not exist: FileExistsError if it does, whenever it
     appeared, so a file written there meanwhile is never overwritten (a rename would replace it). A hard link then an
     unlink within one file system; across file systems, an exclusive create and a copy. FileNotFoundError when
-    `source` is gone, also when another process moved it first (then nothing is left at `target`)."""
+    `source` is gone, also when another process moved it first; whenever `source` cannot be removed, what was made
+    at `target` is removed again, so a failed move leaves the one file where it was."""
     try:
         os.link(source, target, follow_symlinks=False)
     except OSError as exc:
@@ -67,8 +68,8 @@ def move_no_replace(source: Path, target: Path) -> None:
         _copy_no_replace(source, target)
     try:
         os.unlink(source)
-    except FileNotFoundError:
-        target.unlink()  # moved by someone else between the link and now: theirs is the move
+    except OSError:  # moved by someone else between the link and now (theirs is the move), or not removable
+        target.unlink(missing_ok=True)
         raise
 
 
@@ -76,16 +77,17 @@ def _copy_no_replace(source: Path, target: Path) -> None:
     if source.is_symlink():
         os.symlink(os.readlink(source), target)
         return
+    created = False
     try:
         with open(source, "rb") as src, open(target, "xb") as dst:
+            created = True
             shutil.copyfileobj(src, dst)
             dst.flush()
             os.fsync(dst.fileno())
         shutil.copystat(source, target)
-    except FileExistsError:
-        raise
     except BaseException:
-        target.unlink(missing_ok=True)
+        if created:  # only ours: a file another process made there meanwhile stays
+            target.unlink(missing_ok=True)
         raise
 
 

@@ -70,6 +70,18 @@ def test_load_script(fixture_data, built_index, tmp_path):
     assert data["server_peak_rss_mb"] > 0 and len(data["rss_samples"]) >= 4 and data["mean_batch_size"] >= 1
 
 
+def test_upload_cost_script(built_index, tmp_path):
+    import upload_cost
+
+    upload_cost.main(["--index", str(built_index), "--runs", "1", "--bursts", "1", "--side", "1500",
+                      "--out", str(tmp_path)])
+    data = _written(tmp_path, "upload_cost")
+    assert set(data["cli"]) == {"u16.png", "rgba.png", "photo.jpg"}
+    assert all(c["seconds"] > 0 and c["peak_rss_mb"] > 0 for c in data["cli"].values())
+    [burst] = data["server"]["bursts"]
+    assert burst["triplet_statuses"] == [200] * 4 and burst["pair_status"] == 200 and burst["rss_after_mb"] > 0
+
+
 def test_input_ablation_script(fixture_data, tmp_path):
     import input_ablation
 

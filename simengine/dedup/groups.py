@@ -3,7 +3,8 @@
 Grouping by connected components would join A and C when A≈B and B≈C although A≉C: a chain of small edits (or a
 series of similar shots) would swallow a collection. Instead each group is a star around its keeper:
 
-1. Keepers: images are taken in keeper order (largest resolution, then largest file, then oldest); one that is not
+1. Keepers: images are taken in keeper order (a file inside the scanned folder before one reached through a link
+   to outside it, then largest resolution, largest file, oldest); one that is not
    a duplicate of a keeper already chosen becomes a keeper.
 2. Every other image joins the keeper it is most similar to (it is a duplicate of at least one: that is why it is
    not a keeper). Choosing the most similar, rather than the first in keeper order, keeps one wrong link to a

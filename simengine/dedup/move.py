@@ -55,10 +55,11 @@ def plan_moves(report: DuplicateReport, target_dir: str | os.PathLike) -> list[M
                if m.image.origin == "source" and m.image.path not in keepers]
     scanned = Path(report.source).resolve()
     if scanned.is_dir():  # paths are resolved: one outside the folder was reached through a link, and stays
-        outside = [image for image, _ in members if scanned not in Path(image.path).parents]
-        for image in outside:
-            log.warning("%s: reached through a link, outside %s: not moved", image.path, scanned)
-        members = [(image, keeper) for image, keeper in members if image not in outside]
+        outside = {image.path for image, _ in members if scanned not in Path(image.path).parents}
+        if outside:
+            log.warning("%d duplicates reached through links lie outside %s and are not moved (the first: %s)",
+                        len(outside), scanned, min(outside))
+            members = [(image, keeper) for image, keeper in members if image.path not in outside]
     if not members:
         return []
     root = scanned if scanned.is_dir() else Path(os.path.commonpath([str(Path(i.path).parent) for i, _ in members]))
@@ -70,16 +71,19 @@ def apply_moves(moves: list[Move], target_dir: str | os.PathLike) -> tuple[list[
     """Carry out the moves (planned into `target_dir`); returns those done and (path, reason) for those left."""
     done, left = [], []
     log_path = Path(target_dir) / MOVES_LOG
+    keeper_hashes: dict[tuple, str] = {}
     for move in moves:
-        reason = _reason_to_stay(move)
+        reason = _reason_to_stay(move, keeper_hashes)
         if reason is None:
-            move.target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                move.target.parent.mkdir(parents=True, exist_ok=True)
                 move_no_replace(move.source, move.target)
             except FileExistsError:
                 reason = f"{move.target} already exists"
             except FileNotFoundError:
                 reason = "no longer there"
+            except OSError as exc:
+                reason = f"cannot be moved ({exc.strerror or exc})"
         if reason is not None:
             left.append((str(move.source), reason))
             continue
@@ -93,11 +97,16 @@ def apply_moves(moves: list[Move], target_dir: str | os.PathLike) -> tuple[list[
     return done, left
 
 
-def _reason_to_stay(move: Move) -> str | None:
-    """Why `move` must not happen now, if it must not. The keeper is hashed again: one replaced by another picture
-    since the scan no longer keeps its duplicate's picture."""
+def _reason_to_stay(move: Move, keeper_hashes: dict[tuple, str]) -> str | None:
+    """Why `move` must not happen now, if it must not. The keeper is hashed again (once while its size and mtime
+    stay the same, `keeper_hashes` remembers): one replaced by another picture since the scan no longer keeps its
+    duplicate's picture."""
     try:
-        if sha256_file(move.keeper) != move.keeper_sha256:
+        stat = os.stat(move.keeper)
+        key = (move.keeper, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if key not in keeper_hashes:
+            keeper_hashes[key] = sha256_file(move.keeper)
+        if keeper_hashes[key] != move.keeper_sha256:
             return f"its keeper {move.keeper} changed since it was read"
     except OSError:
         return f"its keeper {move.keeper} is no longer there"

@@ -169,8 +169,9 @@ def _shard_rows(embeddings: Path, k: int, metadata_columns: Sequence[str]) -> li
     try:
         table = pq.read_table(metadata_path(embeddings, k), columns=columns)
     except (OSError, ValueError) as exc:  # damaged past its footer, or columns missing
-        raise SimengineError(f"{metadata_path(embeddings, k)}: unreadable ({str(exc).splitlines()[0]}); delete it and "
-                             "run the same `simengine embed` again") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SimengineError(f"{metadata_path(embeddings, k)}: unreadable ({reason}); delete it and run the same "
+                             "`simengine embed` again") from None
     return [{SHARD_COLUMNS.get(key, key): value for key, value in record.items()}
             | {"split": None, "width": None, "height": None, "added_at": added_at} for record in table.to_pylist()]
 

@@ -318,9 +318,11 @@ def _unmap_large_blocks_when_freed() -> None:
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 2**20)
+        done = ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 2**20)
     except (OSError, AttributeError):
-        log.debug("not glibc: large blocks are freed as the C library does it")
+        done = 0
+    if not done:
+        log.debug("mallopt refused or absent (not glibc): large blocks are freed as the C library does it")
 
 
 def _log_request_ids() -> None:

@@ -9,6 +9,7 @@ import hmac
 import ipaddress
 import json
 import os
+from collections import deque
 from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -166,15 +167,15 @@ class BodyLimit:
             return
 
         async def replayed() -> Message:
-            return messages.pop(0) if messages else await receive()  # then only a disconnect is left to come
+            return messages.popleft() if messages else await receive()  # then only a disconnect is left to come
 
         await self.app(scope, replayed, send)
 
-    async def _read_body(self, receive: Receive, send: Send) -> list[Message] | None:
+    async def _read_body(self, receive: Receive, send: Send) -> deque[Message] | None:
         """The request's messages up to its last body part; None when it has been answered with an error here, or
         the client left."""
         loop = asyncio.get_running_loop()
-        deadline, messages, received = loop.time() + self.timeout_s, [], 0
+        deadline, messages, received = loop.time() + self.timeout_s, deque(), 0
         try:
             while True:
                 try:
@@ -212,18 +213,27 @@ def header_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol]:
 
     class HeaderDeadline(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
+        _in_headers = False
 
-        def connection_made(self, transport) -> None:
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._arm()
+            self._in_headers = True
+            if self.cycle is None or self.cycle.response_complete:  # a pipelined request waits for the one before
+                self._arm()
 
         def on_headers_complete(self) -> None:
+            self._in_headers = False
             self._disarm()
             super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._in_headers:  # the next request's headers began while this one was answered
+                self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -243,7 +253,8 @@ def header_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol]:
 
 class ConcurrencyLimit:
     """ASGI middleware: at most `max_requests` API requests in progress; beyond that, 503 with Retry-After at once,
-    before the body is read. `gauge` (a Prometheus Gauge) follows the count."""
+    without reading the body (in the app, BodyLimit has read it by then: a slot is only ever held by a request whose
+    body has arrived). `gauge` (a Prometheus Gauge) follows the count."""
 
     def __init__(self, app: ASGIApp, max_requests: int, gauge=None, prefix: str = "/v1/"):
         self.app, self.max_requests, self.gauge, self.prefix = app, max_requests, gauge, prefix

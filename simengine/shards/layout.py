@@ -171,11 +171,12 @@ def read_plan(out: Path) -> dict[str, Any]:
         raise SimengineError(f"{out}: not an embeddings folder (no {PLAN}); make one with `simengine embed`") from None
     except ValueError as exc:
         raise SimengineError(f"{out / PLAN}: corrupt ({exc})") from exc
-    model = plan.get("model") if isinstance(plan, dict) else None
-    digests = plan.get("shard_digests") if isinstance(plan, dict) else None
+    plan = plan if isinstance(plan, dict) else {}
+    model, source, digests = plan.get("model"), plan.get("source"), plan.get("shard_digests")
     if (not isinstance(digests, list) or type(plan.get("shards")) is not int or plan["shards"] != len(digests)
             or not isinstance(model, dict) or type(model.get("dim")) is not int or model["dim"] < 1
-            or not isinstance(plan.get("metadata_schema"), dict) or not isinstance(plan.get("source"), dict)):
+            or not isinstance(model.get("bundle_hash"), str) or not isinstance(plan.get("metadata_schema"), dict)
+            or not isinstance(source, dict) or not {"labels", "path_column"} <= source.keys()):
         raise SimengineError(f"{out / PLAN}: not a plan `simengine embed` wrote (fields missing, or a shard count that "
                              "is not the length of its shard list); embed again into a new folder")
     return plan
@@ -188,12 +189,14 @@ def checked_vectors(vectors: np.ndarray, dim: int, where: str | os.PathLike, fir
     if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype.kind != "f":
         raise SimengineError(f"{where}: {vectors.dtype} array of shape {vectors.shape}; embeddings are floats of shape "
                              f"(rows, {dim})")
-    converted = np.asarray(vectors, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 values past float32's range: refused below, by name
+        converted = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(converted, axis=1)
     bad = ~(np.abs(norms - 1) <= NORM_TOLERANCE)  # NaN compares false: refused too
     if bad.any():
         row = int(np.argmax(bad))
-        what = ("NaN or infinite values" if not np.isfinite(converted[row]).all()
+        what = ("NaN or infinite values" if not np.isfinite(vectors[row]).all()
+                else "values beyond float32's range" if not np.isfinite(converted[row]).all()
                 else f"length {norms[row]:.6g}, not 1")
         raise SimengineError(f"{where}: row {first_row + row} has {what}; embeddings are L2-normalised vectors")
     return converted
@@ -206,8 +209,10 @@ def check_shard_vectors(out: Path, k: int, dim: int) -> int:
         vectors = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise SimengineError(f"{path}: not a NumPy array file ({exc})") from None
-    if vectors.ndim != 2:
-        checked_vectors(vectors, dim, path)  # says what is wrong
+    if not isinstance(vectors, np.ndarray):  # a zip of arrays (.npz) under the .npy name
+        vectors.close()
+        raise SimengineError(f"{path}: not a NumPy array file (a zip of arrays)")
+    checked_vectors(vectors[:0] if vectors.ndim == 2 else vectors, dim, path)  # shape and type, of an empty one too
     for start in range(0, len(vectors), CHECK_ROWS):
         checked_vectors(vectors[start:start + CHECK_ROWS], dim, path, start)
     return len(vectors)

@@ -158,3 +158,40 @@ def test_move_no_replace(tmp_path, monkeypatch, across_file_systems):
     assert (tmp_path / "moved-link").is_symlink() and (tmp_path / "b").read_bytes() == b"a"
     with pytest.raises(FileNotFoundError):
         move_no_replace(tmp_path / "a", tmp_path / "c")
+
+
+def test_a_file_moved_by_another_run_between_the_link_and_the_unlink_leaves_no_second_copy(folder, tmp_path,
+                                                                                          monkeypatch):
+    import os
+
+    target, other_run = tmp_path / "dups", tmp_path / "other-run"
+    planned = plan_moves(report_of(folder, {"a.jpg": ["b.jpg", "c.jpg"]}), target)
+    other_run.mkdir()
+    real_unlink = os.unlink
+
+    def unlink_after_the_other_run(path, *args, **kwargs):
+        if Path(path) == folder / "b.jpg":
+            shutil.move(folder / "b.jpg", other_run / "b.jpg")
+        return real_unlink(path, *args, **kwargs)
+    monkeypatch.setattr(os, "unlink", unlink_after_the_other_run)
+    done, left = apply_moves(planned, target)
+    assert [m.source.name for m in done] == ["c.jpg"] and left == [(str(folder / "b.jpg"), "no longer there")]
+    assert (other_run / "b.jpg").exists() and not (target / "b.jpg").exists()
+
+
+def test_a_source_that_cannot_be_removed_stays_with_no_copy_at_the_target(folder, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    planned = plan_moves(report_of(folder, {"a.jpg": ["b.jpg", "c.jpg"]}), tmp_path / "dups")
+    real_unlink = os.unlink
+
+    def read_only(path, *args, **kwargs):
+        if Path(path) == folder / "b.jpg":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_unlink(path, *args, **kwargs)
+    monkeypatch.setattr(os, "unlink", read_only)
+    done, left = apply_moves(planned, tmp_path / "dups")
+    assert [m.source.name for m in done] == ["c.jpg"]
+    assert left == [(str(folder / "b.jpg"), "cannot be moved (Permission denied)")]
+    assert (folder / "b.jpg").exists() and not (tmp_path / "dups" / "b.jpg").exists()

@@ -155,6 +155,14 @@ def test_shard_vectors_are_converted_or_refused_naming_the_shard_and_row(model, 
     replace_vectors(embeddings, 1, good.astype(np.int32))
     with pytest.raises(SimengineError, match="int32 array of shape"):
         build_from_embeddings(embeddings, tmp_path / "ints", bundle_dir)
+    replace_vectors(embeddings, 1, np.zeros((0, model.dim + 1), np.float32))
+    with pytest.raises(SimengineError, match=rf"float32 array of shape \(0, {model.dim + 1}\)"):
+        build_from_embeddings(embeddings, tmp_path / "empty", bundle_dir)
+    huge = good.astype(np.float64)
+    huge[3] = 1e300
+    replace_vectors(embeddings, 1, huge)
+    with pytest.raises(SimengineError, match="row 3 has values beyond float32's range"):
+        build_from_embeddings(embeddings, tmp_path / "huge", bundle_dir)
 
 
 def test_a_damaged_metadata_file_or_plan_is_refused_in_one_line(model, bundle_dir, tmp_path):
