@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/latency.py --data $(DATA)
 	$(BIN)/python benchmarks/search_scale.py
 	$(BIN)/python benchmarks/load.py --data $(DATA) --total-requests 10000
+	$(BIN)/python benchmarks/upload_cost.py --index indexes/default
 	$(BIN)/python benchmarks/index_write.py --index indexes/default
 	$(BIN)/python benchmarks/unseen_classes.py --data $(DATA)
 	$(BIN)/python benchmarks/collection.py --data $(DATA) --model indexes/default-model --n 10000

@@ -5,7 +5,7 @@ result, not by their size, and a server's memory must come back after them.
 - Through the CLI: `simengine query FILE --k 1`, each file `--runs` times, interleaved with an ordinary photo (the
   baseline), as new processes: median wall time and the largest peak RSS (the child's ru_maxrss).
 - Through the server: `simengine serve` on loopback; its RSS when idle; then `--bursts` bursts of four concurrent
-  /v1/triplet requests uploading the probe files (about 1 MB in all) with a small /v1/pair sent 0.5 s into each:
+  /v1/triplet requests uploading the probe files (about 1.4 MB in all) with a small /v1/pair sent 0.5 s into each:
   statuses and latencies, the server's peak RSS during the burst and its RSS 3 s after.
 
     python benchmarks/upload_cost.py --index indexes/default
@@ -33,27 +33,30 @@ SIDE = 6300
 SIMENGINE = Path(sys.executable).with_name("simengine")
 
 
-def probe_files(folder: Path) -> dict[str, Path]:
+def probe_files(folder: Path, side: int = SIDE) -> dict[str, Path]:
     """The two probe PNGs of the issue, and an ordinary photo (scikit-image's astronaut, 512 x 512 JPEG)."""
     from PIL import Image
     from skimage import data
 
     files = {"u16.png": folder / "u16.png", "rgba.png": folder / "rgba.png", "photo.jpg": folder / "photo.jpg"}
-    Image.new("I;16", (SIDE, SIDE), 4000).save(files["u16.png"])
-    Image.new("RGBA", (SIDE, SIDE), (10, 200, 30, 128)).save(files["rgba.png"])
+    Image.new("I;16", (side, side), 4000).save(files["u16.png"])
+    Image.new("RGBA", (side, side), (10, 200, 30, 128)).save(files["rgba.png"])
     Image.fromarray(data.astronaut()).save(files["photo.jpg"], quality=90)
     return files
 
 
 def run_cli(path: Path, index: Path) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of `simengine query PATH --k 1` as a new process."""
-    started = time.perf_counter()
-    child = subprocess.Popen([str(SIMENGINE), "-q", "query", str(path), "--k", "1", "--index", str(index)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"query {path.name} failed: {child.stderr.read().decode()[-2000:]}")
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a pipe nobody reads could stall the child
+        started = time.perf_counter()
+        child = subprocess.Popen([str(SIMENGINE), "-q", "query", str(path), "--k", "1", "--index", str(index)],
+                                 stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(child.pid, 0)  # reaped here, with its resource usage
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        if child.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"query {path.name} failed: {errors.read().decode()[-2000:]}")
     return seconds, usage.ru_maxrss / 1024
 
 
@@ -88,13 +91,16 @@ def server_costs(files: dict[str, Path], index: Path, bursts: int) -> dict:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:
                     break
             except OSError:
-                time.sleep(0.2)
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.2)
         else:
             raise SystemExit("the server did not start")
         small = multipart(files["photo.jpg"], files["photo.jpg"])
@@ -144,12 +150,14 @@ def server_costs(files: dict[str, Path], index: Path, bursts: int) -> dict:
 def markdown(result: dict) -> str:
     cli, srv = result["cli"], result["server"]
     base = cli["photo.jpg"]
-    rows = [[name, c["seconds"], round(c["seconds"] / base["seconds"], 2), c["peak_rss_mb"],
-             round(c["peak_rss_mb"] / base["peak_rss_mb"], 2)] for name, c in cli.items()]
-    burst_rows = [[n + 1, " ".join(map(str, b["triplet_statuses"])), max(b["triplet_seconds"]), b["pair_status"],
-                   b["pair_seconds"], b["peak_rss_mb"], b["rss_after_mb"]] for n, b in enumerate(srv["bursts"])]
+    rows = [[f"{name} ({result['file_bytes'][name] / 1024:.0f} KB)", f"{c['seconds']:.2f}",
+             f"{c['seconds'] / base['seconds']:.2f}", c["peak_rss_mb"], f"{c['peak_rss_mb'] / base['peak_rss_mb']:.2f}"]
+            for name, c in cli.items()]
+    burst_rows = [[n + 1, " ".join(map(str, b["triplet_statuses"])), f"{max(b['triplet_seconds']):.2f}",
+                   b["pair_status"], f"{b['pair_seconds']:.2f}", b["peak_rss_mb"], b["rss_after_mb"]]
+                  for n, b in enumerate(srv["bursts"])]
     return "\n\n".join([
-        "# Upload cost: small files that decode to 6300 x 6300 images",
+        f"# Upload cost: small files that decode to {result['side']} x {result['side']} images",
         f"`simengine query FILE --k 1`, a new process each time, median of {base['runs']} interleaved runs; "
         "the baseline is a 512 x 512 JPEG photo measured in the same rounds.",
         table(["file", "seconds", "x photo", "peak RSS MB", "x photo"], rows),
@@ -166,12 +174,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--index", type=Path, default=Path("indexes/default"))
     parser.add_argument("--runs", type=int, default=3, help="CLI runs per file")
     parser.add_argument("--bursts", type=int, default=3)
+    parser.add_argument("--side", type=int, default=SIDE, help="side of the probe PNGs in pixels")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="upload_cost")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        files = probe_files(Path(tmp))
-        result = {"file_bytes": {name: path.stat().st_size for name, path in files.items()},
+        files = probe_files(Path(tmp), args.side)
+        result = {"side": args.side, "file_bytes": {name: path.stat().st_size for name, path in files.items()},
                   "cli": cli_costs(files, args.index, args.runs), "server": server_costs(files, args.index, args.bursts)}
     write(args.name, result, markdown(result), args.out)
     print(markdown(result))
