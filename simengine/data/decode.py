@@ -73,10 +73,7 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
                     img.draft("RGB", draft_size)
                 img.load()
                 bits = _png_grey_bits(opened) if img.format == "PNG" and img.mode.startswith("I;16") else None
-                if draft_size is not None:
-                    img = _reduced(img, min(draft_size))
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img, bits)
+                return as_rgb(img, draft_size, bits)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -86,9 +83,37 @@ def load_rgb(source: str | os.PathLike | bytes, draft_size: tuple[int, int] | No
     except Image.UnidentifiedImageError as exc:
         if formats is not None:
             raise UnsupportedImageError(f"{name}: not an image in a supported format ({', '.join(formats)})") from exc
-        raise ImageLoadError(f"{name}: not an image (EPS/PostScript is never rendered)") from exc
+        raise ImageLoadError(f"{name}: {_unidentified(source)}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def as_rgb(img: Image.Image, draft_size: tuple[int, int] | None = None, grey_bits: int | None = None) -> Image.Image:
+    """A decoded picture in any mode as 8-bit RGB, its EXIF orientation applied; with `draft_size`, first shrunk
+    by a whole factor while it still covers that size. `grey_bits`: the significant bits of 16-bit greys."""
+    if draft_size is not None:
+        img = _reduced(img, min(draft_size))
+    return _to_rgb(ImageOps.exif_transpose(img), grey_bits)
+
+
+POSTSCRIPT_MAGIC = (b"%!PS", b"\xc5\xd0\xd3\xc6")  # text PostScript, and DOS EPS binary
+
+
+def _unidentified(source: str | os.PathLike | bytes) -> str:
+    """What a file no reader recognised is, as far as its first bytes say."""
+    if isinstance(source, bytes):
+        head = source[:4]
+    else:
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(4)
+        except OSError:
+            head = b"?"
+    if not head:
+        return "an empty file"
+    if head.startswith(POSTSCRIPT_MAGIC):
+        return "EPS/PostScript, which is never rendered"
+    return "not an image (or of a format Pillow cannot read)"
 
 
 def _reduced(img: Image.Image, side: int) -> Image.Image:

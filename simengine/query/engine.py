@@ -24,7 +24,8 @@ from simengine.index.model_link import require_model
 from simengine.index.reader import Index
 from simengine.model.builtin import resolve_model_dir
 from simengine.model.bundle import Model, load_bundle
-from simengine.query.refs import ID_PREFIX, Embedded, Ref, parse_id
+from simengine.query.inputs import ImageInput, describe, picture_array, reference
+from simengine.query.refs import ID_PREFIX, Embedded, parse_id
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
 from simengine.store.layout import resolve_index_dir
 
@@ -109,22 +110,38 @@ class Engine:
 
     # --- embedding ---------------------------------------------------------------------------------------------
 
-    def resolve(self, refs: Sequence[Ref]) -> list[tuple[str, np.ndarray]]:
-        """(name, embedding) for each reference: files are embedded (each distinct one once), `id:N` read from the
-        index, `Embedded` ones taken as they are. Raises on the first bad reference."""
-        named = [ref for ref in refs if not isinstance(ref, Embedded)]
-        vectors, errors = self.embed_many(named)
+    def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """The embedding of an image (a vector of `model.dim` floats, L2-normalised), or of each image of a list
+        (one row each): any input of `query.inputs` (a path, a PIL image, an array, bytes, a file, an indexed id)."""
+        if isinstance(images, (list, tuple)):
+            resolved = self.resolve(images)
+            return np.stack([v for _, v in resolved]) if resolved else np.zeros((0, self.model.dim), np.float32)
+        return self.resolve([images])[0][1]
+
+    def resolve(self, images: Sequence[ImageInput]) -> list[tuple[str, np.ndarray]]:
+        """(name, embedding) for each input: files are embedded (each distinct one once, decoded in parallel), ids
+        read from the index, pictures in memory decoded here, `Embedded` ones taken as they are. Raises on the first
+        bad input, naming it briefly."""
+        refs = [reference(image) for image in images]
+        vectors, errors = self.embed_many([ref for ref in refs if ref is not None])
+        pictures = [n for n, (image, ref) in enumerate(zip(images, refs))
+                    if ref is None and not isinstance(image, Embedded)]
+        if pictures:
+            batch = np.stack([picture_array(images[n], self.model.encoder) for n in pictures])
+            embedded = dict(zip(pictures, self.model.embed_batch(batch)))
         out = []
-        for ref in refs:
-            if isinstance(ref, Embedded):
-                if ref.model_hash != self.model.hash:
-                    raise ModelChangedError(f"{ref.name}: the index moved to another model while it was embedded; "
+        for n, (image, ref) in enumerate(zip(images, refs)):
+            if isinstance(image, Embedded):
+                if image.model_hash != self.model.hash:
+                    raise ModelChangedError(f"{image.name}: the index moved to another model while it was embedded; "
                                             "ask again")
-                out.append((ref.name, ref.vector))
-            elif (key := str(ref)) in errors:
-                raise (SimengineError if key.startswith(ID_PREFIX) else ImageLoadError)(errors[key])
+                out.append((image.name, image.vector))
+            elif ref is None:
+                out.append((describe(image), embedded[n]))
+            elif ref in errors:
+                raise (SimengineError if ref.startswith(ID_PREFIX) else ImageLoadError)(errors[ref])
             else:
-                out.append((key, vectors[key]))
+                out.append((ref, vectors[ref]))
         return out
 
     def embed_many(self, refs: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -158,7 +175,7 @@ class Engine:
 
     # --- the three questions -----------------------------------------------------------------------------------
 
-    def pair(self, a: Ref, b: Ref) -> PairResult:
+    def pair(self, a: ImageInput, b: ImageInput) -> PairResult:
         """Are `a` and `b` the same class?"""
         self.refresh()
         (name_a, va), (name_b, vb) = self.resolve([a, b])
@@ -174,7 +191,7 @@ class Engine:
             threshold=float(threshold), decision=self.mode,
         )
 
-    def triplet(self, a: Ref, b: Ref, c: Ref) -> TripletResult:
+    def triplet(self, a: ImageInput, b: ImageInput, c: ImageInput) -> TripletResult:
         """Do at least two of `a`, `b`, `c` show the same class?"""
         self.refresh()
         names, vectors = zip(*self.resolve([a, b, c]))
@@ -193,7 +210,7 @@ class Engine:
                 matching.append([i, j])
         return TripletResult(refs, bool(matching), matching, pairs, float(threshold), self.mode)
 
-    def neighbours(self, image: Ref, k: int = 5, where: str | None = None,
+    def neighbours(self, image: ImageInput, k: int = 5, where: str | None = None,
                    params: dict[str, Any] | None = None) -> NeighboursResult:
         """The k nearest indexed items, each verified by the pair head, and a class vote among the verified. `where`
         restricts them to the items an SQL condition over their columns selects, e.g. "label = :l AND width > 200"

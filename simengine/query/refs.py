@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 
+from simengine.data.decode import not_a_file_reason
 from simengine.errors import SimengineError
 from simengine.store.rows import MAX_ID
 
@@ -23,9 +22,6 @@ class Embedded:
     name: str
     vector: np.ndarray
     model_hash: str
-
-
-Ref = Union[str, os.PathLike, Embedded]
 
 
 def parse_id(ref: str) -> int:
@@ -43,6 +39,6 @@ def parse_refs(refs: Sequence[str]) -> list[str]:
     for ref in refs:
         if ref.startswith(ID_PREFIX):
             parse_id(ref)
-        elif not Path(ref).is_file():
-            raise SimengineError(f"{ref}: no such file")
+        elif (reason := not_a_file_reason(ref)) is not None:  # a folder or a FIFO is named as what it is
+            raise SimengineError(f"{ref}: {reason}")
     return list(refs)

@@ -255,3 +255,14 @@ def test_a_small_file_of_many_pixels_costs_what_its_result_costs(tmp_path):
     assert u16.split()[:3] == ["16", "16", "16"] and int(u16.split()[3]) >= 512  # 4000 of 65535, as before
     assert rgba.split()[:3] == ["132", "227", "142"]  # half-transparent green over white, as before
     assert int(grown_mb) < 400
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "an empty file"), (b"hello, this is text\n", "not an image"),
+                                             (b"%!PS-Adobe-3.0\n", "EPS/PostScript, which is never rendered")])
+def test_a_file_no_reader_recognises_is_named_for_what_it_is(tmp_path, content, reason):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    for source in (path, content):
+        with pytest.raises(ImageLoadError) as caught:
+            images.load_rgb(source)
+        assert reason in str(caught.value) and ("EPS" in str(caught.value)) == content.startswith(b"%!PS")
