@@ -229,6 +229,19 @@ def test_a_file_name_with_line_breaks_stays_on_one_error_line(built_index, tmp_p
     assert code == 1 and out.strip() == f"error: {tmp_path}/a\\nb\\r.jpg: no such file"
 
 
+def test_a_folder_a_fifo_an_empty_and_a_text_file_are_named_for_what_they_are(built_index, val, tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not a picture\n")
+    for path, reason in ((tmp_path, "a directory, not an image file"), (tmp_path / "pipe.jpg", "not a regular file"),
+                         (tmp_path / "empty.jpg", "an empty file"), (tmp_path / "notes.jpg", "not an image")):
+        code, out = run("query", "--index", built_index, path, val["coffee"][0])
+        assert code == 1 and len(out.strip().splitlines()) == 1, out
+        assert out.startswith(f"error: {path}: ") and reason in out, out
+
+
 def test_cli_unlabelled_folder_build_filter_query_and_sync(fixture_data, bundle_dir, val, tmp_path):
     """A plain folder (nested, unlabelled) indexed with one command, then pair, triplet, neighbours, a filtered
     search and a sync; thresholds are the model's, and `index info` says they are an estimate."""
