@@ -78,6 +78,9 @@ def _progress(ctx) -> bool:
     return ctx.find_root().obj["progress"]
 
 
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -92,11 +95,13 @@ def data():
 @data.command("fetch")
 @click.argument("name", type=click.Choice(["imagenette"]))
 @click.option("--dest", default="data", show_default=True, type=click.Path(file_okay=False), help="Where to unpack.")
-def data_fetch(name, dest):
+@_json_option
+def data_fetch(name, dest, as_json):
     """Download fast.ai's imagenette2-160 and check it (fails at once when offline)."""
     from simengine.data.imagenette import fetch_imagenette
 
-    click.echo(f"imagenette at {fetch_imagenette(dest)}")
+    where = fetch_imagenette(dest)
+    _echo_json({"dataset": name, "path": str(where)}) if as_json else click.echo(f"imagenette at {where}")
 
 
 @data.command("sample")
@@ -106,13 +111,14 @@ def data_fetch(name, dest):
 @click.option("--n", type=int, default=None, help="How many rows (default: the reference's 320 test / 1280 train).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
-def data_sample(kind, data_dir, split, n, seed, out):
+@_json_option
+def data_sample(kind, data_dir, split, n, seed, out, as_json):
     """Write a balanced, seeded pairs or triplets CSV (img1,img2[,img3],label)."""
     from simengine.data.evalsets import sample_split_to_csv
     from simengine.data.imagenette import resolve_data_dir
 
     rows = sample_split_to_csv(resolve_data_dir(data_dir), split, kind, out, n, seed)
-    click.echo(f"wrote {rows} {kind} to {out}")
+    _echo_json({"kind": kind, "rows": rows, "out": str(out)}) if as_json else click.echo(f"wrote {rows} {kind} to {out}")
 
 
 # --- train ---------------------------------------------------------------------------------------------------------
@@ -180,14 +186,18 @@ def _print_val_metrics(bundle: Path) -> None:
 @click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root with train/ (and val/ for evaluation).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
 @_training_options
+@_json_option
 @click.pass_context
-def train(ctx, data_dir, out, backbone, weights, runtime, **kwargs):
+def train(ctx, data_dir, out, backbone, weights, runtime, as_json, **kwargs):
     """Train the triplet embedding head and the BCE pair head; write a model bundle and report val metrics."""
     from simengine.data.imagenette import resolve_data_dir
     from simengine.training.pipeline import train_model
 
     opts, finetune = _train_options(**kwargs)
     bundle = train_model(resolve_data_dir(data_dir), out, opts, backbone, weights, finetune, runtime, _progress(ctx))
+    if as_json:
+        _echo_json({"bundle": str(bundle), "val": json.loads((bundle / "metrics.json").read_text()).get("val")})
+        return
     click.echo(f"bundle: {bundle}")
     _print_val_metrics(bundle)
 
@@ -324,7 +334,7 @@ _wait_option = click.option("--wait", "wait_s", type=float, default=60, show_def
 @index.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--label", default=None, help="Class for the new images (default: each file's folder name).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @_index_option
 @_wait_option
 @click.pass_context
@@ -351,13 +361,14 @@ def index_add(ctx, paths, label, as_json, index_dir, wait_s):
 @click.argument("refs", nargs=-1, required=True)
 @_index_option
 @_wait_option
-def index_remove(refs, index_dir, wait_s):
+@_json_option
+def index_remove(refs, index_dir, wait_s, as_json):
     """Remove items by id or path as one new version; their ids are never reused."""
     from simengine.store.layout import resolve_index_dir
     from simengine.index.update import remove_items
 
     ids = remove_items(resolve_index_dir(index_dir), refs, timeout_s=wait_s)
-    click.echo(f"removed {len(ids)}: ids {', '.join(map(str, ids))}")
+    _echo_json({"removed": ids}) if as_json else click.echo(f"removed {len(ids)}: ids {', '.join(map(str, ids))}")
 
 
 @index.command("sync")
@@ -366,7 +377,7 @@ def index_remove(refs, index_dir, wait_s):
 @click.option("--dry-run", is_flag=True, help="Print what would change, before embedding (duplicates and unreadable "
               "files show up only in a real run); write nothing.")
 @click.option("--force", is_flag=True, help="Allow removing more than half of the index.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @_index_option
 @_wait_option
 @click.pass_context
@@ -404,7 +415,7 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_
 
 @index.command("info")
 @_index_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 def index_info(index_dir, as_json):
     """Version, counts, classes, backbone, thresholds, segments and size on disk."""
     from simengine.data.labels import display_name
@@ -431,45 +442,65 @@ def index_info(index_dir, as_json):
 
 @index.command("verify")
 @_index_option
-def index_verify(index_dir):
+@_json_option
+def index_verify(index_dir, as_json):
     """Check segment hashes, FAISS ids against SQLite rows and the model, without writing; exit 1 on a problem."""
     from simengine.store.layout import resolve_index_dir
     from simengine.index.verify import verify_index
 
     path = resolve_index_dir(index_dir)
     problems = verify_index(path)
-    for p in problems:
-        click.echo(f"problem: {p}", err=True)
+    if as_json:
+        _echo_json({"index": str(path), "ok": not problems, "problems": problems})
+    else:
+        for p in problems:
+            click.echo(f"problem: {p}", err=True)
+        if not problems:
+            click.echo(f"ok: {path} is consistent (segments, ids, rows, model and exports match)")
     if problems:
         sys.exit(1)
-    click.echo(f"ok: {path} is consistent (segments, ids, rows and model match)")
 
 
 @index.command("calibrate")
 @_index_option
 @_wait_option
 @click.option("--target-far", type=float, default=None, help="Largest threshold with at most this false-accept rate.")
-def index_calibrate(index_dir, wait_s, target_far):
-    """Re-run threshold calibration on the index's held-out items, as one new version."""
+@_json_option
+def index_calibrate(index_dir, wait_s, target_far, as_json):
+    """Re-run threshold calibration on the index's held-out items, as one new version. Thresholds are shown as
+    `query` shows them: the distance rule as a largest distance (1 - cosine), the others as a smallest score."""
     from simengine.store.layout import resolve_index_dir
     from simengine.index.update import recalibrate_index
 
     cal = recalibrate_index(resolve_index_dir(index_dir), target_far, timeout_s=wait_s)
+    if as_json:
+        _echo_json(cal.to_dict())
+        return
     for mode in cal.pair:
-        click.echo(f"{mode:8s} pair threshold {cal.pair[mode].value:.4f} (cv accuracy {cal.pair[mode].cv_accuracy:.4f})  "
-                   f"triplet threshold {cal.triplet[mode].value:.4f}")
+        click.echo(f"{mode:8s} pair: {_threshold_text(mode, cal.pair[mode].value)} (cv accuracy "
+                   f"{cal.pair[mode].cv_accuracy:.4f})  triplet: {_threshold_text(mode, cal.triplet[mode].value)}")
     click.echo(f"default decision: {cal.default} ({cal.source})")
+
+
+def _threshold_text(mode: str, value: float) -> str:
+    """A calibrated threshold in the words `query` uses: the distance rule's cosine as a distance."""
+    return f"distance <= {1 - value:.4f}" if mode == "distance" else f"score >= {value:.4f}"
 
 
 @index.command("compact")
 @_index_option
 @_wait_option
-def index_compact(index_dir, wait_s):
+@_json_option
+def index_compact(index_dir, wait_s, as_json):
     """Merge all segments into one without removed vectors (cost: the whole collection; queries go on meanwhile)."""
     from simengine.store.layout import resolve_index_dir
     from simengine.index.update import compact_index
 
     manifest = compact_index(resolve_index_dir(index_dir), timeout_s=wait_s)
+    if as_json:
+        _echo_json({"version": manifest["version"], "items": manifest["counts"]["items"],
+                    "segments": [s["type"] for s in manifest["segments"]]})
+        return
     click.echo(f"version {manifest['version']}: {manifest['counts']['items']} items in "
                f"{len(manifest['segments'])} segment(s) of type {', '.join(s['type'] for s in manifest['segments']) or '-'}")
 
@@ -479,12 +510,16 @@ def index_compact(index_dir, wait_s):
 @_wait_option
 @click.option("--grace", "grace_s", type=float, default=600, show_default=True,
               help="Keep versions replaced less than this many seconds ago (readers may still use them).")
-def index_gc(index_dir, wait_s, grace_s):
+@_json_option
+def index_gc(index_dir, wait_s, grace_s, as_json):
     """Delete old versions, unreferenced segment files and forgotten rows (writes do this too, with the default grace)."""
     from simengine.store.layout import resolve_index_dir
     from simengine.index.update import collect_garbage
 
     done = collect_garbage(resolve_index_dir(index_dir), grace_s, timeout_s=wait_s)
+    if as_json:
+        _echo_json(done)
+        return
     click.echo(f"deleted {done['versions']} old versions, {done['segments']} segment files, {done['rows']} rows")
 
 
@@ -519,7 +554,7 @@ def _bound(params: tuple[str, ...]) -> dict[str, object]:
 @click.option("--triplets", "triplets_csv", type=click.Path(), help="CSV of img1,img2,img3[,label] to answer in batch.")
 @click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule (default: the index's calibrated best).")
 @_filter_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @_index_option
 @_runtime_option
 def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, index_dir, runtime):
@@ -578,7 +613,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
 @click.argument("image")
 @click.option("--k", type=int, default=5, show_default=True)
 @_filter_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @_index_option
 @_runtime_option
 def search(image, k, where, params, as_json, index_dir, runtime):
@@ -607,7 +642,7 @@ def search(image, k, where, params, as_json, index_dir, runtime):
               help="Move the duplicates (never the keepers) into this folder, keeping their relative paths; prints "
                    "the plan and moves nothing unless --yes.")
 @click.option("--yes", is_flag=True, help="With --move-to: carry out the moves (logged to moves.csv there).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @_runtime_option
 @click.pass_context
 def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, as_json, runtime):
@@ -672,7 +707,7 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
               help="Where labels come from (auto: a table's label column or an ImageFolder's class folders).")
 @click.option("--path-column", default="path", show_default=True,
               help="The column of a CSV/parquet table that holds image paths.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @_runtime_option
 @click.pass_context
 def embed(ctx, source, out, model_dir, shard_size, ray_address, workers, labels, path_column, as_json, runtime):
@@ -711,7 +746,7 @@ def embed(ctx, source, out, model_dir, shard_size, ray_address, workers, labels,
               help="Labelled images for the accuracy gate (0: all that the calibration did not use).")
 @click.option("--gate/--no-gate", default=True, show_default=True,
               help="Run the accuracy gate; without a passing gate `--runtime auto` never chooses int8.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @click.pass_context
 def quantize(ctx, model_dir, data_dir, images, gate_images, gate, as_json):
     """Quantize the model's backbone to int8 (NNCF post-training quantization for OpenVINO; the first and last
@@ -749,7 +784,7 @@ def quantize(ctx, model_dir, data_dir, images, gate_images, gate, as_json):
 @click.option("--data", "data_dir", type=click.Path(), help="ImageFolder root with train/ (default: $SIMENGINE_DATA or ./data/imagenette2-160).")
 @click.option("--target-far", type=click.FloatRange(0, 1), default=None,
               help="False accepts allowed on the hardest same-class negatives (default 0.02).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 @click.pass_context
 def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
     """Calibrate the same-picture decision of `simengine dedup` for a model bundle (`simengine train` does this

@@ -123,6 +123,65 @@ def test_cli_index_commands(index_copy, fixture_data):
     assert code == 1 and "problem" in out
 
 
+def commands(group=None, path=()):
+    """(command words, click command) of every command."""
+    import click
+
+    group = group or cli
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_command_that_prints_results_has_json():
+    without = [" ".join(words) for words, command in commands()
+               if "--json" not in {o for p in command.params for o in getattr(p, "opts", [])}]
+    assert without == ["serve"]  # a server prints no result
+
+
+def test_index_maintenance_commands_print_json(index_copy):
+    for args, keys in ((("remove", "0", "1"), {"removed"}), (("verify",), {"index", "ok", "problems"}),
+                       (("calibrate",), {"pair", "triplet", "default", "source"}),
+                       (("compact",), {"version", "items", "segments"}), (("gc", "--grace", "0"), {"versions", "segments", "rows"})):
+        code, out = run("index", *args, "--index", index_copy, "--json")
+        assert code == 0, out
+        assert keys <= json.loads(out).keys(), (args, out)
+    assert json.loads(run("index", "remove", "2", "--index", index_copy, "--json")[1]) == {"removed": [2]}
+
+
+def test_calibrate_shows_the_distance_rule_as_a_distance_as_query_does(index_copy, val):
+    code, out = run("index", "calibrate", "--index", index_copy)
+    distance_line = next(line for line in out.splitlines() if line.startswith("distance"))
+    shown = float(distance_line.split("distance <= ")[1].split()[0])
+    code, answer = run("query", "--index", index_copy, "--json", val["coffee"][0], val["coffee"][1])
+    assert shown == pytest.approx(json.loads(answer)["distance_threshold"], abs=1e-4)
+
+
+def test_an_index_that_cannot_be_written_here_is_one_line(index_copy, val, monkeypatch):
+    from filelock import FileLock
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    code, out = run("index", "remove", "0", "--index", index_copy)
+    assert code == 1 and out.strip().splitlines() == [
+        f"error: {index_copy}: this index cannot be written here (permission denied); reading it needs no write access"]
+
+
+def test_serve_on_a_busy_port_is_one_line_before_anything_loads(built_index):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = run("serve", "--index", built_index, "--port", port)
+    assert code == 1 and out.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port} (address already in use): stop what uses it, or give another --port"]
+
+
 def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):
     out = tmp_path / "pairs.csv"
     code, text = run("data", "sample", "pairs", "--data", fixture_data, "--split", "val", "--n", "20", "--out", out)

@@ -292,6 +292,7 @@ def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", p
     import uvicorn
 
     check_exposure(host, allow_remote, api_key, no_auth)
+    _check_port_free(host, port)
     hosts = allowed_hosts(host, extra_hosts)
     _unmap_large_blocks_when_freed()
     app = create_app(index_dir, mode, limits, api_key, hosts, runtime)
@@ -305,6 +306,21 @@ def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", p
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
                 timeout_graceful_shutdown=int(limits.timeout_s) + 5,
                 http=header_deadline_protocol(limits.header_timeout_s))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse in one line, before the model loads and "serving on" is said, a port another process listens on
+    (uvicorn would log its own error and exit 3). A bind that is let go at once: SO_REUSEADDR, as uvicorn binds."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SimengineError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): stop what "
+                                 "uses it, or give another --port") from None
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

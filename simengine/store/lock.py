@@ -11,7 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from simengine.errors import IndexBusyError
+from simengine.errors import IndexBusyError, SimengineError
 
 LOCK_FILE = "LOCK"
 HOLDER_FILE = "LOCK.holder"
@@ -35,6 +35,9 @@ class WriterLock:
         except Timeout:
             raise IndexBusyError(f"{self.folder}: another writer holds the index ({self.holder()}); "
                                  f"waited {self.timeout_s:g} s") from None
+        except OSError as exc:  # a folder or file system this user may read but not write
+            raise SimengineError(f"{self.folder}: this index cannot be written here "
+                                 f"({(exc.strerror or str(exc)).lower()}); reading it needs no write access") from None
         note = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (self.folder / HOLDER_FILE).write_text(json.dumps(note))
