@@ -61,9 +61,11 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on long work (default: only when stderr is a terminal, never in logs or pipes).")
 @click.version_option(package_name="simengine")
 @click.pass_context
-def cli(ctx, debug, quiet, verbose):
+def cli(ctx, debug, quiet, verbose, progress):
     """Image similarity engine.
 
     Train an embedding (triplet loss) and a pair verifier (BCE) on an ImageFolder dataset,
@@ -71,7 +73,7 @@ def cli(ctx, debug, quiet, verbose):
     are two images the same class, do two of three share a class, what are an image's neighbours.
     """
     _setup_logging(quiet, verbose)
-    ctx.obj = {"progress": not quiet}
+    ctx.obj = {"progress": (not quiet and sys.stderr.isatty()) if progress is None else progress}
 
 
 def _progress(ctx) -> bool:
@@ -79,6 +81,7 @@ def _progress(ctx) -> bool:
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+NEIGHBOURS_SHOWN = 5  # `query IMAGE` and `search IMAGE` without -k
 
 
 def _echo_json(obj) -> None:
@@ -549,7 +552,7 @@ def _bound(params: tuple[str, ...]) -> dict[str, object]:
 
 @cli.command()
 @click.argument("images", nargs=-1)
-@click.option("--k", type=int, default=None, help="Nearest neighbours of one image.")
+@click.option("-k", "--k", type=int, default=None, help="Nearest neighbours of one image (one image alone: 5).")
 @click.option("--pairs", "pairs_csv", type=click.Path(), help="CSV of img1,img2[,label] to answer in batch.")
 @click.option("--triplets", "triplets_csv", type=click.Path(), help="CSV of img1,img2,img3[,label] to answer in batch.")
 @click.option("--mode", type=click.Choice(["distance", "head", "fused"]), default=None, help="Decision rule (default: the index's calibrated best).")
@@ -563,7 +566,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
     \b
     simengine query a.jpg b.jpg         same class?
     simengine query a.jpg b.jpg c.jpg   do at least two share a class?
-    simengine query a.jpg --k 5         nearest neighbours, verified by the pair head
+    simengine query a.jpg -k 5          nearest neighbours, verified by the pair head (k 5 when not given)
     simengine query a.jpg --k 5 --where "label = :l" --param l=n01440764
     simengine query --pairs set.csv     batch mode, with a classification report if labelled
 
@@ -584,7 +587,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
         if len(images) > 3:
             raise SimengineError(f"{len(images)} images given: a query takes 2 or 3 (or 1 with --k)")
         if len(images) == 1 and k is None:
-            raise SimengineError("one image needs --k N for nearest neighbours (or give 2-3 images)")
+            k = NEIGHBOURS_SHOWN
         if k is not None and len(images) != 1:
             raise SimengineError("--k takes exactly one image")
         parse_refs(images)
@@ -611,18 +614,20 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
 
 @cli.command()
 @click.argument("image")
-@click.option("--k", type=int, default=5, show_default=True)
+@click.option("-k", "--k", type=int, default=NEIGHBOURS_SHOWN, show_default=True)
+@click.option("--include-self", is_flag=True, help="With id:N, list the item itself too (it is left out otherwise).")
 @_filter_options
 @_json_option
 @_index_option
 @_runtime_option
-def search(image, k, where, params, as_json, index_dir, runtime):
+def search(image, k, include_self, where, params, as_json, index_dir, runtime):
     """Nearest neighbours of IMAGE (a path or id:N), verified by the pair head."""
     from simengine.query.engine import Engine
     from simengine.query.refs import parse_refs
 
     parse_refs([image])
-    _print_neighbours(Engine.open(index_dir, runtime=runtime).neighbours(image, k, where, _bound(params)), as_json)
+    engine = Engine.open(index_dir, runtime=runtime)
+    _print_neighbours(engine.neighbours(image, k, where, _bound(params), include_self), as_json)
 
 
 @cli.command()

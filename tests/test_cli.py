@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -180,6 +181,29 @@ def test_serve_on_a_busy_port_is_one_line_before_anything_loads(built_index):
         code, out = run("serve", "--index", built_index, "--port", port)
     assert code == 1 and out.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port} (address already in use): stop what uses it, or give another --port"]
+
+
+def test_k_its_default_and_the_neighbours_of_an_item(built_index, val):
+    code, out = run("query", "--index", built_index, "--json", val["chelsea"][0])  # one image alone: 5 neighbours
+    assert code == 0 and len(json.loads(out)["neighbours"]) == 5
+    code, out = run("search", "--index", built_index, "--json", "-k", "2", "id:3")
+    assert code == 0 and [n["id"] for n in json.loads(out)["neighbours"]].count(3) == 0
+    code, out = run("search", "--index", built_index, "--json", "-k", "1", "--include-self", "id:3")
+    assert code == 0 and json.loads(out)["neighbours"][0]["id"] == 3
+
+
+def test_progress_bars_only_on_a_terminal_unless_asked(index_copy, tmp_path):
+    from PIL import Image
+
+    new = []
+    for seed in (1, 2):  # pictures no cache has seen: each is embedded, with a bar when bars are on
+        pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        new.append(tmp_path / f"noise{seed}.jpg")
+        Image.fromarray(pixels).save(new[-1])
+    code, out = run("index", "add", "--index", index_copy, new[0])  # CliRunner's stderr is no terminal
+    assert code == 0 and "%|" not in out and "img/s" not in out
+    code, out = run("--progress", "index", "add", "--index", index_copy, new[1])
+    assert code == 0 and "100%|" in out and "img/s" in out
 
 
 def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):

@@ -211,17 +211,20 @@ class Engine:
         return TripletResult(refs, bool(matching), matching, pairs, float(threshold), self.mode)
 
     def neighbours(self, image: ImageInput, k: int = 5, where: str | None = None,
-                   params: dict[str, Any] | None = None) -> NeighboursResult:
+                   params: dict[str, Any] | None = None, include_self: bool = False) -> NeighboursResult:
         """The k nearest indexed items, each verified by the pair head, and a class vote among the verified. `where`
         restricts them to the items an SQL condition over their columns selects, e.g. "label = :l AND width > 200"
-        with `params={"l": "n01440764"}` (values are always bound, never spliced into the SQL)."""
+        with `params={"l": "n01440764"}` (values are always bound, never spliced into the SQL). The neighbours of
+        an indexed item (an id) leave the item itself out, unless `include_self`."""
         if k < 1:
             raise SimengineError("k must be at least 1")
         self.refresh()
         self._indexed()
         [(ref, q)] = self.resolve([image])
-        sims, ids = self.index.search(q[None, :], k, where, params)
-        ids, sims = ids[0][ids[0] >= 0], sims[0][ids[0] >= 0]
+        own = None if include_self or not ref.startswith(ID_PREFIX) else parse_id(ref)
+        sims, ids = self.index.search(q[None, :], k + (own is not None), where, params)
+        keep = (ids[0] >= 0) & (ids[0] != (own if own is not None else -1))
+        ids, sims = ids[0][keep][:k], sims[0][keep][:k]
         rows = self.index.items(ids)
         found = []
         if len(ids):

@@ -193,10 +193,11 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
 
     @app.post("/v1/search", responses={200: {"content": {"application/json": {"example": SEARCH_EXAMPLE}}}})
     async def search(image: UploadFile | None = File(default=None), id: int | None = Form(default=None),
-                     k: int = Query(5, ge=1, le=100)) -> dict:
-        """Nearest indexed neighbours of an uploaded `image` or an indexed `id`, verified by the pair head."""
+                     k: int = Query(5, ge=1, le=100), include_self: bool = Query(False)) -> dict:
+        """Nearest indexed neighbours of an uploaded `image` or an indexed `id` (the item itself left out unless
+        `include_self`), verified by the pair head."""
         uploads, ids = ([image] if image is not None else []), ([id] if id is not None else [])
-        return await answer(lambda ref: worker.engine.neighbours(ref, k), 1, uploads, ids)
+        return await answer(lambda ref: worker.engine.neighbours(ref, k, include_self=include_self), 1, uploads, ids)
 
     @app.post("/v1/duplicates")
     async def duplicates(image: UploadFile = File(...), k: int = Query(NEIGHBOURS, ge=1, le=32)) -> dict:

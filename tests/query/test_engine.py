@@ -59,8 +59,9 @@ def test_indexed_image_is_its_own_nearest_neighbour(engine, fixture_data):
     top = r.neighbours[0]
     assert Path(top.path) == target.resolve() and top.distance == pytest.approx(0, abs=1e-5) and top.verified
     assert r.predicted_class == "astronaut" and r.confidence == 1.0
-    by_id = engine.neighbours(f"id:{top.id}", k=1)
-    assert by_id.neighbours[0].id == top.id
+    assert engine.neighbours(f"id:{top.id}", k=1, include_self=True).neighbours[0].id == top.id
+    others = engine.neighbours(f"id:{top.id}", k=3).neighbours  # an item's neighbours leave the item out
+    assert len(others) == 3 and top.id not in {n.id for n in others}
 
 
 def test_json_matches_the_schema(engine, val):

@@ -48,7 +48,7 @@ def test_ids_lists_and_mixed_questions(engine, val):
     answer = engine.pair(picture, val["coffee"][0].read_bytes())
     assert answer.same and answer.a == f"<PIL image {picture.width}x{picture.height} RGB>"
     assert answer.b.startswith("<") and answer.b.endswith(" bytes>")
-    assert engine.neighbours(5, k=1).neighbours[0].id == 5
+    assert engine.neighbours(5, k=1, include_self=True).neighbours[0].id == 5
     assert engine.triplet(np.asarray(picture), val["rocket"][0], 5).images[0].startswith("<array uint8")
 
 

@@ -150,8 +150,10 @@ def test_pair_triplet_search_match_the_cli_json(server, val):
     assert trip["images"][2] == "id:0" and set(trip) == {"images", "any_match", "matching_pairs", "pairs", "threshold", "decision"}
     found = httpx.post(f"{server}/v1/search?k=3", files=upload(val["chelsea"][0], field="image")).json()
     assert len(found["neighbours"]) == 3 and found["predicted_class"] == "chelsea"
-    by_id = httpx.post(f"{server}/v1/search?k=1", data={"id": "5"}).json()
+    by_id = httpx.post(f"{server}/v1/search?k=1&include_self=true", data={"id": "5"}).json()
     assert by_id["neighbours"][0]["id"] == 5 and by_id["neighbours"][0]["distance"] == pytest.approx(0, abs=1e-5)
+    others = httpx.post(f"{server}/v1/search?k=2", data={"id": "5"}).json()["neighbours"]
+    assert len(others) == 2 and 5 not in {n["id"] for n in others}
 
 
 def error(response, status):

@@ -81,7 +81,7 @@ def test_a_sharded_service_on_two_nodes_answers_as_the_single_node_index(two_seg
         assert codes == [200] * len(photos)
         sizes = serve.get_deployment_handle("encoder", app_name=APP_NAME).batch_sizes.remote().result()
         assert sum(sizes) == len(photos) + 5 and max(sizes) > 1  # every upload, some batched with others
-        by_id = httpx.post(f"{url}/v1/search?k=3", data={"id": "33"}, timeout=60).json()  # a vector from shard 1
+        by_id = httpx.post(f"{url}/v1/search?k=3&include_self=1", data={"id": "33"}, timeout=60).json()  # shard 1
         assert by_id["neighbours"][0]["id"] == 33
         assert httpx.get(f"{url}/v1/info", timeout=60).json()["items"] == len(local.index)
     finally:
