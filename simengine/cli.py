@@ -605,11 +605,11 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
                 _print_batch(engine.score_csv(csv_path, width), as_json)
         return
     if k is not None:
-        _print_neighbours(engine.neighbours(images[0], k, where, _bound(params)), as_json)
+        _print_neighbours(engine.neighbours(images[0], k, where, _bound(params)), as_json, engine.labelled)
     elif len(images) == 2:
-        _print_pair(engine.pair(*images), as_json)
+        _print_pair(engine.pair(*images), as_json, engine.labelled)
     else:
-        _print_triplet(engine.triplet(*images), as_json)
+        _print_triplet(engine.triplet(*images), as_json, engine.labelled)
 
 
 @cli.command()
@@ -627,7 +627,7 @@ def search(image, k, include_self, where, params, as_json, index_dir, runtime):
 
     parse_refs([image])
     engine = Engine.open(index_dir, runtime=runtime)
-    _print_neighbours(engine.neighbours(image, k, where, _bound(params), include_self), as_json)
+    _print_neighbours(engine.neighbours(image, k, where, _bound(params), include_self), as_json, engine.labelled)
 
 
 @cli.command()
@@ -871,19 +871,21 @@ def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_ho
                api_key=api_key, hosts=answered_hosts(host, allowed_hosts))
 
 
-def _print_pair(r, as_json):
+def _print_pair(r, as_json, labelled: bool):
+    """A pair answer; without labels (an unlabelled index, or no index) it speaks of similarity, not classes."""
     if as_json:
         return _echo_json(r.to_dict())
-    click.echo(f"same class: {'YES' if r.same else 'NO'}")
+    click.echo(f"{'same class' if labelled else 'similar'}: {'YES' if r.same else 'NO'}")
     click.echo(f"  distance         {r.distance:.4f}  (threshold {r.distance_threshold:.4f})")
     click.echo(f"  pair-head p      {r.head_probability:.4f}")
     click.echo(f"  decision ({r.decision}) score {r.score:.4f} {'>=' if r.same else '<'} {r.threshold:.4f}")
 
 
-def _print_triplet(r, as_json):
+def _print_triplet(r, as_json, labelled: bool):
     if as_json:
         return _echo_json(r.to_dict())
-    click.echo(f"at least two share a class: {'YES' if r.any_match else 'NO'}")
+    click.echo(f"{'at least two share a class' if labelled else 'at least two are similar'}: "
+               f"{'YES' if r.any_match else 'NO'}")
     for p in r.pairs:
         i, j = p["pair"]
         click.echo(f"  {'*' if p['match'] else ' '} {i + 1}-{j + 1}  distance {p['distance']:.4f}  "
@@ -891,20 +893,25 @@ def _print_triplet(r, as_json):
     click.echo(f"  decision ({r.decision}): a pair matches when score >= {r.threshold:.4f}")
 
 
-def _print_neighbours(r, as_json):
+def _print_neighbours(r, as_json, labelled: bool):
+    """Neighbours, and with labels the class vote: how many verified neighbours voted, never a bare confidence."""
     if as_json:
         return _echo_json(r.to_dict())
-    click.echo(f"{'id':>6}  {'distance':>8}  {'p(head)':>7}  verified  class               path")
+    click.echo(f"{'id':>6}  {'distance':>8}  {'p(head)':>7}  verified  " + ("class               " if labelled else "")
+               + "path")
     for n in r.neighbours:
         click.echo(f"{n.id:>6}  {n.distance:8.4f}  {n.head_probability:7.4f}  {'yes' if n.verified else 'no ':8s}  "
-                   f"{(n.class_name or '-')[:18]:18s}  {n.path}")
-    if r.predicted_class:
+                   + (f"{(n.class_name or '-')[:18]:18s}  " if labelled else "") + n.path)
+    verified = f"{r.verified_count} of {len(r.neighbours)} neighbours verified by the pair head"
+    if not labelled:
+        click.echo(verified)
+    elif r.predicted_class:
         from simengine.data.labels import display_name
 
-        click.echo(f"predicted class: {display_name(r.predicted_class)} (confidence {r.confidence:.2f}, "
-                   f"{r.verified_count} of {len(r.neighbours)} verified)")
+        click.echo(f"predicted class: {display_name(r.predicted_class)} ({r.votes} of the {r.verified_count} verified "
+                   f"neighbours; {verified})")
     else:
-        click.echo("predicted class: none (no neighbour verified)")
+        click.echo(f"predicted class: none ({verified}" + (", none labelled)" if r.verified_count else ")"))
 
 
 def _print_batch(result, as_json):

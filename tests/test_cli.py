@@ -190,6 +190,9 @@ def test_k_its_default_and_the_neighbours_of_an_item(built_index, val):
     assert code == 0 and [n["id"] for n in json.loads(out)["neighbours"]].count(3) == 0
     code, out = run("search", "--index", built_index, "--json", "-k", "1", "--include-self", "id:3")
     assert code == 0 and json.loads(out)["neighbours"][0]["id"] == 3
+    code, out = run("search", "--index", built_index, "-k", "3", val["chelsea"][0])  # a vote says who voted
+    assert code == 0 and "predicted class: chelsea (" in out and " of the " in out and "verified neighbours" in out
+    assert "confidence" not in out
 
 
 def test_progress_bars_only_on_a_terminal_unless_asked(index_copy, tmp_path):
@@ -343,7 +346,11 @@ def test_cli_unlabelled_folder_build_filter_query_and_sync(fixture_data, bundle_
     info = json.loads(out)
     assert info["thresholds_estimated"] is True and info["classes"] == {"null": 9}
     code, out = run("query", "--index", index, val["coffee"][0], val["coffee"][1])
-    assert code == 0 and "same class: YES" in out
+    assert code == 0 and "similar: YES" in out and "class" not in out  # no labels: no class talk
+    code, out = run("query", "--index", index, val["coffee"][0], val["rocket"][0], val["coffee"][2])
+    assert code == 0 and "at least two are similar: YES" in out and "class" not in out
+    code, out = run("search", "--index", index, val["coffee"][0], "-k", "3")
+    assert code == 0 and "class" not in out and "neighbours verified by the pair head" in out
     code, out = run("query", "--index", index, "--json", val["coffee"][0], val["rocket"][0], val["coffee"][2])
     assert code == 0 and json.loads(out)["matching_pairs"] == [[0, 2]]
     code, out = run("query", "--index", index, "--json", "--k", "3", val["rocket"][0], "--where", "path LIKE :p",
@@ -391,7 +398,7 @@ def test_cli_query_without_an_index_answers_pairs_with_the_builtin_model(tmp_pat
     code, out = run("query", "--json", val["coffee"][0], val["coffee"][1])
     assert code == 0 and json.loads(out)["same"] is True
     code, out = run("query", val["coffee"][0], val["rocket"][0], val["chelsea"][0])
-    assert code == 0 and "at least two share a class: NO" in out
+    assert code == 0 and "at least two are similar: NO" in out  # no index, no labels
     code, out = run("query", val["coffee"][0], "--k", "3")
     assert code == 1 and "no index: build one with `simengine index build PHOTOS`" in out
 

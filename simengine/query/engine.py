@@ -19,6 +19,7 @@ from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
+from simengine.index import items
 from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
@@ -65,6 +66,12 @@ class Engine:
              ) -> "Engine":
         """The engine of an open index (a sharded one, say), with the model that embedded it."""
         return cls(index, load_bundle(index.model_dir, runtime), mode, runtime, max_pixels)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the index holds labels: without them no answer speaks of classes (a pair is similar or not)."""
+        return self.index is not None and any(label is not None for label in items.label_counts(
+            self.index.conn, self.index.version))
 
     @property
     def calibration(self) -> Calibration:
@@ -242,8 +249,8 @@ class Engine:
                 ))
         votes = Counter(n.label for n in found if n.verified and n.label is not None)
         verified = sum(1 for n in found if n.verified)
-        predicted, confidence = (votes.most_common(1)[0] if votes else (None, 0))
-        return NeighboursResult(ref, k, found, predicted, confidence / verified if verified else 0.0, verified)
+        predicted, voted = (votes.most_common(1)[0] if votes else (None, 0))
+        return NeighboursResult(ref, k, found, predicted, voted / verified if verified else 0.0, verified, voted)
 
     def copies(self, image: bytes, name: str = "<bytes>", k: int = NEIGHBOURS) -> CopiesResult:
         """The indexed items that are copies of one picture (the bytes of an image file): exact, or resized,

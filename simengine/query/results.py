@@ -52,8 +52,9 @@ class NeighboursResult(_Result):
     k: int
     neighbours: list[Neighbour]
     predicted_class: str | None
-    confidence: float
+    confidence: float  # votes / verified_count
     verified_count: int
+    votes: int  # verified neighbours of the predicted class
 
 
 @dataclass

@@ -10,6 +10,7 @@ body is read, and give every response its security headers and request id.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -224,9 +225,11 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return FileResponse(path, media_type=mime_type(found))
 
     @app.get("/v1/info")
-    async def info() -> dict:
+    async def info() -> Response:
         """Summary of the index: counts, classes, backbone, thresholds."""
-        return await ask_engine(worker.engine.info)
+        summary = await ask_engine(worker.engine.info)
+        # Encoded as the CLI's --json encodes it: items without a label count under "null" (FastAPI wrote "None").
+        return Response(json.dumps(summary, default=str), media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -361,4 +364,4 @@ TRIPLET_EXAMPLE = {"images": ["upload:a.jpg", "upload:b.jpg", "id:12"], "any_mat
 SEARCH_EXAMPLE = {"query": "upload:a.jpg", "k": 1, "neighbours": [
     {"id": 9364, "path": "/data/train/n03888257/n03888257_7046.JPEG", "label": "n03888257", "class_name": "parachute",
      "distance": 0.0168, "head_probability": 0.9947, "verified": True, "metadata": {}}],
-    "predicted_class": "n03888257", "confidence": 1.0, "verified_count": 1}
+    "predicted_class": "n03888257", "confidence": 1.0, "verified_count": 1, "votes": 1}

@@ -442,6 +442,34 @@ def test_web_page_in_headless_chromium(server, val):
     assert violations == []
 
 
+@needs_chromium
+def test_the_page_of_an_unlabelled_index_never_speaks_of_classes(model, fixture_data, val, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from simengine.index.build import build_index
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((fixture_data / "train").glob("*/*.jpg"))[::3]:
+        shutil.copy(path, photos / path.name)
+    build_index(photos, model, tmp_path / "unlabelled")
+    with running_server(tmp_path / "unlabelled") as url, sync_playwright() as p:
+        assert httpx.get(f"{url}/v1/info").json()["classes"] == {"null": 11}  # as the CLI's --json says it
+        chromium = browser(p)
+        page = chromium.new_page()
+        page.goto(url)
+        page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
+        page.click("#go")
+        expect(page.locator("#answer")).to_have_text("Similar: YES", timeout=30_000)
+        page.click("#clear")
+        page.set_input_files("#files", str(val["coffee"][0]))
+        page.fill("#k", "3")
+        page.click("#go")
+        expect(page.locator("#answer")).to_contain_text("of 3 neighbours verified", timeout=30_000)
+        expect(page.locator("body")).not_to_contain_text("class")
+        chromium.close()
+
+
 def test_a_running_server_sees_adds_and_removes(index_copy, val):
     from simengine.index.update import add_images, remove_items
 

@@ -59,6 +59,18 @@ function table(header, rows) {
   return el("table", {}, ...lines);
 }
 
+let labelled = null; // whether the index holds labels (/v1/info): without them the page speaks of similarity
+
+async function indexIsLabelled() {
+  if (labelled === null) {
+    const response = await fetch("/v1/info", { headers: apiHeaders() });
+    if (!response.ok) return true; // asked again next time; the question's own answer says what went wrong
+    const info = await response.json();
+    labelled = Object.keys(info.classes || {}).some((c) => c !== "null");
+  }
+  return labelled;
+}
+
 async function ask() {
   say("…");
   $("details").replaceChildren();
@@ -83,12 +95,16 @@ async function ask() {
   }
   if (!response.ok) { say(body.error ? body.error.message : `error ${response.status}`, true); return; }
   if ($("key").value) sessionStorage.setItem("simengine-key", $("key").value);
+  const classes = await indexIsLabelled();
   if (files.length === 1) {
     const top = body.neighbours.find((n) => n.label === body.predicted_class);
-    say(body.predicted_class ? `Predicted class: ${top.class_name || top.label} (confidence ${fmt(body.confidence)})` : "No neighbour verified.");
+    const verified = `${body.verified_count} of ${body.neighbours.length} neighbours verified`;
+    say(!classes ? verified
+      : body.predicted_class ? `Predicted class: ${top.class_name || top.label} (${body.votes} of the ${body.verified_count} verified neighbours)`
+        : `No predicted class (${verified})`);
     $("results").replaceChildren(...(await Promise.all(body.neighbours.map(neighbourCard))));
   } else if (files.length === 2) {
-    say(body.same ? "Same class: YES" : "Same class: NO");
+    say(`${classes ? "Same class" : "Similar"}: ${body.same ? "YES" : "NO"}`);
     $("details").replaceChildren(table([], [
       ["distance", `${fmt(body.distance)} (threshold ${fmt(body.distance_threshold)})`],
       ["pair-head p", fmt(body.head_probability)],
@@ -96,7 +112,8 @@ async function ask() {
     ]));
   } else {
     const pairs = body.matching_pairs.map((p) => `${p[0] + 1}–${p[1] + 1}`).join(", ");
-    say(body.any_match ? `At least two share a class: YES (${pairs})` : "At least two share a class: NO");
+    const question = classes ? "At least two share a class" : "At least two are similar";
+    say(body.any_match ? `${question}: YES (${pairs})` : `${question}: NO`);
     $("details").replaceChildren(table(["pair", "distance", "pair-head p", "match"], body.pairs.map((p) =>
       [`${p.pair[0] + 1}–${p.pair[1] + 1}`, fmt(p.distance), fmt(p.head_probability), p.match ? "yes" : "no"])));
   }
