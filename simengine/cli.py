@@ -380,11 +380,13 @@ def index_remove(refs, index_dir, wait_s, as_json):
 @click.option("--dry-run", is_flag=True, help="Print what would change, before embedding (duplicates and unreadable "
               "files show up only in a real run); write nothing.")
 @click.option("--force", is_flag=True, help="Allow removing more than half of the index.")
+@click.option("--prune", is_flag=True, help="Also remove items from outside the source folder (added with `index "
+              "add`); they are kept and reported otherwise.")
 @_json_option
 @_index_option
 @_wait_option
 @click.pass_context
-def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_dir, wait_s):
+def index_sync(ctx, source, labels, path_column, dry_run, force, prune, as_json, index_dir, wait_s):
     """Make the index equal to SOURCE (default: the source it was built from, read the same way): add new files,
     re-embed changed ones (content, label or metadata), remove those that are gone; one new version, none if
     nothing changed. Safe from cron: it waits for other writers (--wait), refuses to remove more than half of the
@@ -393,7 +395,7 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_
     from simengine.index.sync import sync_index
 
     report = sync_index(resolve_index_dir(index_dir), source, labels, path_column, dry_run, progress=_progress(ctx),
-                        timeout_s=wait_s, force=force)
+                        timeout_s=wait_s, force=force, prune=prune)
     if as_json:
         _echo_json(report.to_dict())
         return
@@ -410,6 +412,9 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, as_json, index_
         click.echo(f"{'removed, new content not indexed' if lost else verb + 're-embed'}: {one_line(entry['path'])}")
     for entry in report.removed:
         click.echo(f"{verb}remove: {one_line(entry['path'])}")
+    if report.kept_outside:
+        click.echo(f"kept {len(report.kept_outside)} items from outside {one_line(report.source)} (the first: "
+                   f"{one_line(report.kept_outside[0]['path'])}); --prune removes them", err=True)
     where = "nothing written (dry run)" if dry_run else f"version {report.version}" if report.version else "no change"
     click.echo(f"sync {report.source}: {len(report.added)} added, {len(report.changed)} changed, "
                f"{len(report.removed)} removed, {report.unchanged} unchanged, {len(report.duplicates)} duplicates, "

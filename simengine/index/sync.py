@@ -1,6 +1,8 @@
 """Keeping an index equal to its source: add new files, re-embed changed ones, remove those that are gone.
 
-The index mirrors the source: an item whose path the source no longer names is removed. A file counts as changed
+The index mirrors the source: an item whose path the source no longer names is removed. An item from outside a
+folder source (`index add` of a file elsewhere) is no such item: it is kept and reported, unless pruned. A file
+counts as changed
 when its content hash, its label or its metadata differ from its row. The plan is made again under the writer
 lock, from the version the commit builds on, so a sync never undoes a concurrent write; embedding happens before
 the lock is taken (the feature cache makes re-embedding an unchanged picture cheap).
@@ -44,6 +46,7 @@ class SyncPlan:
     changed: list[tuple[Item, int]] = field(default_factory=list)
     gone: list[dict[str, Any]] = field(default_factory=list)
     unchanged: int = 0
+    outside: list[dict[str, Any]] = field(default_factory=list)  # kept: not from the source folder
 
 
 @dataclass
@@ -59,18 +62,21 @@ class SyncReport:
     duplicates: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     version: int | None = None
+    kept_outside: list[dict[str, Any]] = field(default_factory=list)  # items from outside the source folder
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "dry_run": self.dry_run, "added": self.added, "changed": self.changed,
                 "removed": self.removed, "unchanged": self.unchanged, "version": self.version,
+                "kept_outside": self.kept_outside,
                 "duplicates": [{"path": p, "existing_id": i} for p, i in self.duplicates],
                 "failed": [{"path": p, "reason": r} for p, r in self.failed]}
 
 
-def plan_sync(items: list[Item], rows: list[dict[str, Any]], unreadable: set[str] = frozenset()) -> SyncPlan:
+def plan_sync(items: list[Item], rows: list[dict[str, Any]], unreadable: set[str] = frozenset(),
+              folder: Path | None = None) -> SyncPlan:
     """Compare a source's items with an index's live rows, by path; rows of files that exist but could not be read
     this time, and of every file under a folder that could not be listed (entries ending with a separator), stay as
-    they are."""
+    they are. With the source `folder` (resolved), rows of files outside it stay too, as `outside`."""
     by_path = {row["path"]: row for row in rows}
     folders = tuple(path for path in unreadable if path.endswith(os.sep))
     present = {path for path in by_path if path in unreadable or path.startswith(folders)} if unreadable else set()
@@ -86,7 +92,9 @@ def plan_sync(items: list[Item], rows: list[dict[str, Any]], unreadable: set[str
             plan.changed.append((item, row["id"]))
         else:
             plan.unchanged += 1
-    plan.gone = [{"path": path, "id": row["id"]} for path, row in by_path.items() if path not in present]
+    missing = [{"path": path, "id": row["id"]} for path, row in by_path.items() if path not in present]
+    plan.outside = [row for row in missing if folder is not None and folder not in Path(row["path"]).parents]
+    plan.gone = [row for row in missing if row not in plan.outside]
     return plan
 
 
@@ -98,11 +106,13 @@ def _set(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = None, labels: str | None = None,
                path_column: str | None = None, dry_run: bool = False, model: Model | None = None,
-               progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, force: bool = False) -> SyncReport:
+               progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, force: bool = False,
+               prune: bool = False) -> SyncReport:
     """Make the index hold exactly the images `source` names (by default the source it was built from, read the
     same way: layout, labels, path column), as one new version; nothing is written when nothing changed or on
-    `dry_run`. A changed file whose new content cannot be embedded is removed and reported as failed. Removing more
-    than half of the index (an unmounted disk, a wrong path) needs `force`."""
+    `dry_run`. Items from outside a folder source (added with `index add`) are kept and reported in
+    `kept_outside`, or removed with `prune`. A changed file whose new content cannot be embedded is removed and
+    reported as failed. Removing more than half of the index (an unmounted disk, a wrong path) needs `force`."""
     index_dir = Path(index_dir)
     store = StoreDir(index_dir)
     manifest = store.read_manifest(store.current_version())
@@ -118,8 +128,10 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
                              path_column or settings.get("path_column") or "path", progress,
                              kind=settings.get("source_kind", "imagefolder" if same and "data" in built else None))
     report = SyncReport(source=str(source.resolve()), dry_run=dry_run, failed=list(collection.skipped))
+    folder = None if prune or not source.is_dir() else source.resolve()
     with contextlib.closing(store_rows.connect(index_dir, read_only=True)) as conn:
-        plan = plan_sync(collection.items, store_rows.live_rows(conn, manifest["version"]), collection.unreadable)
+        plan = plan_sync(collection.items, store_rows.live_rows(conn, manifest["version"]), collection.unreadable,
+                         folder)
     _check_removals(plan, manifest["counts"]["items"], source, force)
     if dry_run:
         _describe(report, plan, {})
@@ -134,7 +146,8 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     attempted = {item.sha256 for item in _to_embed(plan)}
     with StoreWriter(index_dir, timeout_s) as writer:
         require_model(writer.base, model, index_dir)
-        plan = plan_sync(collection.items, store_rows.live_rows(writer.conn, writer.base["version"]), collection.unreadable)
+        plan = plan_sync(collection.items, store_rows.live_rows(writer.conn, writer.base["version"]),
+                         collection.unreadable, folder)
         _check_removals(plan, writer.base["counts"]["items"], source, force)
         replaced = [old for _, old in plan.changed]
         writer.remove(sorted(replaced + [row["id"] for row in plan.gone]))
@@ -170,4 +183,4 @@ def _describe(report: SyncReport, plan: SyncPlan, new_ids: dict[str, int]) -> No
                     if report.dry_run or str(item.path) in new_ids]
     report.changed = [{"path": str(item.path), "old_id": old, "new_id": new_ids.get(str(item.path))}
                       for item, old in plan.changed]
-    report.removed, report.unchanged = plan.gone, plan.unchanged
+    report.removed, report.unchanged, report.kept_outside = plan.gone, plan.unchanged, plan.outside

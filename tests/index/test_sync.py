@@ -169,3 +169,19 @@ def test_a_folder_that_cannot_be_listed_keeps_its_items(folder_index, monkeypatc
     assert report.removed == [] and report.version is None and len(Index(index)) == before
     assert report.unchanged == before
     assert any(str(locked) in reason and "cannot list" in reason for _, reason in report.failed)
+
+
+def test_items_added_from_outside_the_source_are_kept_and_reported_unless_pruned(folder_index, fixture_data,
+                                                                                   tmp_path):
+    from simengine.index.update import add_images
+
+    folder, index = folder_index
+    elsewhere = tmp_path / "elsewhere" / "rocket.jpg"
+    elsewhere.parent.mkdir()
+    shutil.copy(fixture_data / "train" / "rocket" / "rocket_00.jpg", elsewhere)
+    [added] = add_images(index, [elsewhere]).added
+    report = sync_index(index)
+    assert report.kept_outside == [{"path": str(elsewhere), "id": added}] and report.removed == []
+    assert report.version is None and str(elsewhere) in paths(index)
+    pruned = sync_index(index, prune=True)
+    assert pruned.removed == [{"path": str(elsewhere), "id": added}] and str(elsewhere) not in paths(index)
