@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -342,7 +343,8 @@ _wait_option = click.option("--wait", "wait_s", type=float, default=60, show_def
 @_wait_option
 @click.pass_context
 def index_add(ctx, paths, label, as_json, index_dir, wait_s):
-    """Embed images and add them as one new version (duplicates by content are skipped, bad files reported)."""
+    """Embed images (files, or folders: every image under them) and add them as one new version (duplicates by
+    content are skipped, bad files reported)."""
     from simengine.store.layout import resolve_index_dir
     from simengine.index.update import add_images
 
@@ -421,7 +423,19 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, prune, as_json,
                f"{len(report.failed)} failed; {where}")
 
 
+def _index_argument(f):
+    """INDEX as a positional argument too (`index info indexes/photos`), where a command takes nothing else."""
+    f = click.argument("index_path", required=False, type=click.Path(), metavar="[INDEX]")(f)
+
+    def either(*args, index_path=None, index_dir=None, **kwargs):
+        if index_path is not None and index_dir is not None and index_path != index_dir:
+            raise click.UsageError("give the index once: INDEX or --index")
+        return f(*args, index_dir=index_path or index_dir, **kwargs)
+    return functools.update_wrapper(either, f)
+
+
 @index.command("info")
+@_index_argument
 @_index_option
 @_json_option
 def index_info(index_dir, as_json):
@@ -449,6 +463,7 @@ def index_info(index_dir, as_json):
 
 
 @index.command("verify")
+@_index_argument
 @_index_option
 @_json_option
 def index_verify(index_dir, as_json):

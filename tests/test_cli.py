@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,20 @@ def test_progress_bars_only_on_a_terminal_unless_asked(index_copy, tmp_path):
     assert code == 0 and "%|" not in out and "img/s" not in out
     code, out = run("--progress", "index", "add", "--index", index_copy, new[1])
     assert code == 0 and "100%|" in out and "img/s" in out
+
+
+def test_index_paths_may_be_positional_and_index_add_takes_folders(index_copy, fixture_data, tmp_path):
+    code, out = run("index", "info", index_copy, "--json")
+    assert code == 0 and json.loads(out)["items"] == 32
+    code, out = run("index", "verify", index_copy)
+    assert code == 0 and out.startswith("ok")
+    code, out = run("index", "info", index_copy, "--index", tmp_path)
+    assert code == 2 and "give the index once" in out
+    folder = tmp_path / "new"
+    shutil.copytree(fixture_data / "val" / "rocket", folder / "rocket")
+    (folder / "notes.txt").write_text("not an image")
+    code, out = run("index", "add", "--index", index_copy, folder, "--json")
+    assert code == 0 and len(json.loads(out)["added"]) == len(list((folder / "rocket").glob("*.jpg")))
 
 
 def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from simengine.data.decode import not_a_file_reason
 from simengine.data.folders import Item
+from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
 from simengine.index.calibrate import calibrate_index
@@ -35,8 +36,8 @@ def _model_for(store: StoreDir, manifest: dict, model: Model | None) -> Model:
 def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], label: str | None = None,
                split: str | None = None, model: Model | None = None, progress: bool = False,
                timeout_s: float = DEFAULT_TIMEOUT_S) -> AddReport:
-    """Embed image files and add them as one new version. Files already indexed (same content) are skipped, bad
-    ones reported. The label is `label`, else the name of the file's folder."""
+    """Embed image files (a folder: every image under it) and add them as one new version. Files already indexed
+    (same content) are skipped, bad ones reported. The label is `label`, else the name of the file's folder."""
     index_dir = Path(index_dir)
     store = StoreDir(index_dir)
     version = store.current_version()
@@ -44,14 +45,19 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     model = _model_for(store, manifest, model)
     require_model(manifest, model, index_dir)
     report = AddReport()
-    items = []
+    found = []
     for p in paths:
         path = Path(p)
-        if why := not_a_file_reason(path):
+        if path.is_dir():
+            collection = scan_source(path, "none", progress=progress)
+            report.failed.extend(collection.skipped)
+            found.extend(collection.items)
+        elif why := not_a_file_reason(path):
             report.failed.append((str(path), f"{path}: {why}"))
-            continue
-        item = Item.from_file(path, label, split)
-        items.append(item if label is not None else dataclasses.replace(item, label=item.path.parent.name))
+        else:
+            found.append(Item.from_file(path))
+    items = [dataclasses.replace(item, label=label if label is not None else item.path.parent.name, split=split)
+             for item in found]
     items = unique_by_content(items, report)
     # Skip embedding what is already indexed; the rows are enough (loading the vectors would cost the collection).
     with contextlib.closing(store_rows.connect(index_dir)) as conn:
