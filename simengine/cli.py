@@ -17,8 +17,17 @@ from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES
 log = logging.getLogger("simengine")
 
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--debug", "--progress", "--no-progress")
+
+
 class _Group(click.Group):
-    """Turns library errors into one line and exit code 1; --debug shows the traceback."""
+    """Turns library errors into one line and exit code 1; --debug shows the traceback. The root group also takes
+    its flags after the command (`simengine index build photos -q`), as people type them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _global_flags_first(self, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -38,6 +47,27 @@ class _Group(click.Group):
             prefix = "error" if isinstance(exc, SimengineError) else f"error ({type(exc).__name__})"
             click.echo(f"{prefix}: {one_line(str(exc))}", err=True)
             sys.exit(1)
+
+
+def _global_flags_first(root: click.Group, args: list[str]) -> list[str]:
+    """`args` with the root's flags moved in front of the command, wherever they were typed: never one that is the
+    value of the command's own option (`--where -q`), nor anything after `--`."""
+    command: click.Command = root
+    words = 0
+    while isinstance(command, click.Group) and words < len(args) and args[words] in command.commands:
+        command, words = command.commands[args[words]], words + 1
+    takes_value = {opt for p in command.params if isinstance(p, click.Option) and not p.is_flag and not p.count
+                   for opt in p.opts}
+    front, rest = [], []
+    for n, arg in enumerate(args):
+        if arg == "--":
+            rest += args[n:]
+            break
+        if n >= words and arg in GLOBAL_FLAGS and not (rest and rest[-1] in takes_value):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
 
 
 def one_line(text: str) -> str:

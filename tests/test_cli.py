@@ -224,6 +224,16 @@ def test_index_paths_may_be_positional_and_index_add_takes_folders(index_copy, f
     assert code == 0 and len(json.loads(out)["added"]) == len(list((folder / "rocket").glob("*.jpg")))
 
 
+def test_global_flags_work_after_the_command_but_never_take_an_options_value(built_index, val):
+    from simengine.cli import _global_flags_first
+
+    assert _global_flags_first(cli, ["index", "info", "-q", "--json"]) == ["-q", "index", "info", "--json"]
+    assert _global_flags_first(cli, ["query", "a.jpg", "--where", "-q", "-v"]) == ["-v", "query", "a.jpg", "--where", "-q"]
+    assert _global_flags_first(cli, ["query", "a.jpg", "--", "-q"]) == ["query", "a.jpg", "--", "-q"]
+    code, out = run("query", "--index", built_index, val["coffee"][0], val["coffee"][1], "-q")
+    assert code == 0 and "same class: YES" in out
+
+
 def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):
     out = tmp_path / "pairs.csv"
     code, text = run("data", "sample", "pairs", "--data", fixture_data, "--split", "val", "--n", "20", "--out", out)
