@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from simengine.dedup.groups import KEEP_RULES
 from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES
 
 log = logging.getLogger("simengine")
@@ -697,10 +698,12 @@ def search(image, k, include_self, where, params, as_json, index_dir, runtime):
               help="Move the duplicates (never the keepers) into this folder, keeping their relative paths; prints "
                    "the plan and moves nothing unless --yes.")
 @click.option("--yes", is_flag=True, help="With --move-to: carry out the moves (logged to moves.csv there).")
+@click.option("--keep", type=click.Choice(list(KEEP_RULES)), default="largest", show_default=True,
+              help="Which copy of a group is kept: " + "; ".join(f"{k}: {v}" for k, v in KEEP_RULES.items()) + ".")
 @_json_option
 @_runtime_option
 @click.pass_context
-def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, as_json, runtime):
+def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, keep, as_json, runtime):
     """Find exact and near-duplicate images in SOURCE (a folder, a text file of paths, or a CSV/parquet table).
 
     \b
@@ -708,7 +711,8 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
     rotated a little, recoloured, watermarked, re-encoded), not other photos of the same thing: candidates come
     from a search by backbone features, and each is confirmed by its layout or by keypoints that agree on one
     geometric transform (the decision calibrated with the model; see `simengine dedup-calibrate`).
-    Each group is a star around its keeper (most pixels, then the largest file, then the oldest): every member
+    Each group is a star around its keeper (by --keep; by default most pixels, then the largest file, then the
+    oldest): every member
     is a copy of the keeper, so A~B and B~C never join A and C unless each is a copy of the keeper.
     Nothing is deleted; --move-to moves the duplicates aside.
     """
@@ -717,7 +721,7 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
     if yes and not move_to:
         raise click.UsageError("--yes needs --move-to")
     report, planned, done, left = dedup_collection(source, against, model_dir, csv_path, html_path, move_to, yes,
-                                                   path_column, _progress(ctx), runtime)
+                                                   path_column, _progress(ctx), runtime, keep)
     moves = {"planned": [{"from": str(m.source), "to": str(m.target)} for m in planned], "moved": len(done),
              "left": [{"path": p, "reason": r} for p, r in left], "dry_run": not yes} if move_to else None
     if as_json:

@@ -26,7 +26,7 @@ import numpy as np
 
 from simengine.data.decode import image_size
 from simengine.dedup.calibrate import SamePicture, read_same_picture
-from simengine.dedup.groups import Candidate, exact_groups, group_duplicates
+from simengine.dedup.groups import KEEP_RULES, ORIGINAL_SUFFIXES, Candidate, exact_groups, group_duplicates
 from simengine.dedup.near import NEIGHBOURS, near_pairs
 from simengine.dedup.verify import PairVerifier
 from simengine.errors import NotCalibratedError, SimengineError
@@ -105,12 +105,15 @@ class DuplicateReport:
 def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None = None,
                     model_dir: str | os.PathLike | None = None, decision: SamePicture | None = None,
                     runtime: str = "auto", path_column: str = "path", k: int = NEIGHBOURS,
-                    progress: bool = False) -> DuplicateReport:
+                    progress: bool = False, keep: str = "largest") -> DuplicateReport:
     """Duplicate groups in `source` (a folder, a list of paths or a table; see `data.sources.scan_source`), or of
     `source` against `against` (an index directory or another source). The model is `model_dir`, else the index's
     when `against` is one, else the default model (see `model.builtin`; "builtin" names the built-in one); its stored
     same-picture decision is used unless `decision`
-    is given. Unreadable files are reported in `skipped`, never fatal."""
+    is given. `keep` picks each group's keeper (see `dedup.groups.KEEP_RULES`; against another set, the keeper is
+    always the other set's image). Unreadable files are reported in `skipped`, never fatal."""
+    if keep not in KEEP_RULES:
+        raise SimengineError(f"--keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}")
     from simengine.data.sources import scan_source
     from simengine.model.bundle import load_bundle
 
@@ -126,7 +129,7 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
                                  for i in collection.items)
     report = DuplicateReport(str(source), None if against is None else str(against), decision, str(model_dir),
                              len(images), skipped=list(collection.skipped) + skipped)
-    search = _Search(model, decision, k, progress, Path(source).resolve() if Path(source).is_dir() else None)
+    search = _Search(model, decision, k, progress, Path(source).resolve() if Path(source).is_dir() else None, keep)
     if against is None:
         report.groups = search.within(images)
     else:
@@ -245,17 +248,17 @@ def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> 
 class _Search:
     """Features, candidate pairs and verification for one run; images are numbered by their position."""
 
-    def __init__(self, model, decision: SamePicture, k: int, progress: bool, folder: Path | None):
+    def __init__(self, model, decision: SamePicture, k: int, progress: bool, folder: Path | None, keep: str):
         from simengine.model.feature_cache import FeatureCache
 
         self.cache = FeatureCache(model.encoder, flip=model.flip)
-        self.decision, self.k, self.progress, self.folder = decision, k, progress, folder
+        self.decision, self.k, self.progress, self.folder, self.keep = decision, k, progress, folder, keep
         self.skipped: list[tuple[str, str]] = []
 
     def within(self, images: list[ReportedImage]) -> list[DuplicateGroup]:
         hash_counts = Counter(image.sha256 for image in images)
         candidates = {n: self._candidate(n, image) for n, image in enumerate(images) if hash_counts[image.sha256] > 1}
-        exact = exact_groups(list(candidates.values()), {n: images[n].sha256 for n in candidates})
+        exact = exact_groups(list(candidates.values()), {n: images[n].sha256 for n in candidates}, self.keep)
         copies_of = {g.keeper: g.duplicates for g in exact}
         exact_copies = {c for g in exact for c in g.duplicates}
         vectors, rows = self._features(images, [n for n in range(len(images)) if n not in exact_copies])
@@ -264,7 +267,7 @@ class _Search:
             candidates[n] = self._candidate(n, images[n])
         in_pairs = [candidates[n] for n in sorted({n for pair in pairs for n in pair})]
         groups, grouped = [], set()
-        for group in group_duplicates(in_pairs, ((a, b, scores[0]) for (a, b), scores in pairs.items())):
+        for group in group_duplicates(in_pairs, ((a, b, scores[0]) for (a, b), scores in pairs.items()), self.keep):
             keeper, members = group.keeper, []
             for n in group.members:
                 scores = EXACT if n == keeper else pairs[min(n, keeper), max(n, keeper)]
@@ -344,5 +347,6 @@ class _Search:
             stat = os.stat(image.path)
         except OSError:  # gone since it was read: ranks last
             return Candidate(n, 0, 0, float("inf"), elsewhere)
-        return Candidate(n, (width or 0) * (height or 0), stat.st_size, stat.st_mtime, elsewhere)
+        original = Path(image.path).suffix.lower() in ORIGINAL_SUFFIXES
+        return Candidate(n, (width or 0) * (height or 0), stat.st_size, stat.st_mtime, elsewhere, original)
 

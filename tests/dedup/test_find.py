@@ -11,7 +11,7 @@ from simengine.dedup.calibrate import same_picture_file, write_same_picture
 from simengine.dedup.copies import TRANSFORMS
 from simengine.dedup.find import find_duplicates
 from simengine.dedup.move import plan_moves
-from simengine.errors import NotCalibratedError
+from simengine.errors import NotCalibratedError, SimengineError
 from simengine.index.reader import Index
 
 DECISION = lite0_same_picture()
@@ -126,3 +126,16 @@ def test_a_link_is_never_kept_over_a_real_copy(bundle_dir, tmp_path, caplog):
     assert group.keeper.path == str(folder / "coffee.jpg")
     assert [m.image.path for m in group.duplicates] == [str(older)]  # the link's file: paths are resolved
     assert plan_moves(report, tmp_path / "dups") == [] and "outside" in caplog.text
+
+
+def test_keep_original_prefers_the_camera_format_over_a_derived_copy(bundle_dir, tmp_path):
+    folder = tmp_path / "photos"
+    jpeg = save(photo("coffee"), folder / "coffee.jpg", quality=90)
+    save(photo("coffee"), folder / "coffee-export.png")  # the same pixels, a larger file
+    save(photo("rocket"), folder / "rocket.jpg", quality=90)
+    by_size = find_duplicates(folder, model_dir=bundle_dir, decision=DECISION)
+    assert [Path(g.keeper.path).name for g in by_size.groups] == ["coffee-export.png"]
+    by_format = find_duplicates(folder, model_dir=bundle_dir, decision=DECISION, keep="original")
+    assert [g.keeper.path for g in by_format.groups] == [str(jpeg)]
+    with pytest.raises(SimengineError, match="--keep must be one of"):
+        find_duplicates(folder, model_dir=bundle_dir, keep="best")

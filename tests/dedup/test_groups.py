@@ -44,3 +44,16 @@ def test_a_member_joins_the_keeper_it_is_most_similar_to():
     items = candidates((400, 10, 0), (200, 10, 0), (100, 10, 0))  # K1, K2, X
     [group] = group_duplicates(items, [(0, 2, 0.70), (1, 2, 0.99)])
     assert group.keeper == 1 and group.duplicates == [2] and group.similarity == {2: 0.99}
+
+
+def test_keep_rules_choose_the_keeper():
+    from simengine.dedup.groups import KEEP_RULES, exact_groups
+
+    items = [Candidate(0, 100, 500, 30.0, original=False),  # a large PNG, newest
+             Candidate(1, 50, 300, 10.0),                     # a small JPEG, oldest
+             Candidate(2, 80, 900, 20.0)]                     # a mid JPEG, the largest file
+    same = {0: "h", 1: "h", 2: "h"}
+    keepers = {keep: exact_groups(items, same, keep)[0].keeper for keep in KEEP_RULES}
+    assert keepers == {"largest": 0, "oldest": 1, "newest": 0, "first": 0, "original": 2}
+    near = {keep: group_duplicates(items, [(0, 1, 0.9), (1, 2, 0.9), (0, 2, 0.9)], keep)[0].keeper for keep in KEEP_RULES}
+    assert near == keepers
