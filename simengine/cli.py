@@ -682,7 +682,10 @@ def search(image, k, include_self, where, params, as_json, index_dir, runtime):
 
 
 @cli.command()
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", required=False, type=click.Path(exists=True))
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False),
+              help="Find the duplicates among an index's items (instead of SOURCE), by the hashes and paths it holds: "
+                   "no folder is scanned again.")
 @click.option("--against", type=click.Path(exists=True),
               help="An index directory, or another folder/list/table: report only SOURCE's images that have a copy "
                    "there (train/val leakage; a new batch against a catalogue).")
@@ -703,7 +706,8 @@ def search(image, k, include_self, where, params, as_json, index_dir, runtime):
 @_json_option
 @_runtime_option
 @click.pass_context
-def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, move_to, yes, keep, as_json, runtime):
+def dedup(ctx, source, index_dir, against, model_dir, path_column, csv_path, html_path, move_to, yes, keep, as_json,
+          runtime):
     """Find exact and near-duplicate images in SOURCE (a folder, a text file of paths, or a CSV/parquet table).
 
     \b
@@ -720,6 +724,9 @@ def dedup(ctx, source, against, model_dir, path_column, csv_path, html_path, mov
 
     if yes and not move_to:
         raise click.UsageError("--yes needs --move-to")
+    if (source is None) == (index_dir is None):
+        raise click.UsageError("give SOURCE (a folder, a list or a table) or --index INDEX")
+    source = source if source is not None else index_dir
     report, planned, done, left = dedup_collection(source, against, model_dir, csv_path, html_path, move_to, yes,
                                                    path_column, _progress(ctx), runtime, keep)
     moves = {"planned": [{"from": str(m.source), "to": str(m.target)} for m in planned], "moved": len(done),

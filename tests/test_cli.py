@@ -234,6 +234,12 @@ def test_global_flags_work_after_the_command_but_never_take_an_options_value(bui
     assert code == 0 and "same class: YES" in out
 
 
+def test_dedup_takes_a_source_or_an_index(built_index, tmp_path):
+    for args in ([], [tmp_path, "--index", built_index]):
+        code, out = run("dedup", *args)
+        assert code == 2 and "give SOURCE (a folder, a list or a table) or --index INDEX" in out
+
+
 def test_cli_data_sample_writes_balanced_csv(fixture_data, tmp_path):
     out = tmp_path / "pairs.csv"
     code, text = run("data", "sample", "pairs", "--data", fixture_data, "--split", "val", "--n", "20", "--out", out)

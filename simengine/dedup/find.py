@@ -106,9 +106,10 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
                     model_dir: str | os.PathLike | None = None, decision: SamePicture | None = None,
                     runtime: str = "auto", path_column: str = "path", k: int = NEIGHBOURS,
                     progress: bool = False, keep: str = "largest") -> DuplicateReport:
-    """Duplicate groups in `source` (a folder, a list of paths or a table; see `data.sources.scan_source`), or of
-    `source` against `against` (an index directory or another source). The model is `model_dir`, else the index's
-    when `against` is one, else the default model (see `model.builtin`; "builtin" names the built-in one); its stored
+    """Duplicate groups in `source` (a folder, a list of paths or a table, see `data.sources.scan_source`; or an
+    index: its items, with no folder scanned again), or of `source` against `against` (an index directory or
+    another source). The model is `model_dir`, else the index's when `source` or `against` is one, else the default
+    model (see `model.builtin`; "builtin" names the built-in one); its stored
     same-picture decision is used unless `decision`
     is given. `keep` picks each group's keeper (see `dedup.groups.KEEP_RULES`; against another set, the keeper is
     always the other set's image). Unreadable files are reported in `skipped`, never fatal."""
@@ -118,18 +119,24 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     from simengine.model.bundle import load_bundle
 
     started = time.time()
-    model_dir = resolve_model_dir(model_dir) if model_dir is not None else _default_model(against)
+    indexed = is_index(source)
+    model_dir = (resolve_model_dir(model_dir) if model_dir is not None else
+                 _default_model(source if indexed else against))
     decision = decision or stored_decision(model_dir)
     model = load_bundle(model_dir, runtime)
-    collection = scan_source(source, "none", path_column=path_column, progress=progress)
-    if not collection.items:
-        raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
-                                                             if collection.skipped else ""))
-    images, skipped = _once_each(ReportedImage(str(Path(i.path).absolute()), i.sha256, "source")
-                                 for i in collection.items)
+    if indexed:  # its live items, as they were hashed when indexed: no folder is scanned again
+        images, skipped = _indexed_images(source, "source"), []
+    else:
+        collection = scan_source(source, "none", path_column=path_column, progress=progress)
+        images, repeated = _once_each(ReportedImage(str(Path(i.path).absolute()), i.sha256, "source")
+                                      for i in collection.items)
+        skipped = list(collection.skipped) + repeated
+    if not images:
+        raise SimengineError(f"{source}: no images found" + (f" ({len(skipped)} entries skipped)" if skipped else ""))
     report = DuplicateReport(str(source), None if against is None else str(against), decision, str(model_dir),
-                             len(images), skipped=list(collection.skipped) + skipped)
-    search = _Search(model, decision, k, progress, Path(source).resolve() if Path(source).is_dir() else None, keep)
+                             len(images), skipped=skipped)
+    folder = Path(source).resolve() if Path(source).is_dir() and not indexed else None
+    search = _Search(model, decision, k, progress, folder, keep)
     if against is None:
         report.groups = search.within(images)
     else:
@@ -221,24 +228,35 @@ def _item_features(model: "Model", rows: list[dict[str, Any]]) -> np.ndarray:
         return out
 
 
-def _default_model(against: str | os.PathLike | None) -> Path:
-    if against is not None and (Path(against) / CURRENT).is_file():
+def is_index(path: str | os.PathLike | None) -> bool:
+    """Whether `path` is an index directory (rather than a folder of images)."""
+    return path is not None and (Path(path) / CURRENT).is_file()
+
+
+def _indexed_images(index_dir: str | os.PathLike, origin: str) -> list[ReportedImage]:
+    """The live items of an index, with the content hashes recorded when they were indexed."""
+    from simengine.store import rows as store_rows
+    from simengine.store.reader import StoreReader
+
+    with StoreReader(index_dir) as index:
+        rows = store_rows.live_rows(index.conn, index.version)
+    return [ReportedImage(r["path"], r["sha256"], origin, int(r["id"])) for r in rows]
+
+
+def _default_model(index_dir: str | os.PathLike | None) -> Path:
+    """The model of `index_dir` when it is an index, else the default model."""
+    if is_index(index_dir):
         from simengine.store.reader import StoreReader
 
-        with StoreReader(against) as index:
+        with StoreReader(index_dir) as index:
             return index.attached_dir  # an index's attached directory is its model bundle
     return default_model_dir()
 
 
 def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> tuple[list[ReportedImage], list[tuple[str, str]]]:
     """The images of an index (its live items) or of another source."""
-    if (Path(against) / CURRENT).is_file():
-        from simengine.store import rows as store_rows
-        from simengine.store.reader import StoreReader
-
-        with StoreReader(against) as index:
-            rows = store_rows.live_rows(index.conn, index.version)
-        return [ReportedImage(r["path"], r["sha256"], "against", int(r["id"])) for r in rows], []
+    if is_index(against):
+        return _indexed_images(against, "against"), []
     from simengine.data.sources import scan_source
 
     collection = scan_source(against, "none", path_column=path_column, progress=progress)

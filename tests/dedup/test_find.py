@@ -139,3 +139,18 @@ def test_keep_original_prefers_the_camera_format_over_a_derived_copy(bundle_dir,
     assert [g.keeper.path for g in by_format.groups] == [str(jpeg)]
     with pytest.raises(SimengineError, match="--keep must be one of"):
         find_duplicates(folder, model_dir=bundle_dir, keep="best")
+
+
+def test_the_duplicates_among_an_indexs_items_without_scanning_a_folder(collection, bundle_dir, tmp_path):
+    from simengine.dedup.job import dedup_collection
+    from simengine.index.build import build_index
+
+    index, _, _ = build_index(collection, bundle_dir, tmp_path / "index", labels="none")
+    by_folder = named_groups(find_duplicates(collection, model_dir=bundle_dir, decision=DECISION))
+    report = find_duplicates(index, decision=DECISION)  # the index's own model by default
+    # An index holds each content once (a build skips exact copies): the near copies remain, grouped alike.
+    near = {keeper: {m: kind for m, kind in members.items() if kind != "exact"} for keeper, members in by_folder.items()}
+    assert named_groups(report) == {keeper: members for keeper, members in near.items() if members}
+    assert all(m.image.item_id is not None for g in report.groups for m in g.duplicates)
+    with pytest.raises(SimengineError, match="index remove"):
+        dedup_collection(index, move_to=tmp_path / "dups")
