@@ -272,7 +272,8 @@ def _source_options(recorded: bool = False):
 @click.option("--model", "model_dir", metavar="DIR|builtin", help="Model bundle, or `builtin` (default: indexes/default-model "
               "when one was trained there, else the built-in model; with --data and no --model, one is trained first).")
 @click.option("--name", default=None, help="Index name under indexes/ (default: default).")
-@click.option("--out", type=click.Path(), default=None, help="Index path (instead of --name).")
+@click.option("--index", "--out", "out", type=click.Path(), default=None,
+              help="Index path (instead of --name); --out is the same option.")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivf_sq8", "ivf_pq"]), default="auto",
               show_default=True, help="auto: Flat below 100k vectors, HNSW above; with --max-index-memory, the most "
                                       "exact type that fits (Flat, HNSW, IVF-Flat, IVF-SQ8, IVF-PQ).")

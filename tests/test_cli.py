@@ -137,10 +137,16 @@ def commands(group=None, path=()):
             yield (*path, name), command
 
 
-def test_every_command_that_prints_results_has_json():
-    without = [" ".join(words) for words, command in commands()
-               if "--json" not in {o for p in command.params for o in getattr(p, "opts", [])}]
-    assert without == ["serve"]  # a server prints no result
+def test_the_option_table_holds_for_every_command():
+    """The README's option table: --json wherever results are printed, --index wherever an index is read or
+    written, -k/--k for neighbours."""
+    options = {" ".join(words): {o for p in command.params for o in getattr(p, "opts", [])}
+               for words, command in commands()}
+    assert [name for name, opts in options.items() if "--json" not in opts] == ["serve"]  # a server prints no result
+    uses_an_index = [name for name in options if name.startswith("index ")] + ["query", "search", "serve", "dedup"]
+    assert [name for name in uses_an_index if "--index" not in options[name]] == []
+    assert all({"-k", "--k"} <= options[name] for name in ("query", "search"))
+    assert all("--model" in options[name] for name in ("index build", "dedup", "embed", "quantize"))
 
 
 def test_index_maintenance_commands_print_json(index_copy):
