@@ -47,14 +47,16 @@ def test_add_skips_duplicates_and_reports_bad_files(index_copy, fixture_data, tm
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
     already = sorted((fixture_data / "train" / "rocket").glob("*.jpg"))[0]
-    report = add_images(index_copy, new + [new[0], already, bad, tmp_path / "absent.jpg", tmp_path])
+    (tmp_path / "pipe.jpg").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    report = add_images(index_copy, new + [new[0], already, bad, tmp_path / "absent.jpg", tmp_path / "pipe.jpg"])
     assert report.added == [32, 33, 34]
     assert [p for p, _ in report.duplicates] == [str(new[0]), str(already)]
     assert report.duplicates[1][1] >= 0  # names the indexed twin
     reasons = {Path(p).name: r for p, r in report.failed}
-    assert set(reasons) == {"broken.jpg", "absent.jpg", tmp_path.name}
+    assert set(reasons) == {"broken.jpg", "absent.jpg", "pipe.jpg"}
     assert reasons["absent.jpg"] == f"{tmp_path / 'absent.jpg'}: no such file"
-    assert reasons[tmp_path.name] == f"{tmp_path}: a directory, not an image file"
+    assert reasons["pipe.jpg"] == f"{tmp_path / 'pipe.jpg'}: not a regular file"
     reopened = Index(index_copy)
     assert len(reopened) == 35 and reopened.version == 2 and verify_index(index_copy) == []
     assert reopened.item(32)["label"] == "coffee"
