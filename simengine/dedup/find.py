@@ -32,7 +32,7 @@ from simengine.dedup.verify import PairVerifier
 from simengine.errors import NotCalibratedError, SimengineError
 from simengine.evaluation.metrics import normalise
 from simengine.model.builtin import default_model_dir, resolve_model_dir
-from simengine.store.layout import CURRENT
+from simengine.store.layout import is_index_dir
 
 if TYPE_CHECKING:
     from simengine.model.bundle import Model
@@ -119,7 +119,7 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     from simengine.model.bundle import load_bundle
 
     started = time.time()
-    indexed = is_index(source)
+    indexed = is_index_dir(source)
     model_dir = (resolve_model_dir(model_dir) if model_dir is not None else
                  _default_model(source if indexed else against))
     decision = decision or stored_decision(model_dir)
@@ -228,11 +228,6 @@ def _item_features(model: "Model", rows: list[dict[str, Any]]) -> np.ndarray:
         return out
 
 
-def is_index(path: str | os.PathLike | None) -> bool:
-    """Whether `path` is an index directory (rather than a folder of images)."""
-    return path is not None and (Path(path) / CURRENT).is_file()
-
-
 def _indexed_images(index_dir: str | os.PathLike, origin: str) -> list[ReportedImage]:
     """The live items of an index, with the content hashes recorded when they were indexed."""
     from simengine.store import rows as store_rows
@@ -245,7 +240,7 @@ def _indexed_images(index_dir: str | os.PathLike, origin: str) -> list[ReportedI
 
 def _default_model(index_dir: str | os.PathLike | None) -> Path:
     """The model of `index_dir` when it is an index, else the default model."""
-    if is_index(index_dir):
+    if index_dir is not None and is_index_dir(index_dir):
         from simengine.store.reader import StoreReader
 
         with StoreReader(index_dir) as index:
@@ -255,7 +250,7 @@ def _default_model(index_dir: str | os.PathLike | None) -> Path:
 
 def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> tuple[list[ReportedImage], list[tuple[str, str]]]:
     """The images of an index (its live items) or of another source."""
-    if is_index(against):
+    if is_index_dir(against):
         return _indexed_images(against, "against"), []
     from simengine.data.sources import scan_source
 

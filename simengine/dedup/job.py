@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from simengine.dedup.find import DuplicateReport, find_duplicates, is_index
+from simengine.dedup.find import DuplicateReport, find_duplicates
 from simengine.dedup.move import Move, apply_moves, check_target, plan_moves
 from simengine.dedup.report import write_csv, write_html
 from simengine.errors import SimengineError
+from simengine.store.layout import is_index_dir
 
 
 def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | None = None,
@@ -20,7 +21,7 @@ def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | Non
     plan moving the duplicates to `move_to` (carried out only with `apply`); `keep` is the keeper rule. Returns (report, moves planned, moves
     done, files left in place as (path, reason)). Output paths are checked before any image is read."""
     if move_to:
-        if is_index(source):
+        if is_index_dir(source):
             raise SimengineError("--move-to moves the files of a folder; to drop duplicates from an index, "
                                  "`simengine index remove` their ids")
         check_target(source, move_to)

@@ -143,7 +143,7 @@ def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAU
         path = Path(index)
         StoreDir(path).require_format()
         return path
-    if _is_index(root / "default"):
+    if is_index_dir(root / "default"):
         StoreDir(root / "default").require_format()
         return root / "default"
     found = index_dirs(root)
@@ -155,13 +155,15 @@ def resolve_index_dir(index: str | os.PathLike | None = None, root: Path = DEFAU
     raise IndexUnusableError(f"several indexes under {root}/ ({', '.join(p.name for p in found)}): choose one with --index")
 
 
-def _is_index(path: Path) -> bool:
+def is_index_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is an index directory (of any format: an old one is then refused with how to rebuild it)."""
+    path = Path(path)
     return (path / CURRENT).is_file() or (path / V1_MANIFEST).is_file()
 
 
 def index_dirs(root: Path = DEFAULT_ROOT) -> list[Path]:
     """The indexes directly under `root` (hidden folders left out)."""
-    return [p for p in sorted(root.glob("*")) if not p.name.startswith(".") and _is_index(p)] if root.is_dir() else []
+    return [p for p in sorted(root.glob("*")) if not p.name.startswith(".") and is_index_dir(p)] if root.is_dir() else []
 
 
 def now_iso() -> str:
