@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from simengine.data.folders import ROW_COLUMNS, Item, scan_split
+from simengine.data.labels import with_known_name
 from simengine.errors import SimengineError
 
 LABEL_MODES = ("auto", "folders", "table", "none")
@@ -80,7 +81,7 @@ def is_image_folder(root: Path) -> bool:
 def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterable[str] = ("train",),
                 path_column: str = "path", progress: bool = False, kind: str | None = None) -> Collection:
     """Every image a source names, hashed. `labels`: "auto" (a table's `label` column, an ImageFolder's class
-    folders, else none), "folders" (each file's folder name), "table" (the `label` column, required), "none".
+    folders, else none), "folders" (each file's folder name; a known code's name, see `data.labels`), "table" (the `label` column, required), "none".
     A folder is read as an ImageFolder dataset when it has that layout, unless `kind` (as a collection recorded it
     earlier: "imagefolder" or "folder") says how."""
     if labels not in LABEL_MODES:
@@ -92,7 +93,8 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
         layout = kind if kind in ("imagefolder", "folder") else (
             "imagefolder" if labels in ("auto", "folders") and is_image_folder(root) else "folder")
         if layout == "imagefolder":
-            return Collection([item for split in splits for item in scan_split(root, split)], kind="imagefolder")
+            return Collection([with_known_name(item) for split in splits for item in scan_split(root, split)],
+                              kind="imagefolder")
         unlisted: list[OSError] = []
         collection = _hashed(_walk(root, unlisted.append), labels == "folders", "folder", progress)
         for exc in unlisted:  # its items stay in an index a sync compares with this
@@ -161,9 +163,11 @@ def _hashed(found: Iterable[tuple[str, Path]], folder_labels: bool, kind: str, p
             if os.path.lexists(path):
                 collection.unreadable.add(str(Path(path).absolute()))
             continue
-        if folder_labels and label is None:
-            label = Path(path).parent.name  # the folder the user sees, not a link's target
-        collection.items.append(Item(item.path, label, None, item.sha256, metadata))
+        if folder_labels and label is None:  # the folder the user sees, not a link's target
+            item = with_known_name(Item(item.path, Path(path).parent.name, None, item.sha256, metadata))
+        else:
+            item = Item(item.path, label, None, item.sha256, metadata)
+        collection.items.append(item)
     return collection
 
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from simengine.data.decode import MAX_PIXELS
 from simengine.data.evalsets import read_csv
-from simengine.data.labels import display_name
 from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
@@ -221,7 +220,7 @@ class Engine:
                    params: dict[str, Any] | None = None, include_self: bool = False) -> NeighboursResult:
         """The k nearest indexed items, each verified by the pair head, and a class vote among the verified. `where`
         restricts them to the items an SQL condition over their columns selects, e.g. "label = :l AND width > 200"
-        with `params={"l": "n01440764"}` (values are always bound, never spliced into the SQL). The neighbours of
+        with `params={"l": "tench"}` (values are always bound, never spliced into the SQL). The neighbours of
         an indexed item (an id) leave the item itself out, unless `include_self`."""
         if k < 1:
             raise SimengineError("k must be at least 1")
@@ -242,7 +241,6 @@ class Engine:
                 row = rows[int(item_id)]
                 found.append(Neighbour(
                     id=int(item_id), path=row["path"], label=row["label"],
-                    class_name=display_name(row["label"]) if row["label"] else None,
                     distance=float(1 - sims[n]), head_probability=float(head[n]),
                     verified=bool(score[n] >= threshold),
                     metadata=metadata_of(row),
@@ -250,7 +248,8 @@ class Engine:
         votes = Counter(n.label for n in found if n.verified and n.label is not None)
         verified = sum(1 for n in found if n.verified)
         predicted, voted = (votes.most_common(1)[0] if votes else (None, 0))
-        return NeighboursResult(ref, k, found, predicted, voted / verified if verified else 0.0, verified, voted)
+        return NeighboursResult(ref, k, found, predicted, voted / verified if verified else 0.0, verified, voted,
+                                restricted=bool(where))
 
     def copies(self, image: bytes, name: str = "<bytes>", k: int = NEIGHBOURS) -> CopiesResult:
         """The indexed items that are copies of one picture (the bytes of an image file): exact, or resized,

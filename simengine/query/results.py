@@ -39,7 +39,6 @@ class Neighbour(_Result):
     id: int
     path: str
     label: str | None
-    class_name: str | None
     distance: float
     head_probability: float
     verified: bool
@@ -55,6 +54,7 @@ class NeighboursResult(_Result):
     confidence: float  # votes / verified_count
     verified_count: int
     votes: int  # verified neighbours of the predicted class
+    restricted: bool = False  # a filter chose which items could be neighbours, so it chose the voters too
 
 
 @dataclass

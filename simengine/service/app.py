@@ -362,6 +362,6 @@ TRIPLET_EXAMPLE = {"images": ["upload:a.jpg", "upload:b.jpg", "id:12"], "any_mat
                              {"pair": [1, 2], "distance": 1.0, "head_probability": 0.0011, "score": 0.0011, "match": False}],
                    "threshold": 0.3558, "decision": "head"}
 SEARCH_EXAMPLE = {"query": "upload:a.jpg", "k": 1, "neighbours": [
-    {"id": 9364, "path": "/data/train/n03888257/n03888257_7046.JPEG", "label": "n03888257", "class_name": "parachute",
-     "distance": 0.0168, "head_probability": 0.9947, "verified": True, "metadata": {}}],
-    "predicted_class": "n03888257", "confidence": 1.0, "verified_count": 1, "votes": 1}
+    {"id": 9364, "path": "/data/train/n03888257/n03888257_7046.JPEG", "label": "parachute",
+     "distance": 0.0168, "head_probability": 0.9947, "verified": True, "metadata": {"wnid": "n03888257"}}],
+    "predicted_class": "parachute", "confidence": 1.0, "verified_count": 1, "votes": 1, "restricted": False}

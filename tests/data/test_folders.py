@@ -4,7 +4,6 @@ import pytest
 
 from simengine.data import folders as data
 from simengine.data import imagenette as imagenette_module
-from simengine.data.labels import display_name
 from simengine.errors import SimengineError
 from simengine.files import sha256_file
 
@@ -25,13 +24,6 @@ def test_scan_ignores_non_image_files_and_missing_split(fixture_data, tmp_path):
         data.scan_split(tmp_path, "train")
     with pytest.raises(SimengineError, match="not found"):
         data.scan_split(fixture_data, "test")
-
-
-def test_imagenette_class_names():
-    assert display_name("n01440764") == "tench"
-    assert display_name("n02102040") == "English springer"
-    assert display_name("n03888257") == "parachute"
-    assert display_name("cat") == "cat"
 
 
 def test_data_dir_resolution_order(tmp_path, monkeypatch):

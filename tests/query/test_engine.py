@@ -73,9 +73,9 @@ def test_json_matches_the_schema(engine, val):
     assert set(trip) == {"images", "any_match", "matching_pairs", "pairs", "threshold", "decision"}
     assert all(set(p) == {"pair", "distance", "head_probability", "score", "match"} for p in trip["pairs"])
     nn = engine.neighbours(val["rocket"][0], k=2).to_dict()
-    assert set(nn) == {"query", "k", "neighbours", "predicted_class", "confidence", "verified_count", "votes"}
-    assert set(nn["neighbours"][0]) == {"id", "path", "label", "class_name", "distance", "head_probability", "verified",
-                                        "metadata"}
+    assert set(nn) == {"query", "k", "neighbours", "predicted_class", "confidence", "verified_count", "votes",
+                        "restricted"}
+    assert set(nn["neighbours"][0]) == {"id", "path", "label", "distance", "head_probability", "verified", "metadata"}
     json.dumps([pair, trip, nn])
 
 
