@@ -14,12 +14,13 @@ from typing import Sequence
 
 from simengine.data.decode import not_a_file_reason
 from simengine.data.folders import Item
+from simengine.data.labels import with_known_name
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
 from simengine.index.calibrate import calibrate_index
 from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
-from simengine.index.items import labelled, live_ids_by_sha
+from simengine.index.items import label_counts, labelled, live_ids_by_sha
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
 from simengine.model.bundle import Model, load_bundle
@@ -33,11 +34,23 @@ def _model_for(store: StoreDir, manifest: dict, model: Model | None) -> Model:
     return model or load_bundle(store.attached_dir(manifest))
 
 
+def labels_from_folders(manifest: dict, has_labels: bool) -> bool:
+    """Whether an index's labels are its files' folder names: built from an ImageFolder dataset or with
+    `--labels folders`; or, where the build recorded no source (items given from Python), whenever it has labels.
+    Not when it has none, nor when they came from a table's column."""
+    built = manifest.get("build") or {}
+    if "labels" not in built and "data" not in built:
+        return has_labels
+    labels = built.get("labels") or "auto"
+    return labels == "folders" or "data" in built or (labels == "auto" and built.get("source_kind") == "imagefolder")
+
+
 def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], label: str | None = None,
                split: str | None = None, model: Model | None = None, progress: bool = False,
                timeout_s: float = DEFAULT_TIMEOUT_S) -> AddReport:
     """Embed image files (a folder: every image under it) and add them as one new version. Files already indexed
-    (same content) are skipped, bad ones reported. The label is `label`, else the name of the file's folder."""
+    (same content) are skipped, bad ones reported. The label is `label`; else, where the index's labels are folder
+    names (see `labels_from_folders`), the name of the file's folder; else none."""
     index_dir = Path(index_dir)
     store = StoreDir(index_dir)
     version = store.current_version()
@@ -56,11 +69,13 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
             report.failed.append((str(path), f"{path}: {why}"))
         else:
             found.append(Item.from_file(path))
-    items = [dataclasses.replace(item, label=label if label is not None else item.path.parent.name, split=split)
-             for item in found]
-    items = unique_by_content(items, report)
     # Skip embedding what is already indexed; the rows are enough (loading the vectors would cost the collection).
     with contextlib.closing(store_rows.connect(index_dir)) as conn:
+        by_folder = label is None and labels_from_folders(
+            manifest, any(value is not None for value in label_counts(conn, version)))
+        items = [with_known_name(dataclasses.replace(item, label=item.path.parent.name, split=split)) if by_folder
+                 else dataclasses.replace(item, label=label, split=split) for item in found]
+        items = unique_by_content(items, report)
         known = live_ids_by_sha(conn, version, [i.sha256 for i in items])
     report.duplicates.extend((str(i.path), known[i.sha256]) for i in items if i.sha256 in known)
     vectors, kept, failed = embed_items(model, [i for i in items if i.sha256 not in known], progress)

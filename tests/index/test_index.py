@@ -68,6 +68,28 @@ def test_add_to_a_relative_path_labels_by_the_real_folder(index_copy, fixture_da
     assert Index(index_copy).item(report.added[0])["label"] == "chelsea"
 
 
+def test_added_images_are_labelled_the_way_the_index_was(fixture_data, model, tmp_path):
+    """Folder names label what is added to an index of class folders (a known code by its name), never what is
+    added to an unlabelled one or to one whose labels came from a table."""
+    coded = tmp_path / "coded" / "n03888257"
+    shutil.copytree(fixture_data / "val" / "rocket", coded)
+    dataset, photos = tmp_path / "dataset", tmp_path / "photos"
+    shutil.copytree(fixture_data / "train" / "coffee", dataset / "train" / "coffee")
+    shutil.copytree(fixture_data / "train" / "chelsea", dataset / "train" / "chelsea")
+    shutil.copytree(fixture_data / "train" / "astronaut", photos / "astronaut")
+    table = tmp_path / "t.csv"
+    table.write_text("path,label\n" + "".join(f"{p},mine\n" for p in sorted((photos / "astronaut").iterdir())))
+    expected = {dataset: "parachute", photos: None, table: None}
+    for source, label in expected.items():
+        index, _, _ = build_index(source, model, tmp_path / f"index-{source.name}")
+        added = add_images(index, [coded]).added
+        rows = Index(index).items(added)
+        assert added and {rows[i]["label"] for i in added} == {label}, source
+        assert {rows[i].get("wnid") for i in added} == {"n03888257" if label else None}
+    [given] = add_images(index, [fixture_data / "val" / "coffee" / "coffee_00.jpg"], label="cup").added
+    assert Index(index).item(given)["label"] == "cup"
+
+
 @pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
 def test_removed_items_never_come_back_and_ids_are_not_reused(fixture_data, model, tmp_path, index_type):
     items = scan_split(fixture_data, "train")
