@@ -11,6 +11,7 @@ the lock is taken (the feature cache makes re-embedding an unchanged picture che
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from simengine.data.folders import Item
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
+from simengine.files import write_durably
 from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
 from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
@@ -35,6 +37,10 @@ from simengine.store.writer import StoreWriter
 # stops unless forced.
 MASS_REMOVAL_SHARE = 0.5
 MASS_REMOVAL_MIN = 10
+# The record of the files the last sync could not index (unreadable, or copies of indexed images), with their content
+# hash: the next sync lists only what is new, and its dry run does not promise to add them. A file beside the
+# versions, not in them: what a sync could not do changes nothing in the collection, so it makes no version.
+SKIPPED = "sync_skipped.json"
 
 
 @dataclass
@@ -63,11 +69,12 @@ class SyncReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     version: int | None = None
     kept_outside: list[dict[str, Any]] = field(default_factory=list)  # items from outside the source folder
+    as_before: list[str] = field(default_factory=list)  # failed or duplicate paths the last sync reported alike
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "dry_run": self.dry_run, "added": self.added, "changed": self.changed,
                 "removed": self.removed, "unchanged": self.unchanged, "version": self.version,
-                "kept_outside": self.kept_outside,
+                "kept_outside": self.kept_outside, "as_before": self.as_before,
                 "duplicates": [{"path": p, "existing_id": i} for p, i in self.duplicates],
                 "failed": [{"path": p, "reason": r} for p, r in self.failed]}
 
@@ -112,7 +119,9 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     same way: layout, labels, path column), as one new version; nothing is written when nothing changed or on
     `dry_run`. Items from outside a folder source (added with `index add`) are kept and reported in
     `kept_outside`, or removed with `prune`. A changed file whose new content cannot be embedded is removed and
-    reported as failed. Removing more than half of the index (an unmounted disk, a wrong path) needs `force`."""
+    reported as failed. Removing more than half of the index (an unmounted disk, a wrong path) needs `force`.
+    Failures and duplicates that the last sync reported for the same content are in `as_before`; a dry run reports
+    new copies of indexed images as duplicates and files that failed last time, unchanged, as failed."""
     index_dir = Path(index_dir)
     store = StoreDir(index_dir)
     manifest = store.read_manifest(store.current_version())
@@ -130,11 +139,15 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     report = SyncReport(source=str(source.resolve()), dry_run=dry_run, failed=list(collection.skipped))
     folder = None if prune or not source.is_dir() else source.resolve()
     with contextlib.closing(store_rows.connect(index_dir, read_only=True)) as conn:
-        plan = plan_sync(collection.items, store_rows.live_rows(conn, manifest["version"]), collection.unreadable,
-                         folder)
+        rows = store_rows.live_rows(conn, manifest["version"])
+    plan = plan_sync(collection.items, rows, collection.unreadable, folder)
     _check_removals(plan, manifest["counts"]["items"], source, force)
+    previous = _read_skipped(index_dir)
+    content = {str(item.path): item.sha256 for item in collection.items}
     if dry_run:
+        _foresee_skips(plan, {row["sha256"]: row["id"] for row in rows}, previous, content, report)
         _describe(report, plan, {})
+        _compare_skips(report, previous, content)
         return report
     model = model or load_bundle(store.attached_dir(manifest))
     require_model(manifest, model, index_dir)
@@ -161,10 +174,49 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
         fresh = [item for item in ready if item.sha256 not in known]
         ids = writer.add(np.stack([vector_of[item.sha256] for item in fresh]), item_rows(fresh)) if fresh else []
         _describe(report, plan, {str(item.path): i for item, i in zip(fresh, ids)})
+        skipped = _compare_skips(report, previous, content)
+        if skipped != previous:
+            write_durably(index_dir / SKIPPED, json.dumps(skipped, indent=1).encode())
         if fresh or replaced or plan.gone:
             changes = f"+{len(report.added)} ~{len(replaced)} -{len(plan.gone)}"
             report.version = writer.commit(f"sync {changes}")["version"]
     return report
+
+
+def _read_skipped(index_dir: Path) -> dict[str, dict[str, Any]]:
+    """The last sync's record; none when there is none or it cannot be read (then everything is told again)."""
+    try:
+        record = json.loads((index_dir / SKIPPED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _foresee_skips(plan: SyncPlan, live: dict[str, int], previous: dict[str, dict[str, Any]],
+                   content: dict[str, str], report: SyncReport) -> None:
+    """What a dry run can tell of its new files without embedding them: copies of indexed images (or of each other)
+    are duplicates, and files that failed at the last sync with the content they still have fail again."""
+    seen = AddReport()
+    plan.new, unique = [], unique_by_content(plan.new, seen)
+    for item in unique:
+        path = str(item.path)
+        before = previous.get(path) or {}
+        if item.sha256 in live:
+            report.duplicates.append((path, live[item.sha256]))
+        elif "reason" in before and before.get("sha256") == content.get(path):
+            report.failed.append((path, before["reason"]))
+        else:
+            plan.new.append(item)
+    report.duplicates.extend(seen.duplicates)
+
+
+def _compare_skips(report: SyncReport, previous: dict[str, dict[str, Any]],
+                   content: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """This sync's record of what it could not index; the paths the last one recorded alike go to `as_before`."""
+    skipped = {path: {"sha256": content.get(path), "reason": reason} for path, reason in report.failed}
+    skipped.update({path: {"sha256": content.get(path), "copy_of": existing} for path, existing in report.duplicates})
+    report.as_before = [path for path, entry in skipped.items() if previous.get(path) == entry]
+    return skipped
 
 
 def _check_removals(plan: SyncPlan, live: int, source: Path, force: bool) -> None:

@@ -185,3 +185,27 @@ def test_items_added_from_outside_the_source_are_kept_and_reported_unless_pruned
     assert report.version is None and str(elsewhere) in paths(index)
     pruned = sync_index(index, prune=True)
     assert pruned.removed == [{"path": str(elsewhere), "id": added}] and str(elsewhere) not in paths(index)
+
+
+def test_files_that_cannot_be_indexed_are_listed_once_and_never_promised_by_a_dry_run(folder_index, fixture_data):
+    """An unreadable file and a copy of an indexed image: a dry run calls them what the sync will find, and after
+    the sync that found them, each is `as_before` until its content or its fate changes."""
+    folder, index = folder_index
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    shutil.copy(folder / "coffee" / "00.jpg", folder / "copy.jpg")
+    first = sync_index(index, dry_run=True)
+    assert first.added == [{"path": str(folder / "broken.jpg"), "id": None}]  # only embedding can tell it fails
+    assert [p for p, _ in first.duplicates] == [str(folder / "copy.jpg")] and first.as_before == []
+    synced = sync_index(index)
+    assert [p for p, _ in synced.failed] == [str(folder / "broken.jpg")] and synced.as_before == []
+    assert synced.version is None and synced.added == []  # nothing indexed changed: no new version
+    for dry_run in (True, False):
+        again = sync_index(index, dry_run=dry_run)
+        assert again.added == [] and again.version is None
+        assert sorted(again.as_before) == [str(folder / "broken.jpg"), str(folder / "copy.jpg")]
+        assert [p for p, _ in again.failed] == [str(folder / "broken.jpg")]
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated again")  # new content: tried and told again
+    (folder / "coffee" / "00.jpg").unlink()  # the copy's original is gone: the copy is indexed in its place
+    changed = sync_index(index)
+    assert changed.as_before == [] and [p for p, _ in changed.failed] == [str(folder / "broken.jpg")]
+    assert [a["path"] for a in changed.added] == [str(folder / "copy.jpg")]
