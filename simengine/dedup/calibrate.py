@@ -18,7 +18,7 @@ import functools
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from simengine.data.decode import load_rgb
 from simengine.data.folders import Item
+from simengine.dedup.groups import COPY_KINDS
 from simengine.errors import BundleError, SimengineError
 from simengine.evaluation.metrics import normalise, row_cosines
 from simengine.model.encoder import Encoder
@@ -54,6 +55,7 @@ class SamePicture:
     min_layout: float
     min_backbone_matches: float
     min_matches: int
+    keypoint_rule: bool = True  # off: crops, rotations and overlays are not copies (`counting("resized")`)
 
     def accepts(self, backbone: float, layout: float, matches: Callable[[], int]) -> tuple[bool, int | None]:
         """The decision and the agreeing matches (None when they were not needed, and not counted)."""
@@ -61,10 +63,18 @@ class SamePicture:
             return False, None
         if layout >= self.min_layout:
             return True, None
-        if backbone < self.min_backbone_matches:
+        if not self.keypoint_rule or backbone < self.min_backbone_matches:
             return False, None
         found = matches()
         return found >= self.min_matches, found
+
+    def counting(self, copies: str) -> "SamePicture | None":
+        """The decision that counts only the `copies` of `COPY_KINDS`; None for "exact", which needs no decision."""
+        if copies not in COPY_KINDS:
+            raise SimengineError(f"--copies must be one of {', '.join(COPY_KINDS)}, not {copies!r}")
+        if copies == "exact":
+            return None
+        return replace(self, keypoint_rule=copies == "edited")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -198,7 +208,8 @@ def read_same_picture(bundle_dir: str | os.PathLike) -> tuple[SamePicture, dict[
         return None
     try:
         record = json.loads(path.read_text())
-        decision = SamePicture(**{k: record["decision"][k] for k in SamePicture.__dataclass_fields__})
+        decision = SamePicture(**{k: record["decision"][k] for k in SamePicture.__dataclass_fields__
+                                  if k != "keypoint_rule"})
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: corrupt ({exc})") from exc
     return decision, record

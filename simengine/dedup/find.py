@@ -5,7 +5,7 @@ an index.
 2. Candidates: one image per content hash, searched by backbone features (`near.near_pairs`, k nearest above the
    lowest backbone cosine the same-picture decision can accept).
 3. Verification: the candidates' layout descriptors, and the same-picture decision stored with the model
-   (`dedup.calibrate`).
+   (`dedup.calibrate`), whole or restricted to the kinds of copies asked for (`groups.COPY_KINDS`: "exact" stops at 1).
 4. Groups: stars around a keeper (`dedup.groups`), so chains never join unrelated images; exact copies join their
    representative's group.
 
@@ -82,20 +82,23 @@ class DuplicateGroup:
 class DuplicateReport:
     source: str
     against: str | None
-    decision: SamePicture
+    decision: SamePicture | None  # None when only byte-identical copies count
     model: str
     images: int  # found in the source (those that cannot be decoded are also in `skipped`)
     groups: list[DuplicateGroup] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path or line, reason)
     seconds: float = 0.0
+    copies: str = "edited"  # which copies counted (`COPY_KINDS`)
+    keep: str = "largest"  # the keeper rule (`KEEP_RULES`)
 
     @property
     def duplicate_count(self) -> int:
         return sum(len(g.duplicates) for g in self.groups)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "against": self.against, "model": self.model,
-                "decision": self.decision.to_dict(), "images": self.images, "groups": len(self.groups),
+        return {"source": self.source, "against": self.against, "model": self.model, "copies": self.copies,
+                "keep": self.keep, "decision": self.decision.to_dict() if self.decision else None,
+                "images": self.images, "groups": len(self.groups),
                 "duplicates": self.duplicate_count,
                 "exact": sum(m.kind == "exact" for g in self.groups for m in g.duplicates),
                 "seconds": round(self.seconds, 2), "duplicate_groups": [g.to_dict() for g in self.groups],
@@ -105,14 +108,16 @@ class DuplicateReport:
 def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None = None,
                     model_dir: str | os.PathLike | None = None, decision: SamePicture | None = None,
                     runtime: str = "auto", path_column: str = "path", k: int = NEIGHBOURS,
-                    progress: bool = False, keep: str = "largest") -> DuplicateReport:
+                    progress: bool = False, keep: str = "largest", copies: str = "edited") -> DuplicateReport:
     """Duplicate groups in `source` (a folder, a list of paths or a table, see `data.sources.scan_source`; or an
     index: its items, with no folder scanned again), or of `source` against `against` (an index directory or
     another source). The model is `model_dir`, else the index's when `source` or `against` is one, else the default
     model (see `model.builtin`; "builtin" names the built-in one); its stored
     same-picture decision is used unless `decision`
-    is given. `keep` picks each group's keeper (see `dedup.groups.KEEP_RULES`; against another set, the keeper is
-    always the other set's image). Unreadable files are reported in `skipped`, never fatal."""
+    is given. `copies` says which copies count (`dedup.calibrate.COPY_KINDS`: "exact" bytes only, "resized"
+    without crops, rotations and overlays, or "edited", all the decision accepts). `keep` picks each group's keeper
+    (see `dedup.groups.KEEP_RULES`; against another set, the keeper is always the other set's image). Unreadable
+    files are reported in `skipped`, never fatal."""
     if keep not in KEEP_RULES:
         raise SimengineError(f"--keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}")
     from simengine.data.sources import scan_source
@@ -122,7 +127,7 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     indexed = is_index_dir(source)
     model_dir = (resolve_model_dir(model_dir) if model_dir is not None else
                  _default_model(source if indexed else against))
-    decision = decision or stored_decision(model_dir)
+    decision = (decision or stored_decision(model_dir)).counting(copies)
     model = load_bundle(model_dir, runtime)
     if indexed:  # its live items, as they were hashed when indexed: no folder is scanned again
         images, skipped = _indexed_images(source, "source"), []
@@ -134,7 +139,7 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     if not images:
         raise SimengineError(f"{source}: no images found" + (f" ({len(skipped)} entries skipped)" if skipped else ""))
     report = DuplicateReport(str(source), None if against is None else str(against), decision, str(model_dir),
-                             len(images), skipped=skipped)
+                             len(images), skipped=skipped, copies=copies, keep=keep)
     folder = Path(source).resolve() if Path(source).is_dir() and not indexed else None
     search = _Search(model, decision, k, progress, folder, keep)
     if against is None:
@@ -261,7 +266,7 @@ def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> 
 class _Search:
     """Features, candidate pairs and verification for one run; images are numbered by their position."""
 
-    def __init__(self, model, decision: SamePicture, k: int, progress: bool, folder: Path | None, keep: str):
+    def __init__(self, model, decision: SamePicture | None, k: int, progress: bool, folder: Path | None, keep: str):
         from simengine.model.feature_cache import FeatureCache
 
         self.cache = FeatureCache(model.encoder, flip=model.flip)
@@ -274,8 +279,10 @@ class _Search:
         exact = exact_groups(list(candidates.values()), {n: images[n].sha256 for n in candidates}, self.keep)
         copies_of = {g.keeper: g.duplicates for g in exact}
         exact_copies = {c for g in exact for c in g.duplicates}
-        vectors, rows = self._features(images, [n for n in range(len(images)) if n not in exact_copies])
-        pairs = self._verified(images, near_pairs(vectors, rows, self.decision.min_backbone, self.k))
+        pairs = {}
+        if self.decision is not None:
+            vectors, rows = self._features(images, [n for n in range(len(images)) if n not in exact_copies])
+            pairs = self._verified(images, near_pairs(vectors, rows, self.decision.min_backbone, self.k))
         for n in {n for pair in pairs for n in pair} - candidates.keys():
             candidates[n] = self._candidate(n, images[n])
         in_pairs = [candidates[n] for n in sorted({n for pair in pairs for n in pair})]
@@ -307,13 +314,14 @@ class _Search:
         for n, image in enumerate(images):
             if image.sha256 in first_with_hash:
                 best[n] = (first_with_hash[image.sha256], Member(image, "exact", *EXACT))
-        query_vectors, query_rows = self._features(everything, [n for n in range(len(images)) if n not in best])
-        base_vectors, base_rows = self._features(everything, list(first_with_hash.values()))
-        found = near_pairs(query_vectors, query_rows, self.decision.min_backbone, self.k,
-                           against=(base_vectors, base_rows))
-        for (n, other), scores in self._verified(everything, found, ordered=True).items():
-            if n not in best or scores[0] > best[n][1].backbone:
-                best[n] = (other, Member(images[n], "near", *scores))
+        if self.decision is not None:
+            query_vectors, query_rows = self._features(everything, [n for n in range(len(images)) if n not in best])
+            base_vectors, base_rows = self._features(everything, list(first_with_hash.values()))
+            found = near_pairs(query_vectors, query_rows, self.decision.min_backbone, self.k,
+                               against=(base_vectors, base_rows))
+            for (n, other), scores in self._verified(everything, found, ordered=True).items():
+                if n not in best or scores[0] > best[n][1].backbone:
+                    best[n] = (other, Member(images[n], "near", *scores))
         groups: dict[int, list[Member]] = {}
         for n, (other, member) in sorted(best.items()):
             groups.setdefault(other, []).append(member)

@@ -47,6 +47,10 @@ KEEP_RULES = {
     "first": "the first in the source's order (sorted paths, or a list's or table's rows)",
     "original": "a camera format (JPEG, HEIC, TIFF, raw) before a derived one (PNG, WebP, GIF, BMP), then the largest",
 }
+# Which copies count, strictest first: the same bytes; the same picture resized, recompressed or recoloured, its
+# layout unchanged (the layout rule of the same-picture decision alone); also cropped, rotated or overlaid (the
+# keypoint rule too: the calibrated decision whole). See `dedup.calibrate.SamePicture.counting`.
+COPY_KINDS = ("exact", "resized", "edited")
 ORIGINAL_SUFFIXES = (".jpg", ".jpeg", ".heic", ".heif", ".tif", ".tiff", ".dng", ".cr2", ".cr3", ".nef", ".arw",
                      ".orf", ".rw2", ".raf")
 

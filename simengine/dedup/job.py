@@ -16,10 +16,12 @@ def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | Non
                      model_dir: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
                      html_path: str | os.PathLike | None = None, move_to: str | os.PathLike | None = None,
                      apply: bool = False, path_column: str = "path", progress: bool = False, runtime: str = "auto",
-                     keep: str = "largest") -> tuple[DuplicateReport, list[Move], list[Move], list[tuple[str, str]]]:
+                     keep: str = "largest", copies: str = "edited",
+                     ) -> tuple[DuplicateReport, list[Move], list[Move], list[tuple[str, str]]]:
     """The whole `simengine dedup` job: find the duplicate groups, write the CSV and HTML reports asked for, and
-    plan moving the duplicates to `move_to` (carried out only with `apply`); `keep` is the keeper rule. Returns (report, moves planned, moves
-    done, files left in place as (path, reason)). Output paths are checked before any image is read."""
+    plan moving the duplicates to `move_to` (carried out only with `apply`); `keep` is the keeper rule and `copies`
+    which copies count (see `find_duplicates`). Returns (report, moves planned, moves done, files left in place as
+    (path, reason)). Output paths are checked before any image is read."""
     if move_to:
         if is_index_dir(source):
             raise SimengineError("--move-to moves the files of a folder; to drop duplicates from an index, "
@@ -29,7 +31,7 @@ def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | Non
         if output and not Path(output).absolute().parent.is_dir():
             raise SimengineError(f"{output}: its folder does not exist")
     report = find_duplicates(source, against, model_dir, runtime=runtime, path_column=path_column, progress=progress,
-                             keep=keep)
+                             keep=keep, copies=copies)
     if csv_path:
         write_csv(report, csv_path)
     if html_path:

@@ -9,7 +9,9 @@ import io
 import os
 from pathlib import Path
 
+from simengine.dedup.calibrate import SamePicture
 from simengine.dedup.find import DuplicateReport, ReportedImage
+from simengine.dedup.groups import KEEP_RULES
 from simengine.errors import ImageLoadError
 
 CSV_COLUMNS = ("group", "role", "kind", "backbone", "layout", "matches", "path", "origin", "item_id")
@@ -45,10 +47,8 @@ def write_html(report: DuplicateReport, path: str | os.PathLike) -> Path:
         "</style></head><body>",
         f"<h1>Duplicates in {e(report.source)}" + (f" against {e(report.against)}" if report.against else "") + "</h1>",
         f"<p>{summary['images']} images, {summary['groups']} groups, {summary['duplicates']} duplicates "
-        f"({summary['exact']} byte-identical), {len(report.skipped)} skipped. A copy: backbone cosine ≥ "
-        f"{d.min_backbone:.3f} and layout cosine ≥ {d.min_layout:.3f}, or backbone cosine ≥ "
-        f"{d.min_backbone_matches:.3f} and at least {d.min_matches} agreeing keypoint matches (model {e(report.model)})."
-        " The keeper (green) is the copy to keep: most pixels, then the largest file, then the oldest.</p>",
+        f"({summary['exact']} byte-identical), {len(report.skipped)} skipped. {e(_copy_rule(d))} (model "
+        f"{e(report.model)}). The keeper (green) is the copy to keep: {e(KEEP_RULES[report.keep])}.</p>",
     ]
     for n, group in enumerate(report.groups, 1):
         parts.append(f"<div class='group'><b>Group {n}</b><br>")
@@ -65,6 +65,16 @@ def write_html(report: DuplicateReport, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _copy_rule(d: SamePicture | None) -> str:
+    if d is None:
+        return "A copy: the same bytes."
+    rule = f"A copy: backbone cosine ≥ {d.min_backbone:.3f} and layout cosine ≥ {d.min_layout:.3f}"
+    if not d.keypoint_rule:
+        return rule + " (resized, recompressed or recoloured; crops, rotations and overlays not counted)."
+    return (rule + f", or backbone cosine ≥ {d.min_backbone_matches:.3f} and at least {d.min_matches} agreeing "
+            "keypoint matches.")
 
 
 def _figure(image: ReportedImage, caption: str, css: str, budget: list[int]) -> str:

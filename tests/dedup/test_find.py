@@ -154,3 +154,19 @@ def test_the_duplicates_among_an_indexs_items_without_scanning_a_folder(collecti
     assert all(m.image.item_id is not None for g in report.groups for m in g.duplicates)
     with pytest.raises(SimengineError, match="index remove"):
         dedup_collection(index, move_to=tmp_path / "dups")
+
+
+def test_copies_says_which_copies_count_strictest_first(collection, bundle_dir, tmp_path):
+    """exact: the same bytes only (nothing embedded); resized: also the copies whose layout is the original's (the
+    resized and marked coffee, the slightly tilted rocket), not the crop; edited (the default): also the crop."""
+    found = {copies: named_groups(find_duplicates(collection, model_dir=bundle_dir, decision=DECISION, copies=copies))
+             for copies in ("exact", "resized", "edited")}
+    assert found["exact"] == {"astronaut.jpg": {"astronaut-again.jpg": "exact"}}
+    assert found["resized"] == {"astronaut.jpg": {"astronaut-again.jpg": "exact"},
+                                "coffee.jpg": {"coffee-small.jpg": "near", "coffee-marked.jpg": "near"},
+                                "rocket.jpg": {"rocket-tilted.jpg": "near"}}
+    assert found["edited"] == dict(found["resized"], **{"chelsea.jpg": {"chelsea-crop.jpg": "near"}})
+    report = find_duplicates(collection, model_dir=bundle_dir, decision=DECISION, copies="exact")
+    assert report.to_dict()["decision"] is None and report.to_dict()["copies"] == "exact"
+    with pytest.raises(SimengineError, match="--copies must be one of exact, resized, edited"):
+        find_duplicates(collection, model_dir=bundle_dir, decision=DECISION, copies="similar")
