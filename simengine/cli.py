@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from simengine.dedup.groups import KEEP_RULES
+from simengine.dedup.groups import COPY_KINDS, KEEP_RULES
 from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES
 
 log = logging.getLogger("simengine")
@@ -369,7 +369,8 @@ _wait_option = click.option("--wait", "wait_s", type=float, default=60, show_def
 
 @index.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--label", default=None, help="Class for the new images (default: each file's folder name).")
+@click.option("--label", default=None, help="Label for the new images (default: each file's folder name where the "
+              "index's labels are folder names, else none).")
 @_json_option
 @_index_option
 @_wait_option
@@ -433,11 +434,17 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, prune, as_json,
     if as_json:
         _echo_json(report.to_dict())
         return
+    told = set(report.as_before)
     for path, reason in report.failed:
-        click.echo(f"failed: {one_line(reason)}", err=True)
+        if path not in told:
+            click.echo(f"failed: {one_line(reason)}", err=True)
     for path, existing in report.duplicates:
-        click.echo(f"duplicate skipped: {one_line(path)}" + (f" (same as id {existing})" if existing >= 0 else ""),
-                   err=True)
+        if path not in told:
+            click.echo(f"duplicate skipped: {one_line(path)}" + (f" (same as id {existing})" if existing >= 0 else ""),
+                       err=True)
+    if told:
+        click.echo(f"skipped as at the last sync: {len(told)} files (unreadable, or copies of indexed images; "
+                   "--json lists them)", err=True)
     verb = "would " if dry_run else ""
     for entry in report.added:
         click.echo(f"{verb}add: {one_line(entry['path'])}")
@@ -472,7 +479,6 @@ def _index_argument(f):
 @_json_option
 def index_info(index_dir, as_json):
     """Version, counts, classes, backbone, thresholds, segments and size on disk."""
-    from simengine.data.labels import display_name
     from simengine.index.reader import Index
     from simengine.store.layout import resolve_index_dir
 
@@ -490,7 +496,7 @@ def index_info(index_dir, as_json):
         return
     for key, value in info.items():
         if key == "classes":
-            value = ", ".join(f"{display_name(c) if c else '(none)'} {n}" for c, n in value.items())
+            value = ", ".join(f"{c if c else '(none)'} {n}" for c, n in value.items())
         click.echo(f"{key:24s} {value}")
 
 
@@ -619,7 +625,7 @@ def query(images, k, pairs_csv, triplets_csv, mode, where, params, as_json, inde
     simengine query a.jpg b.jpg         same class?
     simengine query a.jpg b.jpg c.jpg   do at least two share a class?
     simengine query a.jpg -k 5          nearest neighbours, verified by the pair head (k 5 when not given)
-    simengine query a.jpg --k 5 --where "label = :l" --param l=n01440764
+    simengine query a.jpg --k 5 --where "label = :l" --param l=tench
     simengine query --pairs set.csv     batch mode, with a classification report if labelled
 
     Where there is no index yet (none under indexes/, no --index), pairs and triplets are answered with the default
@@ -704,11 +710,15 @@ def search(image, k, include_self, where, params, as_json, index_dir, runtime):
 @click.option("--yes", is_flag=True, help="With --move-to: carry out the moves (logged to moves.csv there).")
 @click.option("--keep", type=click.Choice(list(KEEP_RULES)), default="largest", show_default=True,
               help="Which copy of a group is kept: " + "; ".join(f"{k}: {v}" for k, v in KEEP_RULES.items()) + ".")
+@click.option("--copies", type=click.Choice(COPY_KINDS), default="edited", show_default=True,
+              help="Which copies count, strictest first. exact: the same bytes; resized: also the same picture "
+                   "resized, recompressed or recoloured (its layout unchanged); edited: also cropped, rotated or "
+                   "overlaid (confirmed by keypoints).")
 @_json_option
 @_runtime_option
 @click.pass_context
-def dedup(ctx, source, index_dir, against, model_dir, path_column, csv_path, html_path, move_to, yes, keep, as_json,
-          runtime):
+def dedup(ctx, source, index_dir, against, model_dir, path_column, csv_path, html_path, move_to, yes, keep, copies,
+          as_json, runtime):
     """Find exact and near-duplicate images in SOURCE (a folder, a text file of paths, or a CSV/parquet table).
 
     \b
@@ -729,7 +739,7 @@ def dedup(ctx, source, index_dir, against, model_dir, path_column, csv_path, htm
         raise click.UsageError("give SOURCE (a folder, a list or a table) or --index INDEX")
     source = source if source is not None else index_dir
     report, planned, done, left = dedup_collection(source, against, model_dir, csv_path, html_path, move_to, yes,
-                                                   path_column, _progress(ctx), runtime, keep)
+                                                   path_column, _progress(ctx), runtime, keep, copies)
     moves = {"planned": [{"from": str(m.source), "to": str(m.target)} for m in planned], "moved": len(done),
              "left": [{"path": p, "reason": r} for p, r in left], "dry_run": not yes} if move_to else None
     if as_json:
@@ -933,6 +943,9 @@ def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_ho
                api_key=api_key, hosts=answered_hosts(host, allowed_hosts))
 
 
+ESTIMATED_NOTE = "  the threshold is estimated: there are no labels here to calibrate it on"
+
+
 def _print_pair(r, as_json, labelled: bool):
     """A pair answer; without labels (an unlabelled index, or no index) it speaks of similarity, not classes."""
     if as_json:
@@ -941,6 +954,8 @@ def _print_pair(r, as_json, labelled: bool):
     click.echo(f"  distance         {r.distance:.4f}  (threshold {r.distance_threshold:.4f})")
     click.echo(f"  pair-head p      {r.head_probability:.4f}")
     click.echo(f"  decision ({r.decision}) score {r.score:.4f} {'>=' if r.same else '<'} {r.threshold:.4f}")
+    if not labelled:
+        click.echo(ESTIMATED_NOTE)
 
 
 def _print_triplet(r, as_json, labelled: bool):
@@ -953,6 +968,8 @@ def _print_triplet(r, as_json, labelled: bool):
         click.echo(f"  {'*' if p['match'] else ' '} {i + 1}-{j + 1}  distance {p['distance']:.4f}  "
                    f"pair-head p {p['head_probability']:.4f}  score {p['score']:.4f}")
     click.echo(f"  decision ({r.decision}): a pair matches when score >= {r.threshold:.4f}")
+    if not labelled:
+        click.echo(ESTIMATED_NOTE)
 
 
 def _print_neighbours(r, as_json, labelled: bool):
@@ -963,14 +980,13 @@ def _print_neighbours(r, as_json, labelled: bool):
                + "path")
     for n in r.neighbours:
         click.echo(f"{n.id:>6}  {n.distance:8.4f}  {n.head_probability:7.4f}  {'yes' if n.verified else 'no ':8s}  "
-                   + (f"{(n.class_name or '-')[:18]:18s}  " if labelled else "") + n.path)
+                   + (f"{(n.label or '-')[:18]:18s}  " if labelled else "") + n.path)
     verified = f"{r.verified_count} of {len(r.neighbours)} neighbours verified by the pair head"
     if not labelled:
         click.echo(verified)
     elif r.predicted_class:
-        from simengine.data.labels import display_name
-
-        click.echo(f"predicted class: {display_name(r.predicted_class)} ({r.votes} of the {r.verified_count} verified "
+        among = " among the items --where selects" if r.restricted else ""
+        click.echo(f"predicted class{among}: {r.predicted_class} ({r.votes} of the {r.verified_count} verified "
                    f"neighbours; {verified})")
     else:
         click.echo(f"predicted class: none ({verified}" + (", none labelled)" if r.verified_count else ")"))

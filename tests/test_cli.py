@@ -383,6 +383,7 @@ def test_cli_unlabelled_folder_build_filter_query_and_sync(fixture_data, bundle_
     assert info["thresholds_estimated"] is True and info["classes"] == {"null": 9}
     code, out = run("query", "--index", index, val["coffee"][0], val["coffee"][1])
     assert code == 0 and "similar: YES" in out and "class" not in out  # no labels: no class talk
+    assert "the threshold is estimated" in out
     code, out = run("query", "--index", index, val["coffee"][0], val["rocket"][0], val["coffee"][2])
     assert code == 0 and "at least two are similar: YES" in out and "class" not in out
     code, out = run("search", "--index", index, val["coffee"][0], "-k", "3")
@@ -484,3 +485,47 @@ def test_cli_quantize_json_and_exit_code(bundle_dir, fixture_data, tmp_path):
     assert result.exit_code == (0 if data["passed"] else 1)
     code, out = run("quantize", "--model", copy, "--data", fixture_data, "--images", "8")
     assert code == 2 and "8 is not in the range x>=16" in out
+
+
+def test_labels_are_names_in_filters_outputs_and_json_and_a_filtered_vote_says_so(fixture_data, bundle_dir, tmp_path,
+                                                                                   val):
+    """Class folders named by Imagenette's codes are indexed as "tench", "parachute": a filter on the name finds
+    them, the code stays a column, and a class vote among the items a filter chose says it was restricted."""
+    dataset = tmp_path / "dataset" / "train"
+    for code, photos in (("n01440764", "coffee"), ("n03888257", "rocket"), ("chelsea", "chelsea")):
+        shutil.copytree(fixture_data / "train" / photos, dataset / code)
+    index = tmp_path / "index"
+    code, out = run("index", "build", dataset.parent, "--index", index, "--model", bundle_dir)
+    assert code == 0, out
+    code, out = run("index", "info", index, "--json")
+    assert code == 0 and set(json.loads(out)["classes"]) == {"tench", "parachute", "chelsea"}
+    code, out = run("search", "--index", index, val["coffee"][0], "-k", "3", "--where", "label = :l",
+                    "--param", "l=tench", "--json")
+    found = json.loads(out)
+    assert code == 0 and len(found["neighbours"]) == 3 and found["restricted"] is True
+    assert all(n["label"] == "tench" and n["metadata"]["wnid"] == "n01440764" for n in found["neighbours"])
+    code, out = run("search", "--index", index, val["rocket"][0], "-k", "3", "--where", "wnid = :w",
+                    "--param", "w=n03888257")
+    assert code == 0 and "predicted class among the items --where selects: parachute" in out
+    assert "n03888257" not in out.replace(str(dataset / "n03888257"), "")  # the code shows only in paths
+    code, out = run("search", "--index", index, val["coffee"][0], "-k", "3")
+    assert code == 0 and "predicted class: tench" in out
+
+
+def test_sync_tells_a_skipped_file_once_and_dedup_counts_the_copies_asked_for(fixture_data, bundle_dir, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(fixture_data / "train" / "coffee", folder)
+    shutil.copy(folder / "coffee_00.jpg", folder / "copy.jpg")
+    index = tmp_path / "index"
+    code, out = run("index", "build", folder, "--index", index, "--model", bundle_dir, "--labels", "none")
+    assert code == 0, out
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code, out = run("index", "sync", "--index", index)
+    assert code == 0 and "failed:" in out and "duplicate skipped:" in out and "as at the last sync" not in out
+    for dry_run in ((), ("--dry-run",)):
+        code, out = run("index", "sync", "--index", index, *dry_run)
+        assert code == 0 and "failed:" not in out and "duplicate skipped:" not in out and "would add" not in out
+        assert "skipped as at the last sync: 2 files" in out and "1 duplicates, 1 failed" in out
+    code, out = run("dedup", folder, "--copies", "exact", "--model", bundle_dir, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["copies"] == "exact" and report["groups"] == 1 and report["exact"] == 1

@@ -461,6 +461,7 @@ def test_the_page_of_an_unlabelled_index_never_speaks_of_classes(model, fixture_
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
         page.click("#go")
         expect(page.locator("#answer")).to_have_text("Similar: YES", timeout=30_000)
+        expect(page.locator("#details")).to_contain_text("(threshold estimated)")
         page.click("#clear")
         page.set_input_files("#files", str(val["coffee"][0]))
         page.fill("#k", "3")

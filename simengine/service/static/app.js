@@ -41,8 +41,8 @@ function show() {
 function setFiles(list) { files = Array.from(list).slice(0, 3); show(); }
 
 async function neighbourCard(n) {
-  const img = el("img", { alt: `${n.class_name || "item"} ${n.id}` });
-  const caption = el("figcaption", {}, n.class_name || "?", el("br"), `distance ${fmt(n.distance)}`, el("br"),
+  const img = el("img", { alt: `${n.label || "item"} ${n.id}` });
+  const caption = el("figcaption", {}, n.label || `id ${n.id}`, el("br"), `distance ${fmt(n.distance)}`, el("br"),
     n.verified ? "✔ verified" : "✘ not verified");
   const card = el("figure", { className: `card ${n.verified ? "yes" : "no"}` }, img, caption);
   // Fetched rather than linked, so that a server with an API key serves them too.
@@ -97,10 +97,9 @@ async function ask() {
   if ($("key").value) sessionStorage.setItem("simengine-key", $("key").value);
   const classes = await indexIsLabelled();
   if (files.length === 1) {
-    const top = body.neighbours.find((n) => n.label === body.predicted_class);
     const verified = `${body.verified_count} of ${body.neighbours.length} neighbours verified`;
     say(!classes ? verified
-      : body.predicted_class ? `Predicted class: ${top.class_name || top.label} (${body.votes} of the ${body.verified_count} verified neighbours)`
+      : body.predicted_class ? `Predicted class: ${body.predicted_class} (${body.votes} of the ${body.verified_count} verified neighbours)`
         : `No predicted class (${verified})`);
     $("results").replaceChildren(...(await Promise.all(body.neighbours.map(neighbourCard))));
   } else if (files.length === 2) {
@@ -108,7 +107,7 @@ async function ask() {
     $("details").replaceChildren(table([], [
       ["distance", `${fmt(body.distance)} (threshold ${fmt(body.distance_threshold)})`],
       ["pair-head p", fmt(body.head_probability)],
-      [`decision (${body.decision})`, `${fmt(body.score)} vs ${fmt(body.threshold)}`],
+      [`decision (${body.decision})`, `${fmt(body.score)} vs ${fmt(body.threshold)}${classes ? "" : " (threshold estimated)"}`],
     ]));
   } else {
     const pairs = body.matching_pairs.map((p) => `${p[0] + 1}–${p[1] + 1}`).join(", ");
