@@ -412,8 +412,9 @@ def index_remove(refs, index_dir, wait_s, as_json):
 @index.command("sync")
 @click.argument("source", required=False, type=click.Path())
 @_source_options(recorded=True)
-@click.option("--dry-run", is_flag=True, help="Print what would change, before embedding (duplicates and unreadable "
-              "files show up only in a real run); write nothing.")
+@click.option("--dry-run", is_flag=True, help="Print what would change, before embedding: copies of indexed images "
+              "are duplicates, files that failed at the last sync with the same content fail again, other unreadable "
+              "files show up only in a real run; write nothing.")
 @click.option("--force", is_flag=True, help="Allow removing more than half of the index.")
 @click.option("--prune", is_flag=True, help="Also remove items from outside the source folder (added with `index "
               "add`); they are kept and reported otherwise.")

@@ -135,19 +135,22 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
     collection = scan_source(source, labels or settings.get("labels") or "auto",
                              (settings.get("split") or "train").split(","),
                              path_column or settings.get("path_column") or "path", progress,
-                             kind=settings.get("source_kind", "imagefolder" if same and "data" in built else None))
+                             kind=settings.get("source_kind", "imagefolder" if same and "data" in built else None),
+                             label_names=bool(built.get("label_names")))
     report = SyncReport(source=str(source.resolve()), dry_run=dry_run, failed=list(collection.skipped))
     folder = None if prune or not source.is_dir() else source.resolve()
     with contextlib.closing(store_rows.connect(index_dir, read_only=True)) as conn:
         rows = store_rows.live_rows(conn, manifest["version"])
     plan = plan_sync(collection.items, rows, collection.unreadable, folder)
     _check_removals(plan, manifest["counts"]["items"], source, force)
-    previous = _read_skipped(index_dir)
     content = {str(item.path): item.sha256 for item in collection.items}
     if dry_run:
-        _foresee_skips(plan, {row["sha256"]: row["id"] for row in rows}, previous, content, report)
+        leaving = {row["id"] for row in plan.gone} | {old for _, old in plan.changed}  # a renamed file is no copy
+        previous = _read_skipped(index_dir)
+        _foresee_skips(plan, {row["sha256"]: row["id"] for row in rows if row["id"] not in leaving}, previous,
+                       content, report)
         _describe(report, plan, {})
-        _compare_skips(report, previous, content)
+        _compare_skips(report, previous, content, set())
         return report
     model = model or load_bundle(store.attached_dir(manifest))
     require_model(manifest, model, index_dir)
@@ -166,20 +169,26 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
         writer.remove(sorted(replaced + [row["id"] for row in plan.gone]))
         # Another writer may have changed the index since the first plan: what it now needs and was not embedded
         # waits for the next sync, and is said so.
-        report.failed.extend((str(item.path), f"{item.path}: the index changed while this sync ran; run it again")
-                             for item in _to_embed(plan) if item.sha256 not in attempted)
+        overtaken = {str(item.path) for item in _to_embed(plan) if item.sha256 not in attempted}
+        report.failed.extend((path, f"{path}: the index changed while this sync ran; run it again")
+                             for path in sorted(overtaken))
         ready = unique_by_content([item for item in _to_embed(plan) if item.sha256 in vector_of], AddReport())
         known = writer.live_ids_by("sha256", [item.sha256 for item in ready])
         report.duplicates.extend((str(item.path), known[item.sha256]) for item in ready if item.sha256 in known)
         fresh = [item for item in ready if item.sha256 not in known]
         ids = writer.add(np.stack([vector_of[item.sha256] for item in fresh]), item_rows(fresh)) if fresh else []
         _describe(report, plan, {str(item.path): i for item, i in zip(fresh, ids)})
-        skipped = _compare_skips(report, previous, content)
-        if skipped != previous:
-            write_durably(index_dir / SKIPPED, json.dumps(skipped, indent=1).encode())
+        # A copy of another new file names the id that file got, as the next sync will.
+        new_id = {item.sha256: i for item, i in zip(fresh, ids)}
+        report.duplicates = [(path, new_id.get(content.get(path), -1) if existing < 0 else existing)
+                             for path, existing in report.duplicates]
+        previous = _read_skipped(index_dir)  # under the lock: another sync's record is not lost
+        skipped = _compare_skips(report, previous, content, overtaken)
         if fresh or replaced or plan.gone:
             changes = f"+{len(report.added)} ~{len(replaced)} -{len(plan.gone)}"
             report.version = writer.commit(f"sync {changes}")["version"]
+        if skipped != previous:  # after the commit: a sync that fails before it leaves the old record
+            write_durably(index_dir / SKIPPED, json.dumps(skipped, indent=1).encode())
     return report
 
 
@@ -210,10 +219,12 @@ def _foresee_skips(plan: SyncPlan, live: dict[str, int], previous: dict[str, dic
     report.duplicates.extend(seen.duplicates)
 
 
-def _compare_skips(report: SyncReport, previous: dict[str, dict[str, Any]],
-                   content: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """This sync's record of what it could not index; the paths the last one recorded alike go to `as_before`."""
-    skipped = {path: {"sha256": content.get(path), "reason": reason} for path, reason in report.failed}
+def _compare_skips(report: SyncReport, previous: dict[str, dict[str, Any]], content: dict[str, str],
+                   transient: set[str]) -> dict[str, dict[str, Any]]:
+    """This sync's record of what it could not index (not the `transient` failures, which the next sync does);
+    the paths the last one recorded alike go to `as_before`."""
+    skipped = {path: {"sha256": content.get(path), "reason": reason} for path, reason in report.failed
+               if path not in transient}
     skipped.update({path: {"sha256": content.get(path), "copy_of": existing} for path, existing in report.duplicates})
     report.as_before = [path for path, entry in skipped.items() if previous.get(path) == entry]
     return skipped

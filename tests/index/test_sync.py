@@ -209,3 +209,31 @@ def test_files_that_cannot_be_indexed_are_listed_once_and_never_promised_by_a_dr
     changed = sync_index(index)
     assert changed.as_before == [] and [p for p, _ in changed.failed] == [str(folder / "broken.jpg")]
     assert [a["path"] for a in changed.added] == [str(folder / "copy.jpg")]
+
+
+def test_a_dry_run_calls_a_renamed_file_an_addition_not_a_copy(folder_index):
+    folder, index = folder_index
+    (folder / "coffee" / "00.jpg").rename(folder / "moved.jpg")
+    plan = sync_index(index, dry_run=True)
+    assert [a["path"] for a in plan.added] == [str(folder / "moved.jpg")] and plan.duplicates == []
+    assert [r["path"] for r in plan.removed] == [str(folder / "coffee" / "00.jpg")]
+    done = sync_index(index)
+    assert [a["path"] for a in done.added] == [str(folder / "moved.jpg")] and done.duplicates == []
+
+
+def test_an_index_labelled_with_codes_keeps_them_when_synced_and_added_to(fixture_data, model, tmp_path):
+    """An index built before labels were names (here from `scan_split` items, which keep the folder's code) syncs
+    and grows with the codes it holds, never half codes and half names."""
+    from simengine.data.folders import scan_split
+    from simengine.index.update import add_images
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(fixture_data / "train" / "rocket", dataset / "train" / "n03888257")
+    shutil.copytree(fixture_data / "train" / "coffee", dataset / "train" / "cup")
+    index, _, _ = build_index(scan_split(dataset, "train"), model, tmp_path / "index")
+    report = sync_index(index, dataset)
+    assert report.changed == [] and report.added == [] and report.unchanged == 16
+    shutil.copytree(fixture_data / "val" / "rocket", tmp_path / "more" / "n03888257")
+    added = add_images(index, [tmp_path / "more"]).added
+    with Index(index) as idx:
+        assert {row["label"] for row in idx.items(added).values()} == {"n03888257"}
