@@ -48,6 +48,7 @@ class Collection:
     kind: str = "folder"
     # Files that exist but could not be read this time, and folders (ending with a separator) that could not be listed.
     unreadable: set[str] = field(default_factory=set)
+    folder_labels: bool = False  # its labels are its files' folder names (what `index add` follows)
 
     @property
     def labelled(self) -> bool:
@@ -79,11 +80,13 @@ def is_image_folder(root: Path) -> bool:
 
 
 def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterable[str] = ("train",),
-                path_column: str = "path", progress: bool = False, kind: str | None = None) -> Collection:
+                path_column: str = "path", progress: bool = False, kind: str | None = None,
+                label_names: bool = True) -> Collection:
     """Every image a source names, hashed. `labels`: "auto" (a table's `label` column, an ImageFolder's class
     folders, else none), "folders" (each file's folder name; a known code's name, see `data.labels`), "table" (the `label` column, required), "none".
     A folder is read as an ImageFolder dataset when it has that layout, unless `kind` (as a collection recorded it
-    earlier: "imagefolder" or "folder") says how."""
+    earlier: "imagefolder" or "folder") says how. `label_names` off keeps a known code as the label (an index
+    built before labels were names syncs as it was built)."""
     if labels not in LABEL_MODES:
         raise SimengineError(f"--labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}")
     root = Path(source)
@@ -93,10 +96,11 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
         layout = kind if kind in ("imagefolder", "folder") else (
             "imagefolder" if labels in ("auto", "folders") and is_image_folder(root) else "folder")
         if layout == "imagefolder":
-            return Collection([with_known_name(item) for split in splits for item in scan_split(root, split)],
-                              kind="imagefolder")
+            name = with_known_name if label_names else (lambda item: item)
+            return Collection([name(item) for split in splits for item in scan_split(root, split)],
+                              kind="imagefolder", folder_labels=True)
         unlisted: list[OSError] = []
-        collection = _hashed(_walk(root, unlisted.append), labels == "folders", "folder", progress)
+        collection = _hashed(_walk(root, unlisted.append), labels == "folders", "folder", progress, label_names)
         for exc in unlisted:  # its items stay in an index a sync compares with this
             folder = str(Path(exc.filename).absolute())
             collection.skipped.append((folder, f"{folder}: cannot list this folder ({exc.strerror or exc})"))
@@ -107,10 +111,10 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
     suffix = root.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         rows = _parquet_rows(root) if suffix == ".parquet" else _csv_rows(root, "\t" if suffix == ".tsv" else ",")
-        return _from_table(root, rows, labels, path_column, suffix.lstrip("."), progress)
+        return _from_table(root, rows, labels, path_column, suffix.lstrip("."), progress, label_names)
     if labels == "table":
         raise SimengineError(f"{root} is a list of paths; --labels table needs a CSV or parquet table")
-    return _hashed(_listed(root), labels == "folders", "list", progress)
+    return _hashed(_listed(root), labels == "folders", "list", progress, label_names)
 
 
 def _walk(root: Path, on_error: Callable[[OSError], None]) -> Iterator[tuple[str, Path]]:
@@ -144,11 +148,11 @@ def _listed(list_file: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _hashed(found: Iterable[tuple[str, Path]], folder_labels: bool, kind: str, progress: bool,
-            extra: dict[str, tuple[str | None, dict]] | None = None) -> Collection:
+            label_names: bool = True, extra: dict[str, tuple[str | None, dict]] | None = None) -> Collection:
     """Items for (where, path) pairs, hashed; files that cannot be read are skipped with their reason."""
     from tqdm import tqdm
 
-    collection = Collection(items=[], kind=kind)
+    collection = Collection(items=[], kind=kind, folder_labels=folder_labels)
     for where, path in tqdm(list(found), desc="hashing", unit="file", disable=not progress):
         label, metadata = (extra or {}).get(where, (None, {}))
         named = where if where == str(path) else f"{where}: {path}"
@@ -164,7 +168,8 @@ def _hashed(found: Iterable[tuple[str, Path]], folder_labels: bool, kind: str, p
                 collection.unreadable.add(str(Path(path).absolute()))
             continue
         if folder_labels and label is None:  # the folder the user sees, not a link's target
-            item = with_known_name(Item(item.path, Path(path).parent.name, None, item.sha256, metadata))
+            item = Item(item.path, Path(path).parent.name, None, item.sha256, metadata)
+            item = with_known_name(item) if label_names else item
         else:
             item = Item(item.path, label, None, item.sha256, metadata)
         collection.items.append(item)
@@ -255,7 +260,7 @@ def _sql_value(value: Any) -> Any:
 
 
 def _from_table(table: Path, table_rows: tuple[list[str], Iterator[tuple[int, dict[str, Any]]]], labels: str,
-                path_column: str, kind: str, progress: bool) -> Collection:
+                path_column: str, kind: str, progress: bool, label_names: bool) -> Collection:
     columns, rows = table_rows
     if path_column not in columns:
         raise SimengineError(f"{table}: no {path_column!r} column (columns: {', '.join(columns) or 'none'}); "
@@ -281,7 +286,7 @@ def _from_table(table: Path, table_rows: tuple[list[str], Iterator[tuple[int, di
         label = row.get(label_column) if label_column and labels in ("auto", "table") else None
         extra[where] = (None if label in (None, "") else str(label),
                         {c.lower(): typed_value(row.get(c)) if typed else row.get(c) for c in metadata_columns})
-    collection = _hashed(found, labels == "folders", kind, progress, extra)
+    collection = _hashed(found, labels == "folders", kind, progress, label_names, extra)
     collection.skipped[:0] = skipped
     return collection
 

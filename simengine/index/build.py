@@ -121,6 +121,7 @@ def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, pr
     return collection.items, {
         "source": str(source.resolve()), "source_kind": collection.kind, "labels": labels,
         "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None,
+        "folder_labels": collection.folder_labels, "label_names": True,
     }, collection.skipped
 
 

@@ -116,6 +116,7 @@ def build_from_embeddings(
     tune_rows = _positions(rng, n, min(n, TUNE_QUERIES)) if spec.trained else np.zeros(0, np.int64)
     info = {"source": str(embeddings.resolve()), "source_kind": "embeddings", "labels": plan["source"]["labels"],
             "path_column": plan["source"]["path_column"], "split": None, "embedding": plan["model"],
+            **{key: plan["source"][key] for key in ("folder_labels", "label_names") if key in plan["source"]},
             "max_index_memory": max_index_memory, "factory": spec.factory, "estimated_bytes": spec.memory(n)}
 
     def write(writer) -> None:

@@ -35,14 +35,18 @@ def _model_for(store: StoreDir, manifest: dict, model: Model | None) -> Model:
 
 
 def labels_from_folders(manifest: dict, has_labels: bool) -> bool:
-    """Whether an index's labels are its files' folder names: built from an ImageFolder dataset or with
-    `--labels folders`; or, where the build recorded no source (items given from Python), whenever it has labels.
-    Not when it has none, nor when they came from a table's column."""
+    """Whether an index's labels are its files' folder names, as its build recorded; for an index built before that
+    was recorded: from an ImageFolder dataset or with `--labels folders`, or, where the build recorded no source
+    (items given from Python, embeddings), whenever it has labels. Never when they came from a table's column."""
     built = manifest.get("build") or {}
-    if "labels" not in built and "data" not in built:
+    if "folder_labels" in built:
+        return bool(built["folder_labels"])
+    if "data" in built:
+        return True
+    if "labels" not in built or built.get("source_kind") == "embeddings":
         return has_labels
     labels = built.get("labels") or "auto"
-    return labels == "folders" or "data" in built or (labels == "auto" and built.get("source_kind") == "imagefolder")
+    return labels == "folders" or (labels == "auto" and built.get("source_kind") == "imagefolder")
 
 
 def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], label: str | None = None,
@@ -73,7 +77,9 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
     with contextlib.closing(store_rows.connect(index_dir)) as conn:
         by_folder = label is None and labels_from_folders(
             manifest, any(value is not None for value in label_counts(conn, version)))
-        items = [with_known_name(dataclasses.replace(item, label=item.path.parent.name, split=split)) if by_folder
+        # An index built before labels were names keeps a known code as it is, as its sync does.
+        name = with_known_name if (manifest.get("build") or {}).get("label_names") else (lambda item: item)
+        items = [name(dataclasses.replace(item, label=item.path.parent.name, split=split)) if by_folder
                  else dataclasses.replace(item, label=label, split=split) for item in found]
         items = unique_by_content(items, report)
         known = live_ids_by_sha(conn, version, [i.sha256 for i in items])

@@ -71,7 +71,8 @@ def embed_collection(source: str | os.PathLike, out: str | os.PathLike, model_di
         raise SimengineError(f"{out}: another `simengine embed` is writing there") from None
     try:
         plan = start_plan(out, shards, model_identity(model),
-                          {"labels": labels, "path_column": path_column, "shard_size": shard_size})
+                          {"labels": labels, "path_column": path_column, "shard_size": shard_size,
+                           "folder_labels": collection.folder_labels, "label_names": True})
         report = EmbedReport(out, len(shards), backend="ray" if use_ray else "local")
         finished = {s.k for s in shards if is_finished(out, s.k)}
         report.skipped_shards = sorted(finished)

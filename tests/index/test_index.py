@@ -398,3 +398,20 @@ def test_verify_names_a_corrupt_onnx_export(index_copy):
     assert verify_index(index_copy) == [
         "the model's ONNX exports are unusable (embedding_head.onnx does not match its recorded hash): "
         "queries fall back to torch"]
+
+
+@pytest.mark.parametrize("build, has_labels, expected", [
+    ({"folder_labels": True, "labels": "auto"}, True, True),
+    ({"folder_labels": False, "labels": "auto", "source_kind": "imagefolder"}, True, False),
+    ({"data": "/data/imagenette2-160"}, True, True),  # built with --data, before sources existed
+    ({}, True, True),  # items given from Python: their labels, whatever they are
+    ({}, False, False),
+    ({"source_kind": "embeddings", "labels": "auto"}, True, True),
+    ({"source_kind": "folder", "labels": "none"}, False, False),
+    ({"source_kind": "csv", "labels": "auto"}, True, False),  # a table's labels are never folder names
+    ({"source_kind": "folder", "labels": "folders"}, True, True),
+])
+def test_which_indexes_label_added_images_by_folder(build, has_labels, expected):
+    from simengine.index.update import labels_from_folders
+
+    assert labels_from_folders({"build": build}, has_labels) is expected
