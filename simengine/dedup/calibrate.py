@@ -209,7 +209,7 @@ def read_same_picture(bundle_dir: str | os.PathLike) -> tuple[SamePicture, dict[
     try:
         record = json.loads(path.read_text())
         decision = SamePicture(**{k: record["decision"][k] for k in SamePicture.__dataclass_fields__
-                                  if k != "keypoint_rule"})
+                                  if k in record["decision"] or k != "keypoint_rule"})
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: corrupt ({exc})") from exc
     return decision, record

@@ -127,8 +127,9 @@ def find_duplicates(source: str | os.PathLike, against: str | os.PathLike | None
     indexed = is_index_dir(source)
     model_dir = (resolve_model_dir(model_dir) if model_dir is not None else
                  _default_model(source if indexed else against))
-    decision = (decision or stored_decision(model_dir)).counting(copies)
-    model = load_bundle(model_dir, runtime)
+    # Byte-identical copies need no model: none is loaded, and an uncalibrated one does not matter.
+    decision = None if copies == "exact" else (decision or stored_decision(model_dir)).counting(copies)
+    model = load_bundle(model_dir, runtime) if decision is not None else None
     if indexed:  # its live items, as they were hashed when indexed: no folder is scanned again
         images, skipped = _indexed_images(source, "source"), []
     else:
@@ -266,10 +267,11 @@ def _other_set(against: str | os.PathLike, path_column: str, progress: bool) -> 
 class _Search:
     """Features, candidate pairs and verification for one run; images are numbered by their position."""
 
-    def __init__(self, model, decision: SamePicture | None, k: int, progress: bool, folder: Path | None, keep: str):
+    def __init__(self, model: "Model | None", decision: SamePicture | None, k: int, progress: bool,
+                 folder: Path | None, keep: str):
         from simengine.model.feature_cache import FeatureCache
 
-        self.cache = FeatureCache(model.encoder, flip=model.flip)
+        self.cache = FeatureCache(model.encoder, flip=model.flip) if model is not None else None
         self.decision, self.k, self.progress, self.folder, self.keep = decision, k, progress, folder, keep
         self.skipped: list[tuple[str, str]] = []
 

@@ -195,3 +195,18 @@ def test_a_source_that_cannot_be_removed_stays_with_no_copy_at_the_target(folder
     assert [m.source.name for m in done] == ["c.jpg"]
     assert left == [(str(folder / "b.jpg"), "cannot be moved (Permission denied)")]
     assert (folder / "b.jpg").exists() and not (tmp_path / "dups" / "b.jpg").exists()
+
+
+def test_the_report_page_states_the_copies_counted_and_the_keeper_rule(folder, tmp_path):
+    import dataclasses
+
+    report = report_of(folder, {"a.jpg": ["b.jpg"]})
+    whole = write_html(report, tmp_path / "whole.html").read_text()
+    assert "keypoint matches" in whole and "most pixels, then the largest file" in whole
+    resized = dataclasses.replace(report, decision=report.decision.counting("resized"), copies="resized",
+                                  keep="oldest")
+    page = write_html(resized, tmp_path / "resized.html").read_text()
+    assert "crops, rotations and overlays not counted" in page and "keypoint matches" not in page
+    assert "the oldest file" in page
+    exact = dataclasses.replace(report, decision=None, copies="exact")
+    assert "A copy: the same bytes." in write_html(exact, tmp_path / "exact.html").read_text()

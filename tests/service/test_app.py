@@ -430,6 +430,7 @@ def test_web_page_in_headless_chromium(server, val):
         page.keyboard.press("Enter")  # keyboard alone
         expect(page.locator("#results figure")).to_have_count(4, timeout=30_000)
         expect(page.locator("#answer")).to_contain_text("astronaut")
+        expect(page.locator("#results figcaption").first).to_contain_text("astronaut")  # the label, as stored
         expect(page.locator("#results figure img[src^='blob:']")).to_have_count(4, timeout=30_000)
         page.click("#clear")
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
