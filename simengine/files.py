@@ -1,6 +1,6 @@
 """The ground floor for files: content hashes, crash-safe writes, and where derived data is cached.
 
-Every layer may import this module; it imports nothing of simengine's.
+Every layer may import this module; of simengine's, it imports only `errors`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
+
+from simengine.errors import SimengineError
 
 # Temporary files of `write_durably` end with this; whoever owns a folder may delete leftovers of a crash.
 TMP_SUFFIX = ".tmp"
@@ -89,6 +91,13 @@ def _copy_no_replace(source: Path, target: Path) -> None:
         if created:  # only ours: a file another process made there meanwhile stays
             target.unlink(missing_ok=True)
         raise
+
+
+def check_output_folders(*paths: str | os.PathLike | None) -> None:
+    """Refuse output files whose folder does not exist, before any slow work."""
+    for output in paths:
+        if output and not Path(output).absolute().parent.is_dir():
+            raise SimengineError(f"{output}: its folder does not exist")
 
 
 def cache_dir() -> Path:

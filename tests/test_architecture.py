@@ -16,14 +16,15 @@ LAYERS = [
     {"__main__"},
     {"cli"},
     {"service"},
-    {"query"},
+    {"query", "curation"},
     {"index"},
     {"training"},
     {"dedup", "shards"},
     {"model"},
     {"evaluation"},
     {"data", "store", "ray_cluster"},
-    {"errors", "files"},
+    {"files"},
+    {"errors"},
 ]
 STORE_MAY_IMPORT = {"simengine.errors", "simengine.files", "numpy", "faiss", "sqlite3", "sqlite_utils", "filelock"}
 

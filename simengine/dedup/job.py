@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from simengine.dedup.find import DuplicateReport, find_duplicates
 from simengine.dedup.move import Move, apply_moves, check_target, plan_moves
 from simengine.dedup.report import write_csv, write_html
 from simengine.errors import SimengineError
+from simengine.files import check_output_folders
 from simengine.store.layout import is_index_dir
 
 
@@ -27,9 +27,7 @@ def dedup_collection(source: str | os.PathLike, against: str | os.PathLike | Non
             raise SimengineError("--move-to moves the files of a folder; to drop duplicates from an index, "
                                  "`simengine index remove` their ids")
         check_target(source, move_to)
-    for output in (csv_path, html_path):
-        if output and not Path(output).absolute().parent.is_dir():
-            raise SimengineError(f"{output}: its folder does not exist")
+    check_output_folders(csv_path, html_path)
     report = find_duplicates(source, against, model_dir, runtime=runtime, path_column=path_column, progress=progress,
                              keep=keep, copies=copies)
     if csv_path:

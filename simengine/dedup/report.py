@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 import os
 from pathlib import Path
 
 from simengine.dedup.calibrate import SamePicture
-from simengine.dedup.find import DuplicateReport, ReportedImage
+from simengine.dedup.find import DuplicateReport
 from simengine.dedup.groups import KEEP_RULES
-from simengine.errors import ImageLoadError
+from simengine.data.thumbnails import figure
 
 CSV_COLUMNS = ("group", "role", "kind", "backbone", "layout", "matches", "path", "origin", "item_id")
-THUMBNAIL_PX = 160
 MAX_THUMBNAILS = 2000  # beyond, groups are listed by path: the page stays a few tens of MB at most
 
 
@@ -52,11 +49,11 @@ def write_html(report: DuplicateReport, path: str | os.PathLike) -> Path:
     ]
     for n, group in enumerate(report.groups, 1):
         parts.append(f"<div class='group'><b>Group {n}</b><br>")
-        parts.append(_figure(group.keeper, "keeper", "keeper", budget))
+        parts.append(figure(group.keeper.path, "keeper", "keeper", budget))
         for m in group.duplicates:
             signals = f"backbone {m.backbone:.3f}, layout {m.layout:.3f}" + (
                 f", {m.matches} matches" if m.matches is not None else "")
-            parts.append(_figure(m.image, f"{m.kind}: {signals}", "", budget))
+            parts.append(figure(m.image.path, f"{m.kind}: {signals}", "", budget))
         parts.append("</div>")
     if report.skipped:
         parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{e(p)}: {e(r)}</li>" for p, r in report.skipped)
@@ -75,27 +72,3 @@ def _copy_rule(d: SamePicture | None) -> str:
         return rule + " (resized, recompressed or recoloured; crops, rotations and overlays not counted)."
     return (rule + f", or backbone cosine ≥ {d.min_backbone_matches:.3f} and at least {d.min_matches} agreeing "
             "keypoint matches.")
-
-
-def _figure(image: ReportedImage, caption: str, css: str, budget: list[int]) -> str:
-    e = html.escape
-    thumbnail = ""
-    if budget[0] > 0:
-        budget[0] -= 1
-        thumbnail = _thumbnail(image.path)
-    picture = f"<img src='{thumbnail}' alt=''>" if thumbnail else ""
-    return (f"<figure class='{css}'>{picture}<figcaption>{e(caption)}<br>{e(image.path)}</figcaption></figure>")
-
-
-def _thumbnail(path: str) -> str:
-    """A data: URL of a small JPEG of the image, or '' when it cannot be read any more."""
-    from simengine.data.decode import load_rgb
-
-    try:
-        img = load_rgb(path, draft_size=(THUMBNAIL_PX, THUMBNAIL_PX))
-    except ImageLoadError:
-        return ""
-    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    img.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
