@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from simengine.dedup.groups import COPY_KINDS, KEEP_RULES
+from simengine.files import check_output_folders
 from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES
 
 log = logging.getLogger("simengine")
@@ -253,6 +254,9 @@ def _source_options(recorded: bool = False):
     default = " [default: as the index was built, else {}]" if recorded else " [default: {}]"
 
     def decorate(f):
+        f = click.option("--label-column", default=None, metavar="COLUMN",
+                         help="The column of a CSV/parquet table that holds labels (say, a noisy-label CSV's "
+                              "noisy_labels_5)." + default.format("label"))(f)
         f = click.option("--path-column", default=None if recorded else "path",
                          help="The column of a CSV/parquet table that holds image paths (relative ones start at the "
                               "table's folder)." + default.format("path"))(f)
@@ -292,7 +296,7 @@ def _source_options(recorded: bool = False):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_training_options
 @click.pass_context
-def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, name, out, index_type, embeddings,
+def index_build(ctx, source, data_dir, split, labels, path_column, label_column, model_dir, name, out, index_type, embeddings,
                 max_index_memory, segments, ray_address, workers, target_far, as_json, backbone, weights, runtime,
                 **train_kwargs):
     """Embed a collection into an index: a new one, or the next version of an existing one (new ids, old items
@@ -335,8 +339,8 @@ def index_build(ctx, source, data_dir, split, labels, path_column, model_dir, na
     train_options, finetune = _train_options(**train_kwargs) if train else (None, None)
     built = build_index(
         embeddings or source or resolve_data_dir(data_dir), model_dir, out, splits=[s.strip() for s in split.split(",")],
-        labels=labels, path_column=path_column, index_type=index_type, target_far=target_far, runtime=runtime,
-        train=train, train_options=train_options, finetune_options=finetune, backbone=backbone, weights=weights,
+        labels=labels, path_column=path_column, label_column=label_column, index_type=index_type,
+        target_far=target_far, runtime=runtime, train=train, train_options=train_options, finetune_options=finetune, backbone=backbone, weights=weights,
         max_index_memory=parse_memory(max_index_memory) if max_index_memory else None, segments=segments,
         use_ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
         workers=workers, progress=_progress(ctx))
@@ -422,7 +426,7 @@ def index_remove(refs, index_dir, wait_s, as_json):
 @_index_option
 @_wait_option
 @click.pass_context
-def index_sync(ctx, source, labels, path_column, dry_run, force, prune, as_json, index_dir, wait_s):
+def index_sync(ctx, source, labels, path_column, label_column, dry_run, force, prune, as_json, index_dir, wait_s):
     """Make the index equal to SOURCE (default: the source it was built from, read the same way): add new files,
     re-embed changed ones (content, label or metadata), remove those that are gone; one new version, none if
     nothing changed. Safe from cron: it waits for other writers (--wait), refuses to remove more than half of the
@@ -431,7 +435,7 @@ def index_sync(ctx, source, labels, path_column, dry_run, force, prune, as_json,
     from simengine.index.sync import sync_index
 
     report = sync_index(resolve_index_dir(index_dir), source, labels, path_column, dry_run, progress=_progress(ctx),
-                        timeout_s=wait_s, force=force, prune=prune)
+                        timeout_s=wait_s, force=force, prune=prune, label_column=label_column)
     if as_json:
         _echo_json(report.to_dict())
         return
@@ -765,6 +769,107 @@ def dedup(ctx, source, index_dir, against, model_dir, path_column, csv_path, htm
                        f"dry run: {len(planned)} files would move; add --yes to move them")
     if left:
         ctx.exit(1)
+
+
+# --- curate --------------------------------------------------------------------------------------------------------
+
+@cli.group()
+def curate():
+    """What an index's items say about themselves: label errors, outliers, a representative sample. Reads only:
+    nothing is changed or moved."""
+
+
+def _report_options(f):
+    f = click.option("--html", "html_path", type=click.Path(dir_okay=False),
+                     help="Also write a page with thumbnails of every item and its evidence.")(f)
+    return click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+                        help="Also write one row per item to this CSV.")(f)
+
+
+def _write_reports(report, csv_path, html_path) -> None:
+    from simengine.curation.report import write_csv, write_html
+
+    if csv_path:
+        write_csv(report, csv_path)
+    if html_path:
+        write_html(report, html_path)
+
+
+@curate.command("label-errors")
+@_index_argument
+@_index_option
+@click.option("-k", "--k", type=click.IntRange(1), default=10, show_default=True,
+              help="Nearest other items that vote on each item's label.")
+@click.option("--top", type=click.IntRange(1), default=None, help="Report the N worst only (default: every flagged item).")
+@_report_options
+@_json_option
+def curate_label_errors(index_dir, k, top, csv_path, html_path, as_json):
+    """Items whose label their nearest other items disagree with (out of sample: an item's own label, and copies of
+    it, never vote), worst first, each with the label it looks like and the neighbours that disagree."""
+    from simengine.curation.label_errors import find_label_errors
+    from simengine.store.layout import resolve_index_dir
+
+    check_output_folders(csv_path, html_path)
+    report = find_label_errors(resolve_index_dir(index_dir), k, top)
+    _write_reports(report, csv_path, html_path)
+    if as_json:
+        return _echo_json(report.to_dict())
+    if report.warning:
+        click.echo(f"warning: {report.warning}", err=True)
+    click.echo(f"{'rank':>4}  {'id':>6}  {'label':18s}  {'looks like':18s}  margin  path")
+    for n, issue in enumerate(report.issues, 1):
+        click.echo(f"{n:>4}  {issue.id:>6}  {issue.label[:18]:18s}  {issue.suggested[:18]:18s}  {issue.margin:6.3f}  "
+                   f"{one_line(issue.path)}")
+    click.echo(f"{len(report.issues)} of {report.labelled} labelled items flagged ({report.seconds:.1f} s)")
+
+
+@curate.command("outliers")
+@_index_argument
+@_index_option
+@click.option("-k", "--k", type=click.IntRange(1), default=10, show_default=True,
+              help="Nearest other items each item is compared with.")
+@click.option("--top", type=click.IntRange(1), default=100, show_default=True, help="Report the N most unusual.")
+@click.option("--within-labels", is_flag=True, help="Compare each item with its own label's items only.")
+@_report_options
+@_json_option
+def curate_outliers(index_dir, k, top, within_labels, csv_path, html_path, as_json):
+    """Items unlike the rest of the collection (or of their label): ranked by 1 - the mean cosine of their k nearest
+    other items."""
+    from simengine.curation.outliers import find_outliers
+    from simengine.store.layout import resolve_index_dir
+
+    check_output_folders(csv_path, html_path)
+    report = find_outliers(resolve_index_dir(index_dir), k, top, within_labels)
+    _write_reports(report, csv_path, html_path)
+    if as_json:
+        return _echo_json(report.to_dict())
+    click.echo(f"{'rank':>4}  {'id':>6}  {'score':>6}  {'label':18s}  path")
+    for n, o in enumerate(report.outliers, 1):
+        click.echo(f"{n:>4}  {o.id:>6}  {o.score:6.3f}  {(o.label or '-')[:18]:18s}  {one_line(o.path)}")
+
+
+@curate.command("sample")
+@_index_argument
+@_index_option
+@click.option("--n", "n", type=click.IntRange(1), required=True, help="How many items.")
+@click.option("--per-label/--global", "per_label", default=None,
+              help="Sample each label in proportion (the default when the index has labels), or the whole index.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_report_options
+@_json_option
+def curate_sample(index_dir, n, per_label, seed, csv_path, html_path, as_json):
+    """A representative subset: the item nearest each k-means centroid of the embeddings."""
+    from simengine.curation.sample import representative_sample
+    from simengine.store.layout import resolve_index_dir
+
+    check_output_folders(csv_path, html_path)
+    report = representative_sample(resolve_index_dir(index_dir), n, per_label, seed)
+    _write_reports(report, csv_path, html_path)
+    if as_json:
+        return _echo_json(report.to_dict())
+    click.echo(f"{'id':>6}  {'represents':>10}  {'label':18s}  path")
+    for r in report.sample:
+        click.echo(f"{r.id:>6}  {r.represents:>10}  {(r.label or '-')[:18]:18s}  {one_line(r.path)}")
 
 
 @cli.command("embed")

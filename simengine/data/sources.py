@@ -81,15 +81,18 @@ def is_image_folder(root: Path) -> bool:
 
 def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterable[str] = ("train",),
                 path_column: str = "path", progress: bool = False, kind: str | None = None,
-                label_names: bool = True) -> Collection:
+                label_names: bool = True, label_column: str | None = None) -> Collection:
     """Every image a source names, hashed. `labels`: "auto" (a table's `label` column, an ImageFolder's class
     folders, else none), "folders" (each file's folder name; a known code's name, see `data.labels`), "table" (the `label` column, required), "none".
     A folder is read as an ImageFolder dataset when it has that layout, unless `kind` (as a collection recorded it
     earlier: "imagefolder" or "folder") says how. `label_names` off keeps a known code as the label (an index
-    built before labels were names syncs as it was built)."""
+    built before labels were names syncs as it was built). `label_column` names a table's label column (default:
+    the one called `label`, in any case), for a table such as a noisy-label CSV indexed as it is."""
     if labels not in LABEL_MODES:
         raise SimengineError(f"--labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}")
     root = Path(source)
+    if label_column is not None and not (root.is_file() and root.suffix.lower() in TABLE_SUFFIXES):
+        raise SimengineError(f"{root}: --label-column names a column of a CSV or parquet table; this is not one")
     if root.is_dir():
         if labels == "table":
             raise SimengineError(f"{root} is a folder; --labels table needs a CSV or parquet table")
@@ -111,7 +114,7 @@ def scan_source(source: str | os.PathLike, labels: str = "auto", splits: Iterabl
     suffix = root.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         rows = _parquet_rows(root) if suffix == ".parquet" else _csv_rows(root, "\t" if suffix == ".tsv" else ",")
-        return _from_table(root, rows, labels, path_column, suffix.lstrip("."), progress, label_names)
+        return _from_table(root, rows, labels, path_column, suffix.lstrip("."), progress, label_names, label_column)
     if labels == "table":
         raise SimengineError(f"{root} is a list of paths; --labels table needs a CSV or parquet table")
     return _hashed(_listed(root), labels == "folders", "list", progress, label_names)
@@ -260,12 +263,16 @@ def _sql_value(value: Any) -> Any:
 
 
 def _from_table(table: Path, table_rows: tuple[list[str], Iterator[tuple[int, dict[str, Any]]]], labels: str,
-                path_column: str, kind: str, progress: bool, label_names: bool) -> Collection:
+                path_column: str, kind: str, progress: bool, label_names: bool,
+                label_column: str | None = None) -> Collection:
     columns, rows = table_rows
     if path_column not in columns:
         raise SimengineError(f"{table}: no {path_column!r} column (columns: {', '.join(columns) or 'none'}); "
                              "name it with --path-column")
-    label_column = next((c for c in columns if c.lower() == "label" and c != path_column), None)
+    if label_column is not None and (label_column not in columns or label_column == path_column):
+        raise SimengineError(f"{table}: no {label_column!r} column to take labels from (columns: "
+                             f"{', '.join(columns)})")
+    label_column = label_column or next((c for c in columns if c.lower() == "label" and c != path_column), None)
     if labels == "table" and label_column is None:
         raise SimengineError(f"{table}: --labels table needs a 'label' column")
     metadata_columns = [c for c in columns if c not in (path_column, label_column)]

@@ -55,7 +55,8 @@ class Built:
 
 def build_index(
     source: Source, model: Model | str | os.PathLike | None = None, out: str | os.PathLike = DEFAULT_ROOT / "default",
-    *, splits: Sequence[str] = ("train",), labels: str = "auto", path_column: str = "path", index_type: str = "auto",
+    *, splits: Sequence[str] = ("train",), labels: str = "auto", path_column: str = "path",
+    label_column: str | None = None, index_type: str = "auto",
     target_far: float | None = None, embedding: str = "auto", runtime: str = "auto", train: bool = False,
     train_options=None,
     finetune_options=None, backbone: str | None = None, weights: str | os.PathLike | None = None,
@@ -87,7 +88,7 @@ def build_index(
     if train:
         model = _train_for(Path(source), out, runtime, train_options, finetune_options, backbone, weights, progress)
     if isinstance(source, (str, os.PathLike)):
-        items, build_info, skipped = _scan(Path(source), splits, labels, path_column, progress)
+        items, build_info, skipped = _scan(Path(source), splits, labels, path_column, label_column, progress)
     else:
         items, build_info, skipped = list(source), {}, []
     if not items:
@@ -109,19 +110,19 @@ def _resolved(model: Model | str | os.PathLike | None) -> Model | Path:
     return model if isinstance(model, Model) else resolve_model_dir(model)
 
 
-def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, progress: bool
-          ) -> tuple[list[Item], dict[str, Any], list[tuple[str, str]]]:
+def _scan(source: Path, splits: Sequence[str], labels: str, path_column: str, label_column: str | None,
+          progress: bool) -> tuple[list[Item], dict[str, Any], list[tuple[str, str]]]:
     """The source's items, what the build records of it, and the entries skipped (path, reason)."""
     from simengine.data.sources import scan_source
 
-    collection = scan_source(source, labels, splits, path_column, progress)
+    collection = scan_source(source, labels, splits, path_column, progress, label_column=label_column)
     if not collection.items:
         raise SimengineError(f"{source}: no images found" + (f" ({len(collection.skipped)} entries skipped)"
                                                              if collection.skipped else ""))
     return collection.items, {
         "source": str(source.resolve()), "source_kind": collection.kind, "labels": labels,
         "path_column": path_column, "split": ",".join(splits) if collection.kind == "imagefolder" else None,
-        "folder_labels": collection.folder_labels, "label_names": True,
+        "folder_labels": collection.folder_labels, "label_names": True, "label_column": label_column,
     }, collection.skipped
 
 

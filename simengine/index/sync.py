@@ -114,9 +114,9 @@ def _set(metadata: dict[str, Any]) -> dict[str, Any]:
 def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = None, labels: str | None = None,
                path_column: str | None = None, dry_run: bool = False, model: Model | None = None,
                progress: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, force: bool = False,
-               prune: bool = False) -> SyncReport:
+               prune: bool = False, label_column: str | None = None) -> SyncReport:
     """Make the index hold exactly the images `source` names (by default the source it was built from, read the
-    same way: layout, labels, path column), as one new version; nothing is written when nothing changed or on
+    same way: layout, labels, path and label columns), as one new version; nothing is written when nothing changed or on
     `dry_run`. Items from outside a folder source (added with `index add`) are kept and reported in
     `kept_outside`, or removed with `prune`. A changed file whose new content cannot be embedded is removed and
     reported as failed. Removing more than half of the index (an unmounted disk, a wrong path) needs `force`.
@@ -136,7 +136,8 @@ def sync_index(index_dir: str | os.PathLike, source: str | os.PathLike | None = 
                              (settings.get("split") or "train").split(","),
                              path_column or settings.get("path_column") or "path", progress,
                              kind=settings.get("source_kind", "imagefolder" if same and "data" in built else None),
-                             label_names=bool(built.get("label_names")))
+                             label_names=bool(built.get("label_names")),
+                             label_column=label_column or settings.get("label_column"))
     report = SyncReport(source=str(source.resolve()), dry_run=dry_run, failed=list(collection.skipped))
     folder = None if prune or not source.is_dir() else source.resolve()
     with contextlib.closing(store_rows.connect(index_dir, read_only=True)) as conn:

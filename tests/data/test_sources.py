@@ -217,3 +217,18 @@ def test_parquet_values_come_back_as_sqlite_keeps_them(tree):
     }), tree / "values.parquet")
     [item] = scan_source(tree / "values.parquet").items
     assert item.metadata == {"score": None, "price": 1.5, "big": str(2**64 - 1)}
+
+
+def test_labels_from_a_named_column_of_a_table(fixture_data, tmp_path):
+    """A noisy-label CSV indexed as it is: the chosen column gives the labels, the other columns stay metadata."""
+    photos = sorted((fixture_data / "train" / "coffee").glob("*.jpg"))[:3]
+    table = tmp_path / "noisy.csv"
+    table.write_text("path,noisy_labels_0,noisy_labels_5\n" + "".join(
+        f"{p},coffee,{'rocket' if n == 1 else 'coffee'}\n" for n, p in enumerate(photos)))
+    items = scan_source(table, label_column="noisy_labels_5").items
+    assert [i.label for i in items] == ["coffee", "rocket", "coffee"]
+    assert [i.metadata for i in items] == [{"noisy_labels_0": "coffee"}] * 3
+    with pytest.raises(SimengineError, match="no 'noisy_labels_9' column to take labels from"):
+        scan_source(table, label_column="noisy_labels_9")
+    with pytest.raises(SimengineError, match="--label-column names a column of a CSV or parquet table"):
+        scan_source(fixture_data / "train", label_column="noisy_labels_5")
