@@ -10,6 +10,7 @@ The public face (imported on first use, so that `import simengine` stays light a
     build_from_embeddings           an index from embedding shards within a memory budget (index/)
     scan_source                     the items of a folder, list or table (data/)
     find_duplicates, dedup_collection   duplicate groups; the whole `simengine dedup` job (dedup/)
+    find_label_errors, find_outliers, representative_sample   curating an index's items (curation/)
     load_bundle, Encoder            the model (model/)
     builtin_model_dir               the built-in model, prepared once into the cache (no training, offline)
     quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
@@ -26,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
+    from simengine.curation.label_errors import find_label_errors
+    from simengine.curation.outliers import find_outliers
+    from simengine.curation.sample import representative_sample
     from simengine.data.sources import scan_source
     from simengine.dedup.find import find_duplicates
     from simengine.dedup.job import dedup_collection
@@ -60,6 +64,9 @@ _EXPORTS = {
     "scan_source": "simengine.data.sources",
     "find_duplicates": "simengine.dedup.find",
     "dedup_collection": "simengine.dedup.job",
+    "find_label_errors": "simengine.curation.label_errors",
+    "find_outliers": "simengine.curation.outliers",
+    "representative_sample": "simengine.curation.sample",
     "load_bundle": "simengine.model.bundle",
     "builtin_model_dir": "simengine.model.builtin",
     "Encoder": "simengine.model.encoder",

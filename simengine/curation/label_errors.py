@@ -1,0 +1,141 @@
+"""Label errors: items whose label disagrees with what their neighbours' labels say about them.
+
+Each labelled item gets a distribution over the labels from its k nearest *other* items (`curation.neighbours`:
+never itself nor a copy of it), each neighbour voting with its cosine; a small uniform prior keeps an item whose
+neighbours are all unlabelled undecided. That is an out-of-sample estimate: the item's own label never votes. The
+item is flagged when another label gets more weight than its own, and ranked by the normalised margin (the weight of
+its own label minus that of the strongest other, as cleanlab ranks by it), most negative first.
+
+The embedding must not have learned these labels: a model trained on the very labels being checked pulls each
+mislabelled image towards its wrong class and hides the error. `find_label_errors` says so when the index's model was
+trained on the index's own source.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simengine.curation.neighbours import IndexedItems, nearest_others, read_items
+from simengine.errors import SimengineError
+
+NEIGHBOURS = 10
+PRIOR = 0.5  # the weight of the uniform prior, in votes: an item with no labelled neighbour stays undecided
+EVIDENCE = 5  # disagreeing neighbours shown per flagged item
+
+
+@dataclass
+class LabelIssue:
+    id: int
+    path: str
+    label: str
+    suggested: str  # the label its neighbours give the most weight
+    label_weight: float  # the share of the neighbours' weight on its own label, out of sample
+    suggested_weight: float
+    margin: float  # label_weight minus the strongest other label's weight: below 0 when flagged
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # neighbours of other labels: id, path, label, cosine
+
+
+@dataclass
+class LabelErrorReport:
+    index: str
+    k: int
+    items: int
+    labelled: int
+    issues: list[LabelIssue]
+    seconds: float = 0.0
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "k": self.k, "items": self.items, "labelled": self.labelled,
+                "flagged": len(self.issues), "seconds": round(self.seconds, 2), "warning": self.warning,
+                "issues": [asdict(issue) for issue in self.issues]}
+
+
+def label_weights(neighbours: np.ndarray, cosines: np.ndarray, codes: np.ndarray, n_labels: int,
+                  prior: float = PRIOR) -> np.ndarray:
+    """(items, labels) shares of the neighbours' votes: each labelled neighbour (code >= 0) votes for its label with
+    its cosine (negative cosines do not vote), plus `prior` votes spread evenly."""
+    n, k = neighbours.shape
+    valid = neighbours >= 0
+    voter = np.where(valid, codes[np.maximum(neighbours, 0)], -1)
+    weight = np.where(valid & (voter >= 0), np.clip(np.nan_to_num(cosines), 0, None), 0.0)
+    votes = np.zeros((n, n_labels), np.float64)
+    np.add.at(votes, (np.repeat(np.arange(n), k), np.maximum(voter, 0).ravel()), weight.ravel())
+    votes += prior / n_labels
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+def normalised_margin(weights: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Each row's weight on its given label minus its largest weight on any other label."""
+    rows = np.arange(len(given))
+    own = weights[rows, given]
+    others = weights.copy()
+    others[rows, given] = -np.inf
+    return own - others.max(axis=1)
+
+
+def rank_label_errors(vectors: np.ndarray, labels: list[str | None], sha256: list[str], k: int = NEIGHBOURS,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """For every item: (margin, weights over the label names, the neighbours and their cosines, the label names,
+    the labelled rows). Flagged rows are the labelled ones with margin < 0; unlabelled rows get margin NaN."""
+    names = sorted({label for label in labels if label is not None})
+    if len(names) < 2:
+        raise SimengineError("judging labels needs at least 2 labels in the index")
+    code_of = {name: n for n, name in enumerate(names)}
+    codes = np.array([code_of[label] if label is not None else -1 for label in labels], np.int64)
+    neighbours, cosines = nearest_others(vectors, sha256, k)
+    weights = label_weights(neighbours, cosines, codes, len(names))
+    labelled = np.flatnonzero(codes >= 0)
+    margin = np.full(len(labels), np.nan)
+    margin[labelled] = normalised_margin(weights[labelled], codes[labelled])
+    return margin, weights, neighbours, cosines, names, labelled
+
+
+def find_label_errors(index_dir: str | os.PathLike, k: int = NEIGHBOURS, top: int | None = None) -> LabelErrorReport:
+    """The index's items whose label its other items disagree with, worst first (the `top` worst, or all flagged),
+    each with the label its neighbours suggest and the neighbours that disagree. Reads only; changes nothing."""
+    started = time.time()
+    items = read_items(index_dir)
+    margin, weights, neighbours, cosines, names, labelled = rank_label_errors(
+        items.vectors, items.labels, items.sha256, k)
+    flagged = [int(n) for n in labelled[np.argsort(margin[labelled], kind="stable")] if margin[n] < 0]
+    issues = [_issue(items, n, weights, neighbours, cosines, names, margin) for n in flagged[:top]]
+    return LabelErrorReport(str(index_dir), k, len(items.rows), len(labelled), issues, time.time() - started,
+                            trained_on_itself(items))
+
+
+def _issue(items: IndexedItems, n: int, weights: np.ndarray, neighbours: np.ndarray, cosines: np.ndarray,
+           names: list[str], margin: np.ndarray) -> LabelIssue:
+    row, label = items.rows[n], items.rows[n]["label"]
+    suggested = int(np.argmax(weights[n]))
+    evidence = [{"id": items.rows[m]["id"], "path": items.rows[m]["path"], "label": items.rows[m]["label"],
+                 "cosine": round(float(c), 4)}
+                for m, c in zip(neighbours[n], cosines[n]) if m >= 0 and items.rows[m]["label"] != label][:EVIDENCE]
+    return LabelIssue(row["id"], row["path"], label, names[suggested], round(float(weights[n, names.index(label)]), 4),
+                      round(float(weights[n, suggested]), 4), round(float(margin[n]), 4), evidence)
+
+
+def trained_on_itself(items: IndexedItems) -> str | None:
+    """A warning when most of the index's images lie in the dataset its model was trained on (by path; a bundle that
+    records only the dataset's folder name, as the built-in one does, by that name), whose labels it may have
+    learned."""
+    root = (items.model_config.get("dataset") or {}).get("root")
+    if not root:
+        return None
+    root = Path(root)
+
+    def inside(path: str) -> bool:
+        return root in Path(path).parents if root.is_absolute() else root.name in Path(path).parts[:-1]
+
+    count = sum(1 for row in items.rows if inside(row["path"]))
+    if count * 2 < len(items.rows):
+        return None
+    return (f"{count} of these {len(items.rows)} images lie in {root}, which the index's model was trained on: it "
+            "may have learned their labels, errors included, and hide them; judge labels with a model that never "
+            "saw them")

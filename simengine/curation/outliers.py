@@ -1,0 +1,76 @@
+"""Outliers: items unlike the rest of their collection, or of their label, ranked by how far their nearest other
+items are (one minus the mean cosine of the k nearest, never itself nor a copy). A mean over k, not the k-th
+distance alone: a pair of near-identical odd images would otherwise vouch for each other."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simengine.curation.neighbours import nearest_others, read_items
+from simengine.errors import SimengineError
+
+NEIGHBOURS = 10
+NEAREST_SHOWN = 3
+
+
+@dataclass
+class Outlier:
+    id: int
+    path: str
+    label: str | None
+    score: float  # 1 - the mean cosine of its k nearest other items
+    nearest: list[dict[str, Any]] = field(default_factory=list)  # id, path, label, cosine
+
+
+@dataclass
+class OutlierReport:
+    index: str
+    k: int
+    items: int
+    within_labels: bool
+    outliers: list[Outlier]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "k": self.k, "items": self.items, "within_labels": self.within_labels,
+                "seconds": round(self.seconds, 2), "outliers": [asdict(o) for o in self.outliers]}
+
+
+def outlier_scores(vectors: np.ndarray, sha256: list[str], k: int = NEIGHBOURS,
+                   groups: list[str | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, neighbours, cosines) of every row: 1 - the mean cosine of its k nearest other rows, among the rows of
+    its own group when `groups` is given (rows of group None are scored against all rows)."""
+    neighbours, cosines = nearest_others(vectors, sha256, k)
+    if groups is not None:
+        for group in sorted({g for g in groups if g is not None}):
+            rows = np.flatnonzero(np.array([g == group for g in groups]))
+            found, sims = nearest_others(vectors[rows], [sha256[r] for r in rows], k)
+            neighbours[rows] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
+            cosines[rows] = sims
+    with np.errstate(invalid="ignore"):
+        scores = 1.0 - np.nanmean(np.where(neighbours >= 0, cosines, np.nan), axis=1)
+    return np.nan_to_num(scores, nan=1.0), neighbours, cosines  # no other item at all: as far as can be
+
+
+def find_outliers(index_dir: str | os.PathLike, k: int = NEIGHBOURS, top: int | None = 100,
+                  within_labels: bool = False) -> OutlierReport:
+    """The index's items furthest from their nearest others, most unusual first (the `top` ones, or all); with
+    `within_labels`, from the nearest items of their own label (an image unlike its class). Reads only."""
+    started = time.time()
+    items = read_items(index_dir)
+    labels = items.labels
+    if within_labels and not any(label is not None for label in labels):
+        raise SimengineError(f"{index_dir}: the index has no labels to compare items within")
+    scores, neighbours, cosines = outlier_scores(items.vectors, items.sha256, k, labels if within_labels else None)
+    ranked = np.argsort(-scores, kind="stable")[:top]
+    outliers = [Outlier(items.rows[n]["id"], items.rows[n]["path"], labels[n], round(float(scores[n]), 4),
+                        [{"id": items.rows[m]["id"], "path": items.rows[m]["path"], "label": labels[m],
+                          "cosine": round(float(c), 4)}
+                         for m, c in zip(neighbours[n][:NEAREST_SHOWN], cosines[n][:NEAREST_SHOWN]) if m >= 0])
+                for n in ranked]
+    return OutlierReport(str(index_dir), k, len(items.rows), within_labels, outliers, time.time() - started)

@@ -1,0 +1,77 @@
+"""Label errors: out of sample (an item's own label and its copies never vote), ranked, explained."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from simengine.curation.label_errors import find_label_errors, label_weights, rank_label_errors
+from simengine.errors import SimengineError
+
+
+def clusters(rng, sizes, dim=16, spread=0.15):
+    centres = np.eye(dim, dtype=np.float32)[: len(sizes)]
+    vectors = np.concatenate([c + spread * rng.normal(size=(n, dim)) for c, n in zip(centres, sizes)])
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_a_planted_error_is_found_first_with_the_label_it_looks_like():
+    rng = np.random.default_rng(0)
+    vectors = clusters(rng, [20, 20, 20])
+    labels = ["a"] * 20 + ["b"] * 20 + ["c"] * 20
+    labels[5] = "c"  # an "a" image labelled "c"
+    margin, weights, _, _, names, labelled = rank_label_errors(vectors, labels, [str(n) for n in range(60)], k=10)
+    worst = int(np.argmin(margin))
+    assert worst == 5 and names[int(np.argmax(weights[5]))] == "a"
+    assert (margin < 0).sum() == 1
+
+
+def test_copies_of_an_item_never_vouch_for_its_label():
+    """Two copies of one "a" image, both labelled "c": were copies neighbours, each would vote "c" for the other
+    with cosine 1 and hide the error."""
+    rng = np.random.default_rng(1)
+    vectors = clusters(rng, [20, 20, 20])
+    labels = ["a"] * 20 + ["b"] * 20 + ["c"] * 20
+    vectors[6] = vectors[5]
+    labels[5] = labels[6] = "c"
+    sha = [str(n) for n in range(60)]
+    sha[6] = sha[5]
+    margin, *_ = rank_label_errors(vectors, labels, sha, k=5)
+    assert margin[5] < -0.5 and margin[6] < -0.5
+
+
+def test_an_items_own_label_has_no_vote():
+    """Every neighbour of row 0 is labelled b: its own label gets only the prior's share."""
+    neighbours = np.array([[1, 2], [0, 2], [0, 1]])
+    cosines = np.ones((3, 2), np.float32)
+    weights = label_weights(neighbours, cosines, np.array([0, 1, 1]), 2, prior=0.5)
+    assert weights[0, 0] == pytest.approx(0.25 / 2.5) and weights[0, 1] == pytest.approx(2.25 / 2.5)
+
+
+def test_an_unlabelled_collection_is_refused():
+    with pytest.raises(SimengineError, match="at least 2 labels"):
+        rank_label_errors(np.eye(3, dtype=np.float32), [None, None, "a"], ["a", "b", "c"])
+
+
+def test_on_an_index_of_photos_the_planted_error_ranks_first(fixture_data, model, tmp_path):
+    """32 photos of 4 kinds in a table, one coffee photo labelled rocket: it ranks first, looks like coffee, and
+    the neighbours that disagree are coffee photos."""
+    from simengine.index.build import build_index
+
+    photos = sorted((fixture_data / "train").glob("*/*.jpg"))
+    planted = next(p for p in photos if p.parent.name == "coffee")
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n" + "".join(
+        f"{p},{'rocket' if p == planted else p.parent.name}\n" for p in photos))
+    index, _, _ = build_index(table, model, tmp_path / "index")
+    report = find_label_errors(index, k=5)
+    first = report.issues[0]
+    assert first.path == str(planted) and first.label == "rocket" and first.suggested == "coffee"
+    assert first.evidence and all(e["label"] == "coffee" for e in first.evidence)
+    assert report.labelled == 32 and report.to_dict()["flagged"] == len(report.issues)
+
+
+def test_a_model_trained_on_the_indexs_own_images_is_said_to_hide_errors(built_index, fixture_data):
+    """The fixture index holds the very images its model was trained on."""
+    report = find_label_errors(built_index, k=5)
+    assert report.warning and "trained on" in report.warning
