@@ -529,3 +529,31 @@ def test_sync_tells_a_skipped_file_once_and_dedup_counts_the_copies_asked_for(fi
     code, out = run("dedup", folder, "--copies", "exact", "--model", bundle_dir, "--json")
     report = json.loads(out)
     assert code == 0 and report["copies"] == "exact" and report["groups"] == 1 and report["exact"] == 1
+
+
+def test_curate_label_errors_outliers_and_sample_read_only(fixture_data, bundle_dir, tmp_path):
+    photos = sorted((fixture_data / "train").glob("*/*.jpg"))
+    planted = photos[0]
+    table = tmp_path / "noisy.csv"
+    table.write_text("path,noisy_labels_5,true_label\n" + "".join(
+        f"{p},{'rocket' if p == planted else p.parent.name},{p.parent.name}\n" for p in photos))
+    index = tmp_path / "index"
+    code, out = run("index", "build", table, "--index", index, "--model", bundle_dir, "--label-column",
+                    "noisy_labels_5")
+    assert code == 0, out
+    version = (index / "CURRENT").read_text()
+    code, out = run("curate", "label-errors", index, "-k", "5", "--json", "--csv", tmp_path / "errors.csv",
+                    "--html", tmp_path / "errors.html")
+    report = json.loads(out)
+    assert code == 0 and report["issues"][0]["path"] == str(planted) and report["issues"][0]["label"] == "rocket"
+    assert (tmp_path / "errors.csv").read_text().count("\n") == report["flagged"] + 1
+    assert "Label errors in" in (tmp_path / "errors.html").read_text()
+    code, out = run("curate", "label-errors", "--index", index, "-k", "5")
+    assert code == 0 and "rocket" in out and "labelled items flagged" in out
+    code, out = run("curate", "outliers", index, "--top", "3", "--within-labels")
+    assert code == 0 and len(out.strip().splitlines()) == 4
+    code, out = run("curate", "sample", index, "--n", "4", "--json")
+    assert code == 0 and len(json.loads(out)["sample"]) == 4
+    code, out = run("curate", "sample", index, "--n", "4", "--html", tmp_path / "no" / "such.html")
+    assert code == 1 and "its folder does not exist" in out
+    assert (index / "CURRENT").read_text() == version  # nothing written

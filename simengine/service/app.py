@@ -29,6 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from simengine.curation.label_errors import find_label_errors
+from simengine.curation.outliers import find_outliers
 from simengine.data.decode import MAX_PIXELS, image_format
 from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, ModelChangedError, NotCalibratedError,
@@ -223,6 +225,31 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
             raise HTTPException(404, f"the image of item {item_id} is no longer on disk" if not on_disk else
                                 f"the file of item {item_id} is not an image served over HTTP")
         return FileResponse(path, media_type=mime_type(found))
+
+    curated: dict[tuple, dict] = {}  # the last answers, by (version, question, parameters): the index only changes by version
+
+    async def curation(question: Callable, *args) -> dict:
+        """A curation report of the served version, computed off the engine's thread (it reads the whole index, and
+        queries go on meanwhile) and kept while that version is served."""
+        await ask_engine(worker.engine.refresh)
+        key = (worker.engine.index.version, question.__name__, *args)
+        if key not in curated:
+            report = await within_limits(asyncio.to_thread(question, worker.engine.index.path, *args))
+            curated.clear()  # one version's answers at a time: bounded, and never stale
+            curated[key] = report
+        return curated[key]
+
+    @app.get("/v1/curate/label-errors")
+    async def label_errors(k: int = Query(10, ge=1, le=100), top: int = Query(100, ge=1, le=10_000)) -> dict:
+        """Items whose label their `k` nearest other items disagree with, worst first (the `top` ones), each with the
+        label it looks like and the neighbours that disagree. Out of sample: an item's own label never votes."""
+        return await curation(find_label_errors, k, top)
+
+    @app.get("/v1/curate/outliers")
+    async def outliers(k: int = Query(10, ge=1, le=100), top: int = Query(100, ge=1, le=10_000),
+                       within_labels: bool = Query(False)) -> dict:
+        """Items unlike the rest of the collection (or of their label), most unusual first."""
+        return await curation(find_outliers, k, top, within_labels)
 
     @app.get("/v1/info")
     async def info() -> Response:
