@@ -30,6 +30,7 @@ class Outlier:
 @dataclass
 class OutlierReport:
     index: str
+    version: int
     k: int
     items: int
     within_labels: bool
@@ -37,24 +38,34 @@ class OutlierReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "k": self.k, "items": self.items, "within_labels": self.within_labels,
+        return {"index": self.index, "version": self.version, "k": self.k, "items": self.items, "within_labels": self.within_labels,
                 "seconds": round(self.seconds, 2), "outliers": [asdict(o) for o in self.outliers]}
 
 
 def outlier_scores(vectors: np.ndarray, sha256: list[str], k: int = NEIGHBOURS,
                    groups: list[str | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, neighbours, cosines) of every row: 1 - the mean cosine of its k nearest other rows, among the rows of
-    its own group when `groups` is given (rows of group None are scored against all rows)."""
-    neighbours, cosines = nearest_others(vectors, sha256, k)
+    """(scores, neighbours, cosines) of every row: 1 - the mean cosine of its k nearest other pictures, among the
+    rows of its own group when `groups` is given (rows of no group, or of a group of one, against all rows)."""
+    n = len(vectors)
+    neighbours, cosines = np.full((n, k), -1, np.int64), np.full((n, k), np.nan, np.float32)
+    alone = np.ones(n, bool)
     if groups is not None:
-        for group in sorted({g for g in groups if g is not None}):
-            rows = np.flatnonzero(np.array([g == group for g in groups]))
+        names, code = np.unique(np.array([g if g is not None else "" for g in groups], object), return_inverse=True)
+        for c, name in enumerate(names):
+            rows = np.flatnonzero(code == c)
+            if name == "" or len(np.unique(np.asarray(sha256, object)[rows])) < 2:
+                continue
             found, sims = nearest_others(vectors[rows], [sha256[r] for r in rows], k)
             neighbours[rows] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
             cosines[rows] = sims
-    with np.errstate(invalid="ignore"):
-        scores = 1.0 - np.nanmean(np.where(neighbours >= 0, cosines, np.nan), axis=1)
-    return np.nan_to_num(scores, nan=1.0), neighbours, cosines  # no other item at all: as far as can be
+            alone[rows] = False
+    if alone.any():
+        found, sims = nearest_others(vectors, sha256, k)
+        neighbours[alone], cosines[alone] = found[alone], sims[alone]
+    valid = neighbours >= 0
+    counts = valid.sum(axis=1)
+    means = np.where(valid, cosines, 0).sum(axis=1) / np.maximum(counts, 1)
+    return np.where(counts > 0, 1.0 - means, 1.0), neighbours, cosines  # no other picture at all: as far as can be
 
 
 def find_outliers(index_dir: str | os.PathLike, k: int = NEIGHBOURS, top: int | None = 100,
@@ -73,4 +84,4 @@ def find_outliers(index_dir: str | os.PathLike, k: int = NEIGHBOURS, top: int | 
                           "cosine": round(float(c), 4)}
                          for m, c in zip(neighbours[n][:NEAREST_SHOWN], cosines[n][:NEAREST_SHOWN]) if m >= 0])
                 for n in ranked]
-    return OutlierReport(str(index_dir), k, len(items.rows), within_labels, outliers, time.time() - started)
+    return OutlierReport(str(index_dir), items.version, k, len(items.rows), within_labels, outliers, time.time() - started)

@@ -27,6 +27,7 @@ class Representative:
 @dataclass
 class SampleReport:
     index: str
+    version: int
     n: int
     items: int
     per_label: bool
@@ -34,7 +35,7 @@ class SampleReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "n": self.n, "items": self.items, "per_label": self.per_label,
+        return {"index": self.index, "version": self.version, "n": self.n, "items": self.items, "per_label": self.per_label,
                 "seconds": round(self.seconds, 2), "sample": [asdict(r) for r in self.sample]}
 
 
@@ -57,46 +58,40 @@ def shares(counts: list[int], n: int) -> list[int]:
 
 
 def medoids(vectors: np.ndarray, n: int, seed: int = 0) -> list[tuple[int, int]]:
-    """(row, cluster size) of the row nearest each of n k-means centroids, largest clusters first; every row when
-    there are no more than n."""
+    """(row, cluster size) of the member nearest its centroid, for each of n k-means clusters (largest first; an
+    empty cluster gives none); every row when there are no more than n."""
     if n >= len(vectors):
         return [(row, 1) for row in range(len(vectors))]
     import faiss
 
-    kmeans = faiss.Kmeans(vectors.shape[1], n, niter=KMEANS_ITERATIONS, seed=seed, spherical=True,
+    data = np.ascontiguousarray(vectors, np.float32)
+    kmeans = faiss.Kmeans(data.shape[1], n, niter=KMEANS_ITERATIONS, seed=seed, spherical=True,
                           min_points_per_centroid=1, max_points_per_centroid=1 << 30)
-    kmeans.train(np.ascontiguousarray(vectors, np.float32))
-    _, cluster = kmeans.index.search(np.ascontiguousarray(vectors, np.float32), 1)
-    sizes = np.bincount(cluster[:, 0], minlength=n)
-    nearest = faiss.IndexFlatIP(vectors.shape[1])
-    nearest.add(np.ascontiguousarray(vectors, np.float32))
-    _, rows = nearest.search(kmeans.centroids, 1)
-    chosen: dict[int, int] = {}
-    for c in np.argsort(-sizes, kind="stable"):
-        if sizes[c] and rows[c, 0] >= 0:
-            chosen.setdefault(int(rows[c, 0]), int(sizes[c]))
-    return list(chosen.items())
+    kmeans.train(data)
+    similarity, cluster = (a[:, 0] for a in kmeans.index.search(data, 1))
+    sizes = np.bincount(cluster, minlength=n)
+    order = np.lexsort((-similarity, cluster))  # by cluster, its nearest member first
+    firsts = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
+    return sorted(((int(row), int(sizes[cluster[row]])) for row in firsts), key=lambda pair: -pair[1])
 
 
 def representative_sample(index_dir: str | os.PathLike, n: int, per_label: bool | None = None,
                           seed: int = 0) -> SampleReport:
-    """n items that represent the index (fewer when clusters share their nearest item), by k-means over the
-    embeddings; `per_label` (default: when the index has labels) samples each label in proportion. Reads only."""
+    """n items that represent the index, by k-means over the embeddings; `per_label` (default: when the index has
+    labels) samples each label in proportion, unlabelled items as one more group. Reads only."""
     if n < 1:
         raise SimengineError("--n must be at least 1")
     started = time.time()
     items = read_items(index_dir)
     labels = items.labels
     per_label = any(label is not None for label in labels) if per_label is None else per_label
-    groups: dict[str | None, np.ndarray] = {}
-    if per_label:
-        for label in sorted({label for label in labels}, key=lambda value: (value is None, value or "")):
-            groups[label] = np.flatnonzero(np.array([value == label for value in labels]))
-    else:
-        groups[None] = np.arange(len(labels))
+    # labels in their order, the unlabelled after them; one group of all without per_label
+    keys = [("0" + label if label is not None else "1") if per_label else "" for label in labels]
+    _, group = np.unique(np.array(keys, object), return_inverse=True)
+    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
     sample = []
-    for (label, rows), share in zip(groups.items(), shares([len(rows) for rows in groups.values()], n)):
+    for rows, share in zip(members, shares([len(rows) for rows in members], n)):
         if share:
             sample += [Representative(items.rows[rows[r]]["id"], items.rows[rows[r]]["path"], labels[rows[r]], size)
                        for r, size in medoids(items.vectors[rows], share, seed)]
-    return SampleReport(str(index_dir), n, len(labels), per_label, sample, time.time() - started)
+    return SampleReport(str(index_dir), items.version, n, len(labels), per_label, sample, time.time() - started)

@@ -75,3 +75,17 @@ def test_a_model_trained_on_the_indexs_own_images_is_said_to_hide_errors(built_i
     """The fixture index holds the very images its model was trained on."""
     report = find_label_errors(built_index, k=5)
     assert report.warning and "trained on" in report.warning
+
+
+def test_a_label_only_the_item_has_gets_only_the_priors_share():
+    """k covers every other item: were the item its own neighbour, its unique label would get its cosine of 1."""
+    from simengine.curation.label_errors import PRIOR
+
+    rng = np.random.default_rng(3)
+    vectors = clusters(rng, [6, 6])
+    labels = ["a"] * 6 + ["b"] * 5 + ["z"]
+    margin, weights, neighbours, cosines, names, _ = rank_label_errors(vectors, labels, [str(n) for n in range(12)],
+                                                                       k=11)
+    votes = np.clip(cosines[11], 0, None).sum()
+    assert weights[11, names.index("z")] == pytest.approx(PRIOR / 3 / (votes + PRIOR), rel=1e-5)
+    assert margin[11] < 0 and 11 not in neighbours[11]

@@ -14,9 +14,9 @@ def test_reports_escape_hostile_labels_and_paths(fixture_data, tmp_path):
     photo = str(sorted((fixture_data / "train" / "coffee").glob("*.jpg"))[0])
     evidence = [{"id": 2, "path": photo, "label": HOSTILE, "cosine": 0.9}]
     reports = [
-        LabelErrorReport("idx", 5, 10, 10, [LabelIssue(1, photo, HOSTILE, "coffee", 0.1, 0.8, -0.7, evidence)]),
-        OutlierReport("idx", 5, 10, False, [Outlier(1, f"/x/{HOSTILE}.jpg", HOSTILE, 0.6, evidence)]),
-        SampleReport("idx", 1, 10, True, [Representative(1, photo, HOSTILE, 10)]),
+        LabelErrorReport("idx", 1, 5, 10, 10, [LabelIssue(1, photo, HOSTILE, "coffee", 0.1, 0.8, -0.7, evidence)]),
+        OutlierReport("idx", 1, 5, 10, False, [Outlier(1, f"/x/{HOSTILE}.jpg", HOSTILE, 0.6, evidence)]),
+        SampleReport("idx", 1, 1, 10, True, [Representative(1, photo, HOSTILE, 10)]),
     ]
     for n, report in enumerate(reports):
         page = write_html(report, tmp_path / f"{n}.html").read_text()
