@@ -37,6 +37,7 @@ from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, M
                               SimengineError, UnsupportedImageError)
 from simengine.query.engine import Engine
 from simengine.service.batching import QueueFull
+from simengine.service.curation import CurationReports
 from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
 from simengine.service.security import (LOOPBACK_HOSTS, ApiKeyGuard, BodyLimit, ConcurrencyLimit, SecurityHeaders,
                                         allowed_hosts, check_exposure, error_body, header_deadline_protocol)
@@ -105,11 +106,13 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
                               remote=remote_embed)
     metrics.queue_depth.set_function(lambda: embedder.batcher.depth)
     metrics.index_version.set_function(lambda: worker.engine.index.version)
+    reports = CurationReports()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         embedder.close()  # uvicorn has finished the requests in flight by now
+        reports.close()
         worker.close()
 
     app = FastAPI(title="simengine", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -226,18 +229,15 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
                                 f"the file of item {item_id} is not an image served over HTTP")
         return FileResponse(path, media_type=mime_type(found))
 
-    curated: dict[tuple, dict] = {}  # the last answers, by (version, question, parameters): the index only changes by version
-
     async def curation(question: Callable, *args) -> dict:
-        """A curation report of the served version, computed off the engine's thread (it reads the whole index, and
-        queries go on meanwhile) and kept while that version is served."""
-        await ask_engine(worker.engine.refresh)
-        key = (worker.engine.index.version, question.__name__, *args)
-        if key not in curated:
-            report = await within_limits(asyncio.to_thread(question, worker.engine.index.path, *args))
-            curated.clear()  # one version's answers at a time: bounded, and never stale
-            curated[key] = report
-        return curated[key]
+        await ask_engine(worker.engine.refresh)  # the version on disk now
+        try:
+            return await reports.report(question, str(worker.engine.index.path), worker.engine.index.version, args,
+                                        limits.timeout_s)
+        except Exception as exc:
+            if (error := http_error_for(exc, limits.timeout_s)) is None:
+                raise
+            raise error from None
 
     @app.get("/v1/curate/label-errors")
     async def label_errors(k: int = Query(10, ge=1, le=100), top: int = Query(100, ge=1, le=10_000)) -> dict:

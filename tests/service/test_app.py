@@ -621,7 +621,7 @@ def test_curation_endpoints_answer_for_the_served_version(index_copy, val):
 
     with running_server(index_copy) as url:
         first = httpx.get(f"{url}/v1/curate/label-errors", params={"k": 5}).json()
-        assert set(first) == {"index", "k", "items", "labelled", "flagged", "seconds", "warning", "issues"}
+        assert set(first) == {"index", "version", "k", "items", "labelled", "flagged", "seconds", "warning", "issues"}
         assert first["items"] == 32 and first["warning"]  # the fixture model was trained on these very images
         [planted] = add_images(index_copy, [val["coffee"][0]], label="rocket").added
         again = httpx.get(f"{url}/v1/curate/label-errors", params={"k": 5}).json()
@@ -630,3 +630,43 @@ def test_curation_endpoints_answer_for_the_served_version(index_copy, val):
         outliers = httpx.get(f"{url}/v1/curate/outliers", params={"top": 3, "within_labels": True}).json()
         assert len(outliers["outliers"]) == 3 and outliers["within_labels"] is True
         assert httpx.get(f"{url}/v1/curate/outliers", params={"k": 0}).status_code == 422
+
+
+def test_a_curation_report_outlasting_the_limit_is_computed_once_and_answered_later():
+    """503 with Retry-After while it runs; asking again waits on the same computation; then the answer, from
+    memory for that version."""
+    import asyncio
+    import threading
+
+    from fastapi import HTTPException
+
+    from simengine.service.curation import CurationReports
+
+    calls, release = [], threading.Event()
+
+    class Report:
+        version = 7
+
+        def to_dict(self):
+            return {"version": 7}
+
+    def slow(path, k):
+        calls.append(k)
+        release.wait(10)
+        return Report()
+
+    async def scenario():
+        reports = CurationReports()
+        with pytest.raises(HTTPException) as first:
+            await reports.report(slow, "idx", 7, (5,), timeout_s=0.2)
+        with pytest.raises(HTTPException):
+            await reports.report(slow, "idx", 7, (5,), timeout_s=0.2)
+        release.set()
+        answer = await reports.report(slow, "idx", 7, (5,), timeout_s=5)
+        again = await reports.report(slow, "idx", 7, (5,), timeout_s=5)
+        reports.close()
+        return first.value, answer, again
+
+    error, answer, again = asyncio.run(scenario())
+    assert error.status_code == 503 and error.headers["Retry-After"] == "10"
+    assert answer == again == {"version": 7} and calls == [5]
