@@ -237,3 +237,20 @@ def test_an_index_labelled_with_codes_keeps_them_when_synced_and_added_to(fixtur
     added = add_images(index, [tmp_path / "more"]).added
     with Index(index) as idx:
         assert {row["label"] for row in idx.items(added).values()} == {"n03888257"}
+
+
+def test_sync_reads_the_label_column_the_build_was_given(fixture_data, bundle_dir, tmp_path):
+    photos = sorted((fixture_data / "train" / "coffee").glob("*.jpg"))[:4]
+    table = tmp_path / "noisy.csv"
+
+    def write(wrong: int) -> None:
+        table.write_text("path,noisy_labels_5\n" + "".join(
+            f"{p},{'rocket' if n == wrong else 'coffee'}\n" for n, p in enumerate(photos)))
+
+    write(0)
+    index, _, _ = build_index(table, bundle_dir, tmp_path / "index", label_column="noisy_labels_5")
+    write(1)  # the label of two rows changed in the table
+    report = sync_index(index)
+    assert sorted(c["path"] for c in report.changed) == sorted(str(p) for p in photos[:2])
+    with Index(index) as idx:
+        assert sorted(idx.info()["classes"].items()) == [("coffee", 3), ("rocket", 1)]
