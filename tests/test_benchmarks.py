@@ -212,3 +212,41 @@ def test_first_run_script(fixture_data, bundle_dir, tmp_path):
     assert set(data["build_rate"]["images_per_s"]) == {"auto", "onnxruntime"}
     [accuracy] = data["accuracy"].values()
     assert set(accuracy) == {"built-in", "trained"} and all(m["images"] == 12 for m in accuracy.values())
+
+
+def test_curation_script(fixture_data, bundle_dir, tmp_path):
+    """On the fixture photos laid out as Imagenette (JPEGs, a noisy-label CSV) and as TrashNet."""
+    import csv
+    import shutil
+
+    import curation
+
+    imagenette, trashnet = tmp_path / "imagenette", tmp_path / "trashnet"
+    photos = sorted((fixture_data / "train").glob("*/*.jpg"))
+    with open(tmp_path / "rows.csv", "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["path", "noisy_labels_0", "noisy_labels_1", "noisy_labels_5", "noisy_labels_25",
+                       "noisy_labels_50", "is_valid"])
+        for n, p in enumerate(photos):
+            target = imagenette / "train" / p.parent.name / f"{p.stem}.JPEG"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, target)
+            wrong = "rocket" if p.parent.name != "rocket" else "coffee"
+            rows.writerow([f"train/{p.parent.name}/{target.name}", p.parent.name, p.parent.name,
+                           wrong if n % 8 == 0 else p.parent.name, wrong if n % 4 == 0 else p.parent.name,
+                           wrong if n % 2 == 0 else p.parent.name, "False"])
+    shutil.move(tmp_path / "rows.csv", imagenette / "noisy_imagenette.csv")
+    for split in ("train", "val"):
+        for name in ("coffee", "chelsea"):
+            shutil.copytree(fixture_data / split / name, trashnet / split / name)
+    curation.main(["--data", str(imagenette), "--trashnet", str(trashnet), "--model", str(bundle_dir),
+                   "--scale", "300", "--out", str(tmp_path)])
+    data = _written(tmp_path, "curation")
+    errors = data["label_errors"]["imagenette"]["5"]
+    assert errors["simengine"]["errors"] == 4 and errors["cleanlab"]["errors"] == 4
+    assert 0 <= errors["simengine"]["precision_at_k"] <= 1 and errors["cleanlab"]["average_precision"] > 0
+    assert set(data["label_errors"]["trashnet"]) == {"5", "25"}
+    assert data["outliers"]["planted"] == 1 and data["outliers"]["precision_at_k"] in (0.0, 1.0)
+    assert [c["items"] for c in data["cost"]] == [32, 300]
+    assert all(c["peak_rss_mb"][q] > 0 and c["seconds"][q] >= 0 for c in data["cost"] for q in curation.QUESTIONS)
+    assert len(data["targets"]) == 5 and "Targets (issue 32)" in (tmp_path / "curation.md").read_text()
