@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from simengine.curation import LABEL_NEIGHBOURS, OUTLIER_NEIGHBOURS
 from simengine.dedup.groups import COPY_KINDS, KEEP_RULES
 from simengine.files import check_output_folders
 from simengine.model.quantize import CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES
@@ -798,14 +799,15 @@ def _write_reports(report, csv_path, html_path) -> None:
 @curate.command("label-errors")
 @_index_argument
 @_index_option
-@click.option("-k", "--k", type=click.IntRange(1), default=10, show_default=True,
-              help="Nearest other items that vote on each item's label.")
+@click.option("-k", "--k", type=click.IntRange(1), default=LABEL_NEIGHBOURS, show_default=True,
+              help="Nearest other pictures that vote on each item's label.")
 @click.option("--top", type=click.IntRange(1), default=None, help="Report the N worst only (default: every flagged item).")
 @_report_options
 @_json_option
 def curate_label_errors(index_dir, k, top, csv_path, html_path, as_json):
-    """Items whose label their nearest other items disagree with (out of sample: an item's own label, and copies of
-    it, never vote), worst first, each with the label it looks like and the neighbours that disagree."""
+    """Items whose label the rest of the collection disagrees with, worst first, each with the label it looks like
+    and the neighbours that disagree. Out of sample: the k nearest other pictures vote (never the item nor a copy of
+    it), averaged with a linear head cross-validated in 5 folds (no head judges a label it learned)."""
     from simengine.curation.label_errors import find_label_errors
     from simengine.store.layout import resolve_index_dir
 
@@ -826,15 +828,15 @@ def curate_label_errors(index_dir, k, top, csv_path, html_path, as_json):
 @curate.command("outliers")
 @_index_argument
 @_index_option
-@click.option("-k", "--k", type=click.IntRange(1), default=10, show_default=True,
-              help="Nearest other items each item is compared with.")
+@click.option("-k", "--k", type=click.IntRange(1), default=OUTLIER_NEIGHBOURS, show_default=True,
+              help="The neighbour whose distance scores an item (its k-th nearest other picture).")
 @click.option("--top", type=click.IntRange(1), default=100, show_default=True, help="Report the N most unusual.")
 @click.option("--within-labels", is_flag=True, help="Compare each item with its own label's items only.")
 @_report_options
 @_json_option
 def curate_outliers(index_dir, k, top, within_labels, csv_path, html_path, as_json):
-    """Items unlike the rest of the collection (or of their label): ranked by 1 - the mean cosine of their k nearest
-    other items."""
+    """Items unlike the rest of the collection (or of their label): ranked by 1 - the cosine of their k-th nearest
+    other picture."""
     from simengine.curation.outliers import find_outliers
     from simengine.store.layout import resolve_index_dir
 

@@ -75,7 +75,7 @@ def _content(report: Report) -> tuple[str, str, Iterable[tuple[str, str, list[tu
     if isinstance(report, OutlierReport):
         scope = "their label's" if report.within_labels else "the collection's"
         return (f"Outliers in {report.index}", f"The {len(report.outliers)} items furthest from {scope} other items "
-                f"(1 − the mean cosine of the {report.k} nearest), of {report.items}; beside each, its nearest.",
+                f"(1 − the cosine of the {report.k}th nearest), of {report.items}; beside each, its nearest.",
                 ((o.path, f"id {o.id}: {o.label or 'unlabelled'}, score {o.score:.3f}",
                   [(v["path"], f"id {v['id']}: cosine {v['cosine']:.3f}") for v in o.nearest])
                  for o in report.outliers))

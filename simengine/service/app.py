@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from simengine.curation import LABEL_NEIGHBOURS, OUTLIER_NEIGHBOURS
 from simengine.curation.label_errors import find_label_errors
 from simengine.curation.outliers import find_outliers
 from simengine.data.decode import MAX_PIXELS, image_format
@@ -240,13 +241,14 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
             raise error from None
 
     @app.get("/v1/curate/label-errors")
-    async def label_errors(k: int = Query(10, ge=1, le=100), top: int = Query(100, ge=1, le=10_000)) -> dict:
-        """Items whose label their `k` nearest other items disagree with, worst first (the `top` ones), each with the
-        label it looks like and the neighbours that disagree. Out of sample: an item's own label never votes."""
+    async def label_errors(k: int = Query(LABEL_NEIGHBOURS, ge=1, le=100), top: int = Query(100, ge=1, le=10_000)) -> dict:
+        """Items whose label the rest of the collection disagrees with, worst first (the `top` ones): the `k` nearest
+        other pictures' vote with a cross-validated linear head, out of sample; each with the label it looks like and
+        the neighbours that disagree."""
         return await curation(find_label_errors, k, top)
 
     @app.get("/v1/curate/outliers")
-    async def outliers(k: int = Query(10, ge=1, le=100), top: int = Query(100, ge=1, le=10_000),
+    async def outliers(k: int = Query(OUTLIER_NEIGHBOURS, ge=1, le=200), top: int = Query(100, ge=1, le=10_000),
                        within_labels: bool = Query(False)) -> dict:
         """Items unlike the rest of the collection (or of their label), most unusual first."""
         return await curation(find_outliers, k, top, within_labels)

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from simengine.curation.label_errors import find_label_errors, label_weights, rank_label_errors
+from simengine.curation.label_errors import find_label_errors, judge_labels, label_weights
 from simengine.errors import SimengineError
 
 
@@ -20,10 +20,9 @@ def test_a_planted_error_is_found_first_with_the_label_it_looks_like():
     vectors = clusters(rng, [20, 20, 20])
     labels = ["a"] * 20 + ["b"] * 20 + ["c"] * 20
     labels[5] = "c"  # an "a" image labelled "c"
-    margin, weights, _, _, names, labelled = rank_label_errors(vectors, labels, [str(n) for n in range(60)], k=10)
-    worst = int(np.argmin(margin))
-    assert worst == 5 and names[int(np.argmax(weights[5]))] == "a"
-    assert (margin < 0).sum() == 1
+    for head in (False, True):  # the vote alone, and with the cross-validated head
+        judged = judge_labels(vectors, labels, [str(n) for n in range(60)], k=10, head=head)
+        assert judged.flagged.tolist() == [5] and judged.names[int(np.argmax(judged.weights[5]))] == "a"
 
 
 def test_copies_of_an_item_never_vouch_for_its_label():
@@ -36,8 +35,8 @@ def test_copies_of_an_item_never_vouch_for_its_label():
     labels[5] = labels[6] = "c"
     sha = [str(n) for n in range(60)]
     sha[6] = sha[5]
-    margin, *_ = rank_label_errors(vectors, labels, sha, k=5)
-    assert margin[5] < -0.5 and margin[6] < -0.5
+    judged = judge_labels(vectors, labels, sha, k=5, head=False)
+    assert judged.margin[5] < -0.5 and judged.margin[6] < -0.5
 
 
 def test_an_items_own_label_has_no_vote():
@@ -50,7 +49,7 @@ def test_an_items_own_label_has_no_vote():
 
 def test_an_unlabelled_collection_is_refused():
     with pytest.raises(SimengineError, match="at least 2 labels"):
-        rank_label_errors(np.eye(3, dtype=np.float32), [None, None, "a"], ["a", "b", "c"])
+        judge_labels(np.eye(3, dtype=np.float32), [None, None, "a"], ["a", "b", "c"])
 
 
 def test_on_an_index_of_photos_the_planted_error_ranks_first(fixture_data, model, tmp_path):
@@ -84,8 +83,20 @@ def test_a_label_only_the_item_has_gets_only_the_priors_share():
     rng = np.random.default_rng(3)
     vectors = clusters(rng, [6, 6])
     labels = ["a"] * 6 + ["b"] * 5 + ["z"]
-    margin, weights, neighbours, cosines, names, _ = rank_label_errors(vectors, labels, [str(n) for n in range(12)],
-                                                                       k=11)
-    votes = np.clip(cosines[11], 0, None).sum()
-    assert weights[11, names.index("z")] == pytest.approx(PRIOR / 3 / (votes + PRIOR), rel=1e-5)
-    assert margin[11] < 0 and 11 not in neighbours[11]
+    judged = judge_labels(vectors, labels, [str(n) for n in range(12)], k=11, head=False)
+    votes = np.clip(judged.cosines[11], 0, None).sum()
+    assert judged.weights[11, judged.names.index("z")] == pytest.approx(PRIOR / 3 / (votes + PRIOR), rel=1e-5)
+    assert judged.margin[11] < 0 and 11 not in judged.neighbours[11]
+
+
+def test_the_head_never_judges_a_label_it_learned():
+    """A label whose only item is the one judged: a head that had learned it would give it weight; out of fold it
+    can only get the share of a label it never saw."""
+    from simengine.curation.linear_head import out_of_fold_probabilities
+
+    rng = np.random.default_rng(4)
+    vectors = clusters(rng, [30, 30])
+    codes = np.array([0] * 30 + [1] * 29 + [2])
+    probabilities = out_of_fold_probabilities(vectors, codes, 3)
+    assert probabilities[59, 2] < 0.05 and probabilities[:30, 0].mean() > 0.8
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
