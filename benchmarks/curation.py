@@ -193,8 +193,9 @@ def child(question: str, source: list[str]) -> None:
 
 def markdown(r: dict) -> str:
     lines = ["# Curation: label errors, planted outliers, cost", "",
-             "simengine's neighbour vote (k = 10, out of sample) against cleanlab's `find_label_issues` fed 5-fold "
-             "out-of-fold probabilities of a logistic regression, both on the index's own vectors (model "
+             "simengine's `judge_labels` (the 20 nearest other pictures' vote averaged with a linear head "
+             "cross-validated in 5 folds; and the vote alone) against cleanlab's `find_label_issues` fed 5-fold "
+             "out-of-fold probabilities of a logistic regression, all on the index's own vectors (model "
              f"`{r['model']}`), in the same run. precision@k: k = the number of true errors; AP: average precision of "
              "the whole ranking.", ""]
     rows = []

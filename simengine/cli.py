@@ -787,13 +787,22 @@ def _report_options(f):
                         help="Also write one row per item to this CSV.")(f)
 
 
-def _write_reports(report, csv_path, html_path) -> None:
+def _curation_report(question, index_dir, csv_path, html_path, as_json, *args):
+    """One curation question's report on the index, written to the files asked for; printed as JSON with --json
+    (then None: there is nothing left to print)."""
     from simengine.curation.report import write_csv, write_html
+    from simengine.store.layout import resolve_index_dir
 
+    check_output_folders(csv_path, html_path)
+    report = question(resolve_index_dir(index_dir), *args)
     if csv_path:
         write_csv(report, csv_path)
     if html_path:
         write_html(report, html_path)
+    if as_json:
+        _echo_json(report.to_dict())
+        return None
+    return report
 
 
 @curate.command("label-errors")
@@ -809,13 +818,10 @@ def curate_label_errors(index_dir, k, top, csv_path, html_path, as_json):
     and the neighbours that disagree. Out of sample: the k nearest other pictures vote (never the item nor a copy of
     it), averaged with a linear head cross-validated in 5 folds (no head judges a label it learned)."""
     from simengine.curation.label_errors import find_label_errors
-    from simengine.store.layout import resolve_index_dir
 
-    check_output_folders(csv_path, html_path)
-    report = find_label_errors(resolve_index_dir(index_dir), k, top)
-    _write_reports(report, csv_path, html_path)
-    if as_json:
-        return _echo_json(report.to_dict())
+    report = _curation_report(find_label_errors, index_dir, csv_path, html_path, as_json, k, top)
+    if report is None:
+        return
     if report.warning:
         click.echo(f"warning: {report.warning}", err=True)
     click.echo(f"{'rank':>4}  {'id':>6}  {'label':18s}  {'looks like':18s}  margin  path")
@@ -838,13 +844,10 @@ def curate_outliers(index_dir, k, top, within_labels, csv_path, html_path, as_js
     """Items unlike the rest of the collection (or of their label): ranked by 1 - the cosine of their k-th nearest
     other picture."""
     from simengine.curation.outliers import find_outliers
-    from simengine.store.layout import resolve_index_dir
 
-    check_output_folders(csv_path, html_path)
-    report = find_outliers(resolve_index_dir(index_dir), k, top, within_labels)
-    _write_reports(report, csv_path, html_path)
-    if as_json:
-        return _echo_json(report.to_dict())
+    report = _curation_report(find_outliers, index_dir, csv_path, html_path, as_json, k, top, within_labels)
+    if report is None:
+        return
     click.echo(f"{'rank':>4}  {'id':>6}  {'score':>6}  {'label':18s}  path")
     for n, o in enumerate(report.outliers, 1):
         click.echo(f"{n:>4}  {o.id:>6}  {o.score:6.3f}  {(o.label or '-')[:18]:18s}  {one_line(o.path)}")
@@ -862,13 +865,10 @@ def curate_outliers(index_dir, k, top, within_labels, csv_path, html_path, as_js
 def curate_sample(index_dir, n, per_label, seed, csv_path, html_path, as_json):
     """A representative subset: the item nearest each k-means centroid of the embeddings."""
     from simengine.curation.sample import representative_sample
-    from simengine.store.layout import resolve_index_dir
 
-    check_output_folders(csv_path, html_path)
-    report = representative_sample(resolve_index_dir(index_dir), n, per_label, seed)
-    _write_reports(report, csv_path, html_path)
-    if as_json:
-        return _echo_json(report.to_dict())
+    report = _curation_report(representative_sample, index_dir, csv_path, html_path, as_json, n, per_label, seed)
+    if report is None:
+        return
     click.echo(f"{'id':>6}  {'represents':>10}  {'label':18s}  path")
     for r in report.sample:
         click.echo(f"{r.id:>6}  {r.represents:>10}  {(r.label or '-')[:18]:18s}  {one_line(r.path)}")

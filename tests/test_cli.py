@@ -99,11 +99,12 @@ def test_cli_help_lists_commands():
         return tree
 
     tree = walk(cli, [])
-    assert tree[()] == {"data", "dedup", "dedup-calibrate", "embed", "index", "quantize", "query", "search", "serve",
-                        "train"}
+    assert tree[()] == {"curate", "data", "dedup", "dedup-calibrate", "embed", "index", "quantize", "query", "search",
+                        "serve", "train"}
     assert tree[("index",)] == {"add", "build", "calibrate", "compact", "gc", "info", "remove", "sync", "verify"}
     assert tree[("data",)] == {"fetch", "sample"}
-    assert set(tree) == {(), ("index",), ("data",)}  # no other groups
+    assert tree[("curate",)] == {"label-errors", "outliers", "sample"}
+    assert set(tree) == {(), ("index",), ("data",), ("curate",)}  # no other groups
 
 
 def test_cli_index_commands(index_copy, fixture_data):

@@ -1,7 +1,5 @@
 """Label errors: out of sample (an item's own label and its copies never vote), ranked, explained."""
 
-import shutil
-
 import numpy as np
 import pytest
 
