@@ -619,15 +619,16 @@ def test_duplicates_need_a_calibrated_model(index_copy):
 def test_curation_endpoints_answer_for_the_served_version(index_copy, val):
     from simengine.index.update import add_images
 
+    # The first report loads torch for the cross-validated head: the client waits as long as the server may (30 s).
     with running_server(index_copy) as url:
-        first = httpx.get(f"{url}/v1/curate/label-errors", params={"k": 5}).json()
+        first = httpx.get(f"{url}/v1/curate/label-errors", params={"k": 5}, timeout=60).json()
         assert set(first) == {"index", "version", "k", "items", "labelled", "flagged", "seconds", "warning", "issues"}
         assert first["items"] == 32 and first["warning"]  # the fixture model was trained on these very images
         [planted] = add_images(index_copy, [val["coffee"][0]], label="rocket").added
-        again = httpx.get(f"{url}/v1/curate/label-errors", params={"k": 5}).json()
+        again = httpx.get(f"{url}/v1/curate/label-errors", params={"k": 5}, timeout=60).json()
         assert again["items"] == 33 and again["issues"][0]["id"] == planted  # the new version, not a cached answer
         assert again["issues"][0]["suggested"] == "coffee"
-        outliers = httpx.get(f"{url}/v1/curate/outliers", params={"top": 3, "within_labels": True}).json()
+        outliers = httpx.get(f"{url}/v1/curate/outliers", params={"top": 3, "within_labels": True}, timeout=60).json()
         assert len(outliers["outliers"]) == 3 and outliers["within_labels"] is True
         assert httpx.get(f"{url}/v1/curate/outliers", params={"k": 0}).status_code == 422
 
