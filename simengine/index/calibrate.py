@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simengine.evaluation.decisions import Calibration, calibrate_decisions
+from simengine.evaluation.decisions import Calibration, EvalSets, calibrate_decisions
 from simengine.model.bundle import Model
 
 log = logging.getLogger(__name__)
@@ -23,16 +23,54 @@ def calibrate_index(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model: 
                     target_far: float | None = None, seed: int = 0) -> Calibration:
     """Thresholds from balanced pairs/triplets over labelled `rows` (row-aligned with `vectors`) that the model held
     out in training, else over all of them; the model's own calibration when too few are labelled."""
+    chosen = calibration_rows(rows, model)
+    if chosen is None:
+        log.info("too few labelled items to calibrate on: the model's own thresholds are kept (an estimate here)")
+        return dataclasses.replace(model.calibration, source=f"{UNCALIBRATED} ({model.calibration.source})")
+    held, source = chosen
+    return calibrate_decisions(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, source,
+                               target_far=target_far, seed=seed)
+
+
+def calibration_rows(rows: Sequence[dict[str, Any]], model: Model) -> tuple[list[int], str] | None:
+    """(positions in `rows`, what they are) of the labelled rows that calibrate an index: those its model held out
+    in training, else all labelled ones; None when too few are labelled (fewer than 6 items or 3 labels)."""
     holdout = set(model.config.get("holdout_sha256", []))
     labelled = [n for n, r in enumerate(rows) if r["label"] is not None]
     held = [n for n in labelled if rows[n]["sha256"] in holdout]
-    source = "indexed items held out from training"
     if len(labelled) < 6 or len({rows[n]["label"] for n in labelled}) < 3:  # an unlabelled collection, say
-        log.info("too few labelled items to calibrate on: the model's own thresholds are kept (an estimate here)")
-        return dataclasses.replace(model.calibration, source=f"{UNCALIBRATED} ({model.calibration.source})")
+        return None
     if len(held) < MIN_HOLDOUT or len({rows[n]["label"] for n in held}) < 3:
         log.warning("fewer than %d indexed items were held out from training: calibrating on all indexed items, "
                     "which may overlap the training data", MIN_HOLDOUT)
-        held, source = labelled, "all indexed items (may overlap training data)"
-    return calibrate_decisions(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, source,
-                               target_far=target_far, seed=seed)
+        return labelled, "all indexed items (may overlap training data)"
+    return held, "indexed items held out from training"
+
+
+def score_curves(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model: Model, calibration: Calibration,
+                 mode: str, n: int = 2_000, bins: int = 40, seed: int = 0) -> dict[str, Any]:
+    """What the thresholds of `mode` stand on, to be drawn: score histograms of balanced same / different-label
+    pairs drawn from the rows that calibrate the index (`calibration_rows`), the ROC curve, and where the pair
+    threshold falls on both. Without enough labels, only the (estimated) threshold."""
+    threshold = calibration.pair[mode]
+    out: dict[str, Any] = {"mode": mode, "threshold": threshold.value, "source": calibration.source,
+                           "triplet_threshold": calibration.triplet[mode].value,
+                           "estimated": calibration.source.startswith(UNCALIBRATED)}
+    chosen = calibration_rows(rows, model)
+    if chosen is None:
+        return dict(out, estimated=True, pairs=0)
+    held, source = chosen
+    sets = EvalSets.draw(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, n, seed)
+    scores, same = sets.scores(mode, calibration.fusion)[0], sets.labels.astype(bool)
+    edges = np.linspace(min(scores.min(), threshold.value), max(scores.max(), threshold.value), bins + 1)
+    order = np.argsort(-scores, kind="stable")
+    tpr = np.r_[0, np.cumsum(same[order]) / max(same.sum(), 1)]
+    fpr = np.r_[0, np.cumsum(~same[order]) / max((~same).sum(), 1)]
+    accepted = scores >= threshold.value
+    return dict(out, pairs=len(scores), drawn_from=source, edges=np.round(edges, 5).tolist(),
+                same=np.histogram(scores[same], edges)[0].tolist(),
+                different=np.histogram(scores[~same], edges)[0].tolist(),
+                roc={"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()},
+                auc=float(np.trapezoid(tpr, fpr)),
+                at_threshold={"tpr": float(accepted[same].mean()), "fpr": float(accepted[~same].mean()),
+                              "accuracy": float((accepted == same).mean())})

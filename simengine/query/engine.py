@@ -19,6 +19,7 @@ from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
 from simengine.index import items
+from simengine.index.calibrate import score_curves
 from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
@@ -250,6 +251,17 @@ class Engine:
         predicted, voted = (votes.most_common(1)[0] if votes else (None, 0))
         return NeighboursResult(ref, k, found, predicted, voted / verified if verified else 0.0, verified, voted,
                                 restricted=bool(where))
+
+    def score_curves(self, max_items: int = 20_000, seed: int = 0) -> dict[str, Any]:
+        """The score histograms and ROC curve behind the thresholds of this engine's mode (`index.calibrate.
+        score_curves`), from at most `max_items` labelled items drawn at random (seeded)."""
+        self.refresh()
+        index = self._indexed()
+        rows = items.labelled(index.conn, index.version)
+        if len(rows) > max_items:
+            rows = [rows[n] for n in np.sort(np.random.default_rng(seed).choice(len(rows), max_items, replace=False))]
+        vectors = index.vectors([r["id"] for r in rows]) if rows else np.zeros((0, self.model.dim), np.float32)
+        return score_curves(rows, vectors, self.model, self.calibration, self.mode, seed=seed)
 
     def copies(self, image: bytes, name: str = "<bytes>", k: int = NEIGHBOURS) -> CopiesResult:
         """The indexed items that are copies of one picture (the bytes of an image file): exact, or resized,
