@@ -1022,11 +1022,17 @@ def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
               help="With --ray: shard deployments; each searches every n-th segment of the index.")
 @click.option("--replicas", type=click.IntRange(0), default=1, show_default=True,
               help="With --ray: frontend replicas (0: autoscale from 1 to 4 with the requests in flight).")
+@click.option("--move-duplicates-to", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
+              help="Let the web app's duplicate review move the copies a person confirms into FOLDER (outside the "
+                   "collection; logged in moves.csv there, as dedup --move-to does) and drop them from the index. "
+                   "Without it the server writes nothing.")
 @_runtime_option
 def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_hosts, mode, max_upload_mb, max_pixels,
-          timeout, max_pending, max_batch, max_wait_ms, ray_address, shards, replicas, runtime):
-    """Serve the index over HTTP: JSON API under /v1 (docs at /docs), Prometheus metrics at /metrics, a web page
-    at /. Stops on Ctrl-C or SIGTERM after finishing the requests in flight."""
+          timeout, max_pending, max_batch, max_wait_ms, ray_address, shards, replicas, move_duplicates_to, runtime):
+    """Serve the index over HTTP: JSON API under /v1 (docs at /docs), Prometheus metrics at /metrics, and the web
+    app at /: a gallery with filters, each item with its verified neighbours, upload search, a map of the
+    collection, a duplicate review and the calibration plots. Stops on Ctrl-C or SIGTERM after finishing the
+    requests in flight."""
     from simengine.data.decode import MAX_PIXELS
     from simengine.service.app import ServiceLimits, serve as run
     from simengine.service.security import read_api_key
@@ -1038,8 +1044,10 @@ def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_ho
         if shards != 1 or replicas != 1:
             raise click.UsageError("--shards and --replicas go with --ray")
         run(index_dir, host, port, allow_remote, read_api_key(api_key_file), no_auth, allowed_hosts, mode, limits,
-            runtime)
+            runtime, move_duplicates_to)
         return
+    if move_duplicates_to:
+        raise click.UsageError("--move-duplicates-to is not available with --ray")
     from simengine.store.layout import resolve_index_dir
     from simengine.service.ray_serve import run_on_ray
     from simengine.service.security import allowed_hosts as answered_hosts, check_exposure

@@ -46,3 +46,19 @@ def lite0_same_picture():
     from simengine.dedup.calibrate import SamePicture
 
     return SamePicture(min_backbone=0.68, min_layout=0.926, min_backbone_matches=0.761, min_matches=34)
+
+
+def copies_folder(root: Path) -> Path:
+    """coffee with a smaller and a marked copy (the marked one in a subfolder), rocket with a tilted one, a horse."""
+    from simengine.dedup.copies import TRANSFORMS
+
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    coffee = photo("coffee")
+    coffee.save(root / "coffee.jpg", quality=92)
+    TRANSFORMS["resize"](coffee, rng).save(root / "coffee-small.jpg", quality=92)
+    TRANSFORMS["text"](coffee, rng).save(root / "sub" / "coffee-marked.jpg", quality=60)
+    photo("rocket").save(root / "rocket.jpg", quality=92)
+    TRANSFORMS["rotate"](photo("rocket"), rng).save(root / "rocket-tilted.jpg", quality=92)
+    photo("horse").save(root / "horse.jpg", quality=92)
+    return root

@@ -1,5 +1,5 @@
-"""Small JPEG thumbnails as data: URLs, for the self-contained HTML reports (dedup, curation): a page that works
-offline, sent as one file, and shows nothing it did not embed."""
+"""Small JPEG thumbnails: for the web app's gallery, and as data: URLs for the self-contained HTML reports (dedup,
+curation), pages that work offline, sent as one file, and show nothing they did not embed."""
 
 from __future__ import annotations
 
@@ -12,18 +12,23 @@ from simengine.errors import ImageLoadError
 THUMBNAIL_PX = 160
 
 
-def thumbnail_url(path: str, px: int = THUMBNAIL_PX) -> str:
-    """A data: URL of a small JPEG of the image, or '' when it cannot be read any more."""
+def thumbnail_jpeg(path: str, px: int = THUMBNAIL_PX) -> bytes:
+    """A JPEG of the image within px x px; raises ImageLoadError when it cannot be read."""
     from simengine.data.decode import load_rgb
 
-    try:
-        img = load_rgb(path, draft_size=(px, px))
-    except ImageLoadError:
-        return ""
+    img = load_rgb(path, draft_size=(px, px))
     img.thumbnail((px, px))
     buffer = io.BytesIO()
     img.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def thumbnail_url(path: str, px: int = THUMBNAIL_PX) -> str:
+    """A data: URL of a small JPEG of the image, or '' when it cannot be read any more."""
+    try:
+        return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, px)).decode()
+    except ImageLoadError:
+        return ""
 
 
 def figure(path: str, caption: str, css: str, budget: list[int]) -> str:

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -32,22 +33,35 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from simengine.curation import LABEL_NEIGHBOURS, OUTLIER_NEIGHBOURS
 from simengine.curation.label_errors import find_label_errors
 from simengine.curation.outliers import find_outliers
+from simengine.curation.projection import index_map
 from simengine.data.decode import MAX_PIXELS, image_format
+from simengine.dedup.groups import COPY_KINDS, KEEP_RULES
 from simengine.dedup.near import NEIGHBOURS
 from simengine.errors import (BundleError, ImageLoadError, IndexUnusableError, ModelChangedError, NotCalibratedError,
                               SimengineError, UnsupportedImageError)
+from simengine.index.duplicates import move_index_duplicates
 from simengine.query.engine import Engine
 from simengine.service.batching import QueueFull
 from simengine.service.curation import CurationReports
+from simengine.service.reviews import THUMBNAIL_SIZES, DedupReview, Thumbnails
 from simengine.service.embedding import MAX_BATCH_SIZE, MAX_WAIT_S, UploadEmbedder, in_thread
 from simengine.service.security import (LOOPBACK_HOSTS, ApiKeyGuard, BodyLimit, ConcurrencyLimit, SecurityHeaders,
                                         allowed_hosts, check_exposure, error_body, header_deadline_protocol)
 from simengine.service.telemetry import Metrics, RequestIdFilter, Telemetry
+from simengine.store import browse
 
 log = logging.getLogger("simengine.service")
 
 STATIC = Path(__file__).parent / "static"
 MULTIPART_OVERHEAD = 2**20  # headers, boundaries and form fields around the uploads of one request
+
+
+class PageQuery(BaseModel):
+    filters: list = Field(default_factory=list, max_length=64)
+    sort: str = Field("id", max_length=200)
+    descending: bool = False
+    offset: int = Field(0, ge=0)
+    limit: int = Field(60, ge=1, le=browse.MAX_PAGE)
 
 
 @dataclass(frozen=True)
@@ -93,10 +107,12 @@ class EngineWorker:
 def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = None,
                limits: ServiceLimits = ServiceLimits(), api_key: str | None = None,
                hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS, runtime: str = "auto",
-               open_engine: Callable[[], Engine] | None = None, remote_embed=None) -> FastAPI:
+               open_engine: Callable[[], Engine] | None = None, remote_embed=None,
+               move_duplicates_to: str | os.PathLike | None = None) -> FastAPI:
     """The HTTP app over one index (the model and index are loaded here, once, by `open_engine` when given: a
     sharded index on Ray Serve, say; `remote_embed` then embeds uploads, see `UploadEmbedder`). `api_key` protects
-    /v1 and /metrics; `hosts` are the Host names answered."""
+    /v1 and /metrics; `hosts` are the Host names answered. Only with `move_duplicates_to` may a client move the
+    duplicates a review found (into that folder, removing them from the index): the server's one write."""
     # Starlette spools an upload to a temporary file past this size; keep every accepted body in memory.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_body_bytes)
     worker = EngineWorker(open_engine or (lambda: Engine.open(index_dir, mode, runtime, max_pixels=limits.max_pixels)))
@@ -108,12 +124,14 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     metrics.queue_depth.set_function(lambda: embedder.batcher.depth)
     metrics.index_version.set_function(lambda: worker.engine.index.version)
     reports = CurationReports()
+    review, thumbnails = DedupReview(), Thumbnails()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         embedder.close()  # uvicorn has finished the requests in flight by now
         reports.close()
+        review.close()
         worker.close()
 
     app = FastAPI(title="simengine", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -165,6 +183,13 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         except SimengineError:
             raise HTTPException(404, f"no item with id {item_id}") from None
 
+    async def only_fields(request: Request, *names: str) -> None:
+        """Refuse a form field this endpoint does not read: a `where` the client thinks filters, say, would
+        otherwise be ignored without a word."""
+        if unknown := sorted(set((await request.form()).keys()) - set(names)):
+            raise HTTPException(400, f"unknown form field {unknown[0][:40]!r}; this endpoint reads "
+                                     f"{', '.join(repr(n) for n in names)}")
+
     async def answer(question: Callable, want: int, uploads: list[UploadFile], ids: list[int]) -> dict:
         if len(uploads) + len(ids) != want:
             raise HTTPException(400, f"give exactly {want} images (uploads in 'images' and/or indexed 'ids'), "
@@ -189,20 +214,26 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return result.to_dict()
 
     @app.post("/v1/pair", responses={200: {"content": {"application/json": {"example": PAIR_EXAMPLE}}}})
-    async def pair(images: list[UploadFile] = File(default=[]), ids: list[int] = Form(default=[])) -> dict:
+    async def pair(request: Request, images: list[UploadFile] = File(default=[]),
+                   ids: list[int] = Form(default=[])) -> dict:
         """Are two images the same class? Multipart: repeated `images` uploads and/or `ids` of indexed items."""
+        await only_fields(request, "images", "ids")
         return await answer(worker.engine.pair, 2, images, ids)
 
     @app.post("/v1/triplet", responses={200: {"content": {"application/json": {"example": TRIPLET_EXAMPLE}}}})
-    async def triplet(images: list[UploadFile] = File(default=[]), ids: list[int] = Form(default=[])) -> dict:
+    async def triplet(request: Request, images: list[UploadFile] = File(default=[]),
+                      ids: list[int] = Form(default=[])) -> dict:
         """Do at least two of three images share a class?"""
+        await only_fields(request, "images", "ids")
         return await answer(worker.engine.triplet, 3, images, ids)
 
     @app.post("/v1/search", responses={200: {"content": {"application/json": {"example": SEARCH_EXAMPLE}}}})
-    async def search(image: UploadFile | None = File(default=None), id: int | None = Form(default=None),
-                     k: int = Query(5, ge=1, le=100), include_self: bool = Query(False)) -> dict:
+    async def search(request: Request, image: UploadFile | None = File(default=None),
+                     id: int | None = Form(default=None), k: int = Query(5, ge=1, le=100),
+                     include_self: bool = Query(False)) -> dict:
         """Nearest indexed neighbours of an uploaded `image` or an indexed `id` (the item itself left out unless
         `include_self`), verified by the pair head."""
+        await only_fields(request, "image", "id")
         uploads, ids = ([image] if image is not None else []), ([id] if id is not None else [])
         return await answer(lambda ref: worker.engine.neighbours(ref, k, include_self=include_self), 1, uploads, ids)
 
@@ -253,6 +284,135 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """Items unlike the rest of the collection (or of their label), most unusual first."""
         return await curation(find_outliers, k, top, within_labels)
 
+    async def items_page(filters: list, sort: str, descending: bool, offset: int, limit: int) -> Response:
+        try:
+            chosen = [browse.Filter.from_dict(f) for f in filters]
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+        def read() -> browse.Page:
+            worker.engine.refresh()
+            return browse.page(worker.engine.index.conn, worker.engine.index.version, chosen, sort, descending,
+                               offset, limit)
+
+        try:
+            found = await ask_engine(read)
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
+        body = {"total": found.total, "offset": found.offset, "items": found.rows}
+        return Response(json.dumps(body, default=str), media_type="application/json")
+
+    @app.get("/v1/items")
+    async def list_items(offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=browse.MAX_PAGE),
+                         sort: str = Query("id"), descending: bool = Query(False),
+                         filters: str = Query("[]", max_length=8192)) -> Response:
+        """A page of the live items, for the gallery: `filters` is a JSON list of {column, op, value} (ops: eq, ne,
+        min, max, contains, in, missing, present), every value bound, never SQL; `sort` is a column. POST
+        /v1/items/page takes the same as a JSON body, for long filters (a selection of ids)."""
+        try:
+            chosen = _json_list(filters)
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return await items_page(chosen, sort, descending, offset, limit)
+
+    @app.post("/v1/items/page")
+    async def page_of_items(query: PageQuery) -> Response:
+        """A page of the live items, as GET /v1/items, with the query as a JSON body."""
+        return await items_page(query.filters, query.sort, query.descending, query.offset, query.limit)
+
+    @app.get("/v1/columns")
+    async def columns() -> Response:
+        """The items' columns for the gallery's filters: each one's kind (number or text), how many lack a value,
+        a number column's bounds, and the values (with counts) of a text column that has few."""
+        def read() -> dict[str, Any]:
+            worker.engine.refresh()
+            index = worker.engine.index
+            return {"version": index.version, "items": len(index), "labelled": worker.engine.labelled,
+                    "columns": browse.column_summary(index.conn, index.version, skip=("sha256",))}
+
+        return Response(json.dumps(await ask_engine(read), default=str), media_type="application/json")
+
+    @app.get("/v1/items/{item_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
+    async def get_item_thumbnail(item_id: int, size: int = Query(256)):
+        """A small JPEG of an indexed image (`size`: 128, 256 or 512 pixels at most on its longer side), made once
+        and kept."""
+        if size not in THUMBNAIL_SIZES:
+            raise HTTPException(400, f"size is one of {', '.join(map(str, THUMBNAIL_SIZES))}")
+        found = await item(item_id)
+        try:
+            data = await asyncio.to_thread(thumbnails.get, found["path"], found["sha256"], size)
+        except ImageLoadError:
+            raise HTTPException(404, f"the image of item {item_id} cannot be read any more") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/map")
+    async def projection_map() -> dict:
+        """2-D coordinates (in [0, 1]) of every live item, for the map: UMAP of the stored vectors, computed once
+        per index version and kept in the index directory. 503 with Retry-After while it is being computed."""
+        return await curation(index_map)
+
+    @app.get("/v1/map/colours")
+    async def map_colours(column: str = Query("label", max_length=200)) -> Response:
+        """The value of `column` for every live item (ids ascending), as codes into `names`: the 11 commonest
+        values, then "other"; items without a value have code -1."""
+        def read() -> dict[str, Any]:
+            worker.engine.refresh()
+            index = worker.engine.index
+            return browse.value_codes(index.conn, index.version, column)
+
+        try:
+            codes = await ask_engine(read)
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return Response(json.dumps(codes, default=str), media_type="application/json")
+
+    @app.get("/v1/calibration")
+    async def calibration_curves() -> dict:
+        """What the served thresholds stand on: score histograms of same- and different-label pairs drawn from the
+        index's labelled items, the ROC curve, and the thresholds; `estimated` when the index has too few labels."""
+        return await ask_engine(worker.engine.score_curves)
+
+    @app.post("/v1/dedup")
+    async def start_dedup(copies: str = Query("edited"), keep: str = Query("largest")) -> dict:
+        """Start the duplicate search over the served index's items (or answer the one running): follow it with
+        GET /v1/dedup."""
+        if copies not in COPY_KINDS or keep not in KEEP_RULES:
+            raise HTTPException(400, f"copies is one of {', '.join(COPY_KINDS)}; keep one of {', '.join(KEEP_RULES)}")
+        await ask_engine(worker.engine.refresh)
+        index = worker.engine.index
+        return dict(review.start(str(index.path), index.version, len(index), copies, keep),
+                    moves_allowed=move_duplicates_to is not None)
+
+    @app.get("/v1/dedup")
+    async def dedup_status() -> dict:
+        """The duplicate search's state (idle, running, done with its groups, keeper first, or failed)."""
+        return dict(review.status(), moves_allowed=move_duplicates_to is not None)
+
+    @app.post("/v1/dedup/move")
+    async def move_duplicates(request: Request) -> dict:
+        """Move aside the duplicates of the reviewed groups a JSON body names, {"keepers": {GROUP: ITEM_ID}},
+        keeping the chosen item of each, and remove them from the index. Only on a server started with
+        --move-duplicates-to; files go into that folder, by the same plan and checks as `simengine dedup --move-to`."""
+        if move_duplicates_to is None:
+            raise HTTPException(403, "this server does not move files: start it with --move-duplicates-to FOLDER")
+        report = review.report
+        if report is None:
+            raise HTTPException(409, "no finished duplicate review to act on: POST /v1/dedup first")
+        await ask_engine(worker.engine.refresh)
+        if review.state.get("version") != worker.engine.index.version:
+            raise HTTPException(409, "the index changed since the review: run it again")
+        try:
+            body = await request.json()
+            keepers = {int(g): int(i) for g, i in dict(body["keepers"]).items()}
+        except (ValueError, KeyError, TypeError):
+            raise HTTPException(400, 'the body is {"keepers": {"GROUP": ITEM_ID, ...}}') from None
+        try:
+            moves = await asyncio.to_thread(move_index_duplicates, worker.engine.index.path, report, keepers,
+                                            move_duplicates_to)
+        except SimengineError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return moves.to_dict()
+
     @app.get("/v1/info")
     async def info() -> Response:
         """Summary of the index: counts, classes, backbone, thresholds."""
@@ -281,6 +441,16 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return FileResponse(STATIC / "docs.html")
 
     return app
+
+
+def _json_list(text: str) -> list:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise SimengineError("filters must be a JSON list") from None
+    if not isinstance(value, list):
+        raise SimengineError("filters must be a JSON list")
+    return value
 
 
 def http_error_for(exc: BaseException, timeout_s: float) -> HTTPException | None:
@@ -319,16 +489,20 @@ def _swagger_assets() -> Path:
 def serve(index_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8000,
           allow_remote: bool = False, api_key: str | None = None, no_auth: bool = False,
           extra_hosts: list[str] | tuple[str, ...] = (), mode: str | None = None,
-          limits: ServiceLimits = ServiceLimits(), runtime: str = "auto") -> None:
+          limits: ServiceLimits = ServiceLimits(), runtime: str = "auto",
+          move_duplicates_to: str | os.PathLike | None = None) -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM, then finish the requests in flight. Beyond loopback it needs
-    allow_remote, and an API key unless no_auth."""
+    allow_remote, and an API key unless no_auth. `move_duplicates_to` lets the web app move reviewed duplicates
+    into that folder (see `create_app`)."""
     import uvicorn
 
     check_exposure(host, allow_remote, api_key, no_auth)
     _check_port_free(host, port)
     hosts = allowed_hosts(host, extra_hosts)
     _unmap_large_blocks_when_freed()
-    app = create_app(index_dir, mode, limits, api_key, hosts, runtime)
+    if move_duplicates_to is not None and Path(move_duplicates_to).exists() and not Path(move_duplicates_to).is_dir():
+        raise SimengineError(f"--move-duplicates-to {move_duplicates_to} is a file, not a folder")
+    app = create_app(index_dir, mode, limits, api_key, hosts, runtime, move_duplicates_to=move_duplicates_to)
     _log_request_ids()
     if host in ("0.0.0.0", "::") and not extra_hosts:
         log.warning("listening on all interfaces, but answering only the Host names %s: add --allowed-host NAME "

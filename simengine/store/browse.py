@@ -59,8 +59,8 @@ def page(conn: sqlite3.Connection, version: int, filters: Sequence[Filter] = (),
     where, args = _conditions(filters, known, version)
     total = conn.execute(f"SELECT count(*) FROM items WHERE {where}", args).fetchone()[0]
     direction = "DESC" if descending else "ASC"
-    order = "id" if sort == "id" else f'"{sort}" IS NULL, "{sort}" {direction}'
-    cursor = conn.execute(f"SELECT * FROM items WHERE {where} ORDER BY {order}, id {direction} LIMIT ? OFFSET ?",
+    order = f"id {direction}" if sort == "id" else f'"{sort}" IS NULL, "{sort}" {direction}, id {direction}'
+    cursor = conn.execute(f"SELECT * FROM items WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
                           args + [limit, offset])
     return Page(total, offset, rows._rows(cursor))
 

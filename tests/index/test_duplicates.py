@@ -4,29 +4,13 @@ leave the index in one version."""
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from fixtures import lite0_same_picture, photo
-from simengine.dedup.copies import TRANSFORMS
+from fixtures import copies_folder, lite0_same_picture, photo
 from simengine.dedup.find import find_duplicates
 from simengine.errors import SimengineError
 from simengine.index.duplicates import move_index_duplicates
 from simengine.index.reader import Index
-
-
-def copies_folder(root: Path) -> Path:
-    """coffee with a smaller and a marked copy (the marked one in a subfolder), rocket with a tilted one, a horse."""
-    rng = np.random.default_rng(0)
-    (root / "sub").mkdir(parents=True)
-    coffee = photo("coffee")
-    coffee.save(root / "coffee.jpg", quality=92)
-    TRANSFORMS["resize"](coffee, rng).save(root / "coffee-small.jpg", quality=92)
-    TRANSFORMS["text"](coffee, rng).save(root / "sub" / "coffee-marked.jpg", quality=60)
-    photo("rocket").save(root / "rocket.jpg", quality=92)
-    TRANSFORMS["rotate"](photo("rocket"), rng).save(root / "rocket-tilted.jpg", quality=92)
-    photo("horse").save(root / "horse.jpg", quality=92)
-    return root
 
 
 @pytest.fixture

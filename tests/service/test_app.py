@@ -16,59 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from servers import browser, needs_chromium, running_server
 from simengine.service.security import is_loopback
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server(str):
-    """The URL of a running server, with its process and the file its log goes to."""
-
-    proc: subprocess.Popen
-    log: Path
-
-
-@contextlib.contextmanager
-def running_server(index: Path, *args: str, env: dict | None = None, host: str = "127.0.0.1"):
-    """`simengine serve` on a free port, its log in a file (a pipe nobody reads would fill and stall it), stopped
-    on exit."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("simengine")
-    log = index.parent / f"serve-{port}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(exe), "serve", "--index", str(index), "--host", host, "--port", str(port), *args],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-    url = Server(f"http://127.0.0.1:{port}")
-    url.proc, url.log = proc, log
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited: {log.read_text()}")
-                time.sleep(0.3)
-        else:
-            pytest.fail("server did not start in 90 s")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
 
 @pytest.fixture(scope="module")
 def server(built_index):
@@ -410,10 +359,6 @@ def test_shutdown_finishes_the_requests_in_flight(built_index, val):
     assert in_flight == 16 and sorted(map(str, results)) == ["200"] * 16, (in_flight, results)
 
 
-def browser(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-
-
 @needs_chromium
 def test_web_page_in_headless_chromium(server, val):
     from playwright.sync_api import expect, sync_playwright
@@ -423,7 +368,7 @@ def test_web_page_in_headless_chromium(server, val):
         page = chromium.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
         violations = []
         page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
-        page.goto(server)
+        page.goto(f"{server}/#/search")
         page.set_input_files("#files", str(val["astronaut"][0]))
         page.fill("#k", "4")
         page.focus("#go")
@@ -431,7 +376,9 @@ def test_web_page_in_headless_chromium(server, val):
         expect(page.locator("#results figure")).to_have_count(4, timeout=30_000)
         expect(page.locator("#answer")).to_contain_text("astronaut")
         expect(page.locator("#results figcaption").first).to_contain_text("astronaut")  # the label, as stored
-        expect(page.locator("#results figure img[src^='blob:']")).to_have_count(4, timeout=30_000)
+        # thumbnails, served small by the index, not the uploads' blobs
+        expect(page.locator("#results figure img[src*='/thumbnail?size=']")).to_have_count(4, timeout=30_000)
+        page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
         page.click("#clear")
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
         page.click("#go")
@@ -458,7 +405,7 @@ def test_the_page_of_an_unlabelled_index_never_speaks_of_classes(model, fixture_
         assert httpx.get(f"{url}/v1/info").json()["classes"] == {"null": 11}  # as the CLI's --json says it
         chromium = browser(p)
         page = chromium.new_page()
-        page.goto(url)
+        page.goto(f"{url}/#/search")
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
         page.click("#go")
         expect(page.locator("#answer")).to_have_text("Similar: YES", timeout=30_000)
@@ -534,7 +481,7 @@ def test_no_markup_from_file_names_labels_or_indexed_files_ever_runs(index_copy,
         page = chromium.new_page()
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(url)
+        page.goto(f"{url}/#/search")
         page.set_input_files("#files", [str(bad_upload), str(val["coffee"][0])])
         expect(page.locator("#chosen")).to_contain_text("<img src=x onerror=alert('name')>.jpg")  # shown as text
         page.click("#go")

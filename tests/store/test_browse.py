@@ -44,6 +44,7 @@ def test_pages_follow_the_sort_with_ties_and_missing_values_by_id(conn):
     assert [r["label"] for r in last.rows] == [None] * 3 and len(last.rows) == 3
     down = browse.page(conn, 2, sort="width", descending=True, limit=3)
     assert [r["id"] for r in down.rows] == [29, 28, 27]
+    assert [r["id"] for r in browse.page(conn, 2, descending=True, limit=2).rows] == [29, 28]
 
 
 def test_values_are_bound_and_names_checked(conn):
