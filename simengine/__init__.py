@@ -11,6 +11,9 @@ The public face (imported on first use, so that `import simengine` stays light a
     scan_source                     the items of a folder, list or table (data/)
     find_duplicates, dedup_collection   duplicate groups; the whole `simengine dedup` job (dedup/)
     find_label_errors, find_outliers, representative_sample   curating an index's items (curation/)
+    index_map                       the web app's map: a 2-D projection of an index, kept per version (curation/)
+    move_index_duplicates           move reviewed duplicates aside and out of the index (index/)
+    create_app, serve               the HTTP service and its web app (service/)
     load_bundle, Encoder            the model (model/)
     builtin_model_dir               the built-in model, prepared once into the cache (no training, offline)
     quantize_model                  the whole `simengine quantize` job: an int8 backbone and its accuracy gate
@@ -29,11 +32,13 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from simengine.curation.label_errors import find_label_errors
     from simengine.curation.outliers import find_outliers
+    from simengine.curation.projection import index_map
     from simengine.curation.sample import representative_sample
     from simengine.data.sources import scan_source
     from simengine.dedup.find import find_duplicates
     from simengine.dedup.job import dedup_collection
     from simengine.index.build import build_index
+    from simengine.index.duplicates import move_index_duplicates
     from simengine.index.from_embeddings import build_from_embeddings
     from simengine.index.reader import Index
     from simengine.index.sync import sync_index
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
     from simengine.model.encoder import Encoder
     from simengine.model.int8 import quantize_model
     from simengine.query.engine import Engine
+    from simengine.service.app import create_app, serve
     from simengine.shards.embed import embed_collection
     from simengine.store.reader import StoreReader
     from simengine.store.writer import StoreWriter
@@ -67,6 +73,10 @@ _EXPORTS = {
     "find_label_errors": "simengine.curation.label_errors",
     "find_outliers": "simengine.curation.outliers",
     "representative_sample": "simengine.curation.sample",
+    "index_map": "simengine.curation.projection",
+    "move_index_duplicates": "simengine.index.duplicates",
+    "create_app": "simengine.service.app",
+    "serve": "simengine.service.app",
     "load_bundle": "simengine.model.bundle",
     "builtin_model_dir": "simengine.model.builtin",
     "Encoder": "simengine.model.encoder",

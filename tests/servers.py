@@ -67,3 +67,13 @@ def running_server(index: Path, *args: str, env: dict | None = None, host: str =
 
 def browser(p):
     return p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+
+
+def wait_until(page, predicate: str, timeout_s: float = 60) -> None:
+    """Poll a JS function in the page until it returns true. Not `page.wait_for_function`: its polling evaluates a
+    string, which the app's CSP (no 'unsafe-eval') refuses."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(predicate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout_s:g} s: {predicate}")
+        time.sleep(0.05)

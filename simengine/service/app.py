@@ -125,6 +125,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     metrics.index_version.set_function(lambda: worker.engine.index.version)
     reports = CurationReports()
     review, thumbnails = DedupReview(), Thumbnails()
+    summaries: dict[str, Any] = {}  # the column summary of the version served, made on the engine's thread
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -327,8 +328,11 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         def read() -> dict[str, Any]:
             worker.engine.refresh()
             index = worker.engine.index
-            return {"version": index.version, "items": len(index), "labelled": worker.engine.labelled,
-                    "columns": browse.column_summary(index.conn, index.version, skip=("sha256",))}
+            if summaries.get("version") != index.version:  # a scan of every column: once per version
+                summaries.clear()
+                summaries.update(version=index.version, items=len(index), labelled=worker.engine.labelled,
+                                 columns=browse.column_summary(index.conn, index.version, skip=("sha256",)))
+            return summaries
 
         return Response(json.dumps(await ask_engine(read), default=str), media_type="application/json")
 

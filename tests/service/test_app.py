@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from servers import browser, needs_chromium, running_server
+from servers import browser, needs_chromium, running_server, wait_until
 from simengine.service.security import is_loopback
 
 @pytest.fixture(scope="module")
@@ -378,7 +378,7 @@ def test_web_page_in_headless_chromium(server, val):
         expect(page.locator("#results figcaption").first).to_contain_text("astronaut")  # the label, as stored
         # thumbnails, served small by the index, not the uploads' blobs
         expect(page.locator("#results figure img[src*='/thumbnail?size=']")).to_have_count(4, timeout=30_000)
-        page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+        wait_until(page, "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
         page.click("#clear")
         page.set_input_files("#files", [str(val["coffee"][0]), str(val["coffee"][1])])
         page.click("#go")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fixtures import copies_folder
-from servers import browser, needs_chromium, running_server
+from servers import browser, needs_chromium, running_server, wait_until
 
 ARTIFACTS = Path(os.environ.get("SIMENGINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 VIEWS = ("gallery", "item/0", "search", "map", "duplicates", "calibration")
@@ -178,7 +178,7 @@ def test_the_map_draws_every_point_and_a_box_selection_opens_in_the_gallery(serv
         open_view(page, server, "map")
         canvas = page.locator("#map")
         expect(canvas).to_have_attribute("data-points", "32")
-        page.wait_for_function("Number(document.querySelector('#map').dataset.frames) > 0")
+        wait_until(page, "() => Number(document.querySelector('#map').dataset.frames) > 0")
         coloured = page.evaluate("""() => { const c = document.querySelector('#map');
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
             for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) n++;
