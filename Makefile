@@ -50,6 +50,8 @@ bench: install
 	$(BIN)/python benchmarks/dedup.py --data $(DATA) --model indexes/default-model
 	$(BIN)/python benchmarks/dedup.py --data $(DATA) --model builtin --name dedup_builtin --no-leakage
 	$(BIN)/python benchmarks/curation.py --data $(DATA) --trashnet $(TRASHNET)
+	$(BIN)/python benchmarks/map_projection.py --index indexes/default
+	$(BIN)/python benchmarks/app.py --sizes 10000 100000
 	$(BIN)/python benchmarks/first_run.py --folder $(TRASHNET)/train --eval $(VAL) $(TRASHNET)/val --model indexes/default-model
 
 # Regenerate the built-in model's package data (simengine/model/builtin_data/) from Imagenette: about 2 min with the

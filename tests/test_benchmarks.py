@@ -250,3 +250,18 @@ def test_curation_script(fixture_data, bundle_dir, tmp_path):
     assert [c["items"] for c in data["cost"]] == [32, 300]
     assert all(c["peak_rss_mb"][q] > 0 and c["seconds"][q] >= 0 for c in data["cost"] for q in curation.QUESTIONS)
     assert len(data["targets"]) == 5 and "Targets (issue 32)" in (tmp_path / "curation.md").read_text()
+
+
+def test_app_script(bundle_dir, tmp_path):
+    from servers import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    import app
+
+    result = app.main(["--sizes", "300", "--repeats", "1", "--model", str(bundle_dir), "--out", str(tmp_path)])
+    data = _written(tmp_path, "app")
+    [size] = data["sizes"]
+    assert size["items"] == 300 and size["projection"]["items"] == 300 and size["browser"]["map_points"] == 300
+    assert size["browser"]["map_frames"] > 0 and size["browser"]["gallery_next_ms"] > 0
+    assert result["targets_ms"]["gallery_first_ms"] == 300

@@ -56,6 +56,21 @@ STATIC = Path(__file__).parent / "static"
 MULTIPART_OVERHEAD = 2**20  # headers, boundaries and form fields around the uploads of one request
 
 
+class PerVersion:
+    """Answers that only a new index version changes, computed once each on the engine's thread."""
+
+    def __init__(self, worker: "EngineWorker"):
+        self.worker, self.version, self.answers = worker, None, {}
+
+    def get(self, name: str, compute: Callable[[], Any]) -> Any:
+        self.worker.engine.refresh()
+        if self.version != self.worker.engine.index.version:
+            self.version, self.answers = self.worker.engine.index.version, {}
+        if name not in self.answers:
+            self.answers[name] = compute()
+        return self.answers[name]
+
+
 class PageQuery(BaseModel):
     filters: list = Field(default_factory=list, max_length=64)
     sort: str = Field("id", max_length=200)
@@ -125,7 +140,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     metrics.index_version.set_function(lambda: worker.engine.index.version)
     reports = CurationReports()
     review, thumbnails = DedupReview(), Thumbnails()
-    summaries: dict[str, Any] = {}  # the column summary of the version served, made on the engine's thread
+    per_version = PerVersion(worker)  # the column summary and the thresholds' evidence: each once per version
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -326,15 +341,12 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """The items' columns for the gallery's filters: each one's kind (number or text), how many lack a value,
         a number column's bounds, and the values (with counts) of a text column that has few."""
         def read() -> dict[str, Any]:
-            worker.engine.refresh()
             index = worker.engine.index
-            if summaries.get("version") != index.version:  # a scan of every column: once per version
-                summaries.clear()
-                summaries.update(version=index.version, items=len(index), labelled=worker.engine.labelled,
-                                 columns=browse.column_summary(index.conn, index.version, skip=("sha256",)))
-            return summaries
+            return {"version": index.version, "items": len(index), "labelled": worker.engine.labelled,
+                    "columns": browse.column_summary(index.conn, index.version, skip=("sha256",))}
 
-        return Response(json.dumps(await ask_engine(read), default=str), media_type="application/json")
+        return Response(json.dumps(await ask_engine(per_version.get, "columns", read), default=str),
+                        media_type="application/json")
 
     @app.get("/v1/items/{item_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
     async def get_item_thumbnail(item_id: int, size: int = Query(256)):
@@ -374,7 +386,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     async def calibration_curves() -> dict:
         """What the served thresholds stand on: score histograms of same- and different-label pairs drawn from the
         index's labelled items, the ROC curve, and the thresholds; `estimated` when the index has too few labels."""
-        return await ask_engine(worker.engine.score_curves)
+        return await ask_engine(per_version.get, "calibration", worker.engine.score_curves)
 
     @app.post("/v1/dedup")
     async def start_dedup(copies: str = Query("edited"), keep: str = Query("largest")) -> dict:

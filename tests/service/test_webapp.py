@@ -2,6 +2,7 @@
 against a real server on loopback, and each view in headless Chromium. Screenshots of every view go to
 test-artifacts/ (or $SIMENGINE_TEST_ARTIFACTS), never into the repository."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,12 +95,18 @@ def test_moves_are_refused_by_a_server_not_started_to_allow_them(server):
     assert httpx.post(f"{server}/v1/dedup", params={"copies": "some"}).status_code == 400
 
 
-def watched_page(chromium, errors: list):
-    """A page whose console errors, failed scripts and CSP violations land in `errors`."""
-    page = chromium.new_page(viewport={"width": 1200, "height": 900})
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return page
+@contextlib.contextmanager
+def watched_page():
+    """A Chromium page, closed after; none of its console errors, failed scripts or CSP violations may happen."""
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        chromium = browser(p)
+        page = chromium.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page
 
 
 def open_view(page, url: str, view: str, timeout: float = SLOW):
@@ -114,29 +121,19 @@ def shoot(page, name: str) -> None:
 
 @needs_chromium
 def test_every_view_loads_without_a_console_error_or_csp_violation(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = browser(p)
-        errors = []
-        page = watched_page(chromium, errors)
+    with watched_page() as page:
         for view in VIEWS:
             open_view(page, server, view)
             assert page.locator("#view p.err").count() == 0, (view, page.locator("#view").inner_text())
             page.wait_for_load_state("networkidle")
             shoot(page, f"view-{view.replace('/', '-')}")
-        chromium.close()
-    assert errors == []
 
 
 @needs_chromium
 def test_gallery_to_item_to_neighbour_and_back_with_filters_and_the_keyboard(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        chromium = browser(p)
-        errors = []
-        page = watched_page(chromium, errors)
+    with watched_page() as page:
         open_view(page, server, "gallery")
         expect(page.locator("#gallery-status")).to_have_text("items 1–32 of 32")
         expect(page.locator("#gallery .card")).to_have_count(32)
@@ -163,18 +160,13 @@ def test_gallery_to_item_to_neighbour_and_back_with_filters_and_the_keyboard(ser
         page.click("#gallery .card-link[data-id='22'] .pick")
         page.click("#tray-compare")
         expect(page.locator("#tray-answer")).to_have_text("Same class: YES", timeout=30_000)
-        chromium.close()
-    assert errors == []
 
 
 @needs_chromium
 def test_the_map_draws_every_point_and_a_box_selection_opens_in_the_gallery(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        chromium = browser(p)
-        errors = []
-        page = watched_page(chromium, errors)
+    with watched_page() as page:
         open_view(page, server, "map")
         canvas = page.locator("#map")
         expect(canvas).to_have_attribute("data-points", "32")
@@ -200,8 +192,6 @@ def test_the_map_draws_every_point_and_a_box_selection_opens_in_the_gallery(serv
         page.click("#open-selection")
         expect(page.locator("#selection")).to_contain_text("32 items selected on the map")
         expect(page.locator("#gallery-status")).to_have_text("items 1–32 of 32")
-        chromium.close()
-    assert errors == []
 
 
 @needs_chromium
@@ -247,17 +237,14 @@ def test_the_thresholds_of_an_unlabelled_index_are_shown_as_estimated(model, fix
 
 @needs_chromium
 def test_a_duplicate_review_moves_the_copies_a_person_confirms(builtin_model, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from simengine.index.build import build_index
 
     folder = copies_folder(tmp_path / "photos")
     build_index(folder, builtin_model, tmp_path / "index", labels="none")
     with running_server(tmp_path / "index", "--move-duplicates-to", str(tmp_path / "aside")) as url, \
-            sync_playwright() as p:
-        chromium = browser(p)
-        errors = []
-        page = watched_page(chromium, errors)
+            watched_page() as page:
         open_view(page, url, "duplicates")
         expect(page.locator("#dedup-status")).to_contain_text("No search has run")
         page.click("#find-duplicates")
@@ -274,11 +261,9 @@ def test_a_duplicate_review_moves_the_copies_a_person_confirms(builtin_model, tm
         coffee.locator("input[type=checkbox]").check()
         page.click("#move")
         expect(page.locator("#move-result")).to_contain_text("Moved 2 files aside", timeout=30_000)
-        chromium.close()
         assert Path(kept).is_file() and len(list((tmp_path / "aside").rglob("*.jpg"))) == 2
         assert (folder / "rocket-tilted.jpg").is_file()  # the group not checked stays
         assert httpx.get(f"{url}/healthz").json()["items"] == 4
-    assert errors == []
 
 
 @needs_chromium
