@@ -1025,7 +1025,7 @@ def dedup_calibrate(ctx, model_dir, data_dir, target_far, as_json):
 @click.option("--move-duplicates-to", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
               help="Let the web app's duplicate review move the copies a person confirms into FOLDER (outside the "
                    "collection; logged in moves.csv there, as dedup --move-to does) and drop them from the index. "
-                   "Without it the server writes nothing.")
+                   "Without it the server moves and removes nothing.")
 @_runtime_option
 def serve(index_dir, host, port, allow_remote, api_key_file, no_auth, allowed_hosts, mode, max_upload_mb, max_pixels,
           timeout, max_pending, max_batch, max_wait_ms, ray_address, shards, replicas, move_duplicates_to, runtime):

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from simengine.dedup.find import DuplicateGroup, DuplicateReport, Member
 from simengine.dedup.move import apply_moves, plan_moves
 from simengine.errors import SimengineError
+from simengine.index.reader import Index
 from simengine.index.update import remove_items
 
 
@@ -29,8 +30,8 @@ class IndexMoves:
 def move_index_duplicates(index_dir: str | os.PathLike, report: DuplicateReport, keepers: Mapping[int, int],
                           target_dir: str | os.PathLike) -> IndexMoves:
     """Move the duplicates of the groups `keepers` names ({group position in `report`: the id of the member to
-    keep}) into `target_dir`, which must lie outside the folder holding the groups' files; then remove the moved
-    items from the index. A file that changed, whose keeper changed, or whose target exists stays, and is reported."""
+    keep}) into `target_dir`, which must lie outside the collection's folder (`collection_folder`); then remove the
+    moved items from the index. A file that changed, whose keeper changed, or whose target exists stays, and is reported."""
     groups = []
     for position, keeper_id in keepers.items():
         if not 0 <= position < len(report.groups):
@@ -43,8 +44,7 @@ def move_index_duplicates(index_dir: str | os.PathLike, report: DuplicateReport,
         groups.append(DuplicateGroup(chosen, [Member(m, "near", 0.0, 0.0) for m in members if m is not chosen]))
     if not groups:
         return IndexMoves()
-    files = [Path(m.path) for g in groups for m in [g.keeper, *(d.image for d in g.duplicates)]]
-    folder = Path(os.path.commonpath([str(f.parent) for f in files]))
+    folder = collection_folder(index_dir)
     chosen_report = dataclasses.replace(report, source=str(folder), groups=groups)
     planned = plan_moves(chosen_report, target_dir)
     done, left = apply_moves(planned, target_dir)
@@ -52,3 +52,19 @@ def move_index_duplicates(index_dir: str | os.PathLike, report: DuplicateReport,
     moved = [{"id": ids[str(m.source)], "from": str(m.source), "to": str(m.target)} for m in done]
     removed = remove_items(index_dir, [m["id"] for m in moved]) if moved else []
     return IndexMoves(moved, [{"path": p, "reason": r} for p, r in left], list(removed))
+
+
+def collection_folder(index_dir: str | os.PathLike) -> Path:
+    """The folder of an index's collection: the folder it was built from, else the one that holds all its live
+    items. A target inside it would be indexed again by the next sync, so moves refuse one there."""
+    from simengine.store import rows as store_rows
+
+    with Index(index_dir) as index:
+        built = index.manifest.get("build") or {}
+        recorded = built.get("source") or built.get("data")
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded).resolve()
+        paths = [row["path"] for row in store_rows.live_rows(index.conn, index.version)]
+    if not paths:
+        raise SimengineError(f"{index_dir}: the index has no items")
+    return Path(os.path.commonpath([str(Path(p).parent) for p in paths]))

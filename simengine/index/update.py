@@ -102,10 +102,14 @@ def add_images(index_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
 
 def remove_items(index_dir: str | os.PathLike, refs: Sequence[str | int],
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int]:
-    """Remove items by id or by path, as one new version; their ids are never given out again."""
+    """Remove items by id (an int, or digits that name no file here) or by path, as one new version; their ids are
+    never given out again."""
     with StoreWriter(index_dir, timeout_s) as writer:
         ids = set()
         for ref in refs:
+            if isinstance(ref, int):
+                ids.add(ref)
+                continue
             ref = str(ref)
             if ref.isdigit() and not Path(ref).exists():
                 ids.add(int(ref))

@@ -19,7 +19,7 @@ from simengine.errors import ImageLoadError, ModelChangedError, SimengineError
 from simengine.evaluation.decisions import Calibration, TRIPLET_PAIRS, pair_scores
 from simengine.evaluation.metrics import classification_report
 from simengine.index import items
-from simengine.index.calibrate import score_curves
+from simengine.index.calibrate import calibration_rows, score_curves
 from simengine.index.items import metadata_of
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
@@ -258,8 +258,10 @@ class Engine:
         self.refresh()
         index = self._indexed()
         rows = items.labelled(index.conn, index.version)
-        if len(rows) > max_items:
-            rows = [rows[n] for n in np.sort(np.random.default_rng(seed).choice(len(rows), max_items, replace=False))]
+        chosen = calibration_rows(rows, self.model)
+        if chosen is not None and len(chosen[0]) > max_items:  # a sample of the rows that calibrate, no others
+            picked = np.random.default_rng(seed).choice(chosen[0], max_items, replace=False)
+            rows = [rows[n] for n in np.sort(picked)]
         vectors = index.vectors([r["id"] for r in rows]) if rows else np.zeros((0, self.model.dim), np.float32)
         return score_curves(rows, vectors, self.model, self.calibration, self.mode, seed=seed)
 

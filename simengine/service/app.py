@@ -140,6 +140,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
     metrics.index_version.set_function(lambda: worker.engine.index.version)
     reports = CurationReports()
     review, thumbnails = DedupReview(), Thumbnails()
+    moving = asyncio.Lock()
     per_version = PerVersion(worker)  # the column summary and the thresholds' evidence: each once per version
 
     @asynccontextmanager
@@ -254,9 +255,11 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return await answer(lambda ref: worker.engine.neighbours(ref, k, include_self=include_self), 1, uploads, ids)
 
     @app.post("/v1/duplicates")
-    async def duplicates(image: UploadFile = File(...), k: int = Query(NEIGHBOURS, ge=1, le=32)) -> dict:
+    async def duplicates(request: Request, image: UploadFile = File(...),
+                         k: int = Query(NEIGHBOURS, ge=1, le=32)) -> dict:
         """Indexed copies of an uploaded `image` (exact, or resized, recompressed, cropped, recoloured, watermarked):
         the same picture, not the same class. Candidates are its `k` nearest items."""
+        await only_fields(request, "image")
         name, data = await read_upload(image, 0)
         return await within_limits(ask_engine(worker.engine.copies, data, name, k))
 
@@ -362,10 +365,12 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/v1/map")
-    async def projection_map() -> dict:
+    async def projection_map() -> Response:
         """2-D coordinates (in [0, 1]) of every live item, for the map: UMAP of the stored vectors, computed once
         per index version and kept in the index directory. 503 with Retry-After while it is being computed."""
-        return await curation(index_map)
+        # Encoded directly: FastAPI's encoder walks each of the 300,000 numbers of a 100,000-point map in Python.
+        body = await asyncio.to_thread(json.dumps, await curation(index_map))
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/map/colours")
     async def map_colours(column: str = Query("label", max_length=200)) -> Response:
@@ -389,15 +394,13 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return await ask_engine(per_version.get, "calibration", worker.engine.score_curves)
 
     @app.post("/v1/dedup")
-    async def start_dedup(copies: str = Query("edited"), keep: str = Query("largest")) -> dict:
+    async def start_dedup(request: Request, copies: str = Query("edited"), keep: str = Query("largest")) -> dict:
         """Start the duplicate search over the served index's items (or answer the one running): follow it with
         GET /v1/dedup."""
+        same_origin_only(request)
         if copies not in COPY_KINDS or keep not in KEEP_RULES:
             raise HTTPException(400, f"copies is one of {', '.join(COPY_KINDS)}; keep one of {', '.join(KEEP_RULES)}")
-        await ask_engine(worker.engine.refresh)
-        index = worker.engine.index
-        return dict(review.start(str(index.path), index.version, len(index), copies, keep),
-                    moves_allowed=move_duplicates_to is not None)
+        return dict(review.start(str(worker.engine.index.path), copies, keep), moves_allowed=move_duplicates_to is not None)
 
     @app.get("/v1/dedup")
     async def dedup_status() -> dict:
@@ -411,23 +414,27 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         --move-duplicates-to; files go into that folder, by the same plan and checks as `simengine dedup --move-to`."""
         if move_duplicates_to is None:
             raise HTTPException(403, "this server does not move files: start it with --move-duplicates-to FOLDER")
-        report = review.report
-        if report is None:
-            raise HTTPException(409, "no finished duplicate review to act on: POST /v1/dedup first")
-        await ask_engine(worker.engine.refresh)
-        if review.state.get("version") != worker.engine.index.version:
-            raise HTTPException(409, "the index changed since the review: run it again")
+        same_origin_only(request)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise HTTPException(415, "send the body as application/json")
         try:
             body = await request.json()
             keepers = {int(g): int(i) for g, i in dict(body["keepers"]).items()}
         except (ValueError, KeyError, TypeError):
             raise HTTPException(400, 'the body is {"keepers": {"GROUP": ITEM_ID, ...}}') from None
-        try:
-            moves = await asyncio.to_thread(move_index_duplicates, worker.engine.index.path, report, keepers,
-                                            move_duplicates_to)
-        except SimengineError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return moves.to_dict()
+        async with moving:  # one move at a time, each against the index version its review read
+            report = review.report
+            if report is None:
+                raise HTTPException(409, "no finished duplicate review to act on: POST /v1/dedup first")
+            await ask_engine(worker.engine.refresh)
+            if review.state.get("version") != worker.engine.index.version:
+                raise HTTPException(409, "the index changed since the review: run the review again")
+            try:
+                moves = await asyncio.to_thread(move_index_duplicates, worker.engine.index.path, report, keepers,
+                                                move_duplicates_to)
+            except SimengineError as exc:
+                raise HTTPException(400, str(exc)) from None
+            return moves.to_dict()
 
     @app.get("/v1/info")
     async def info() -> Response:
@@ -457,6 +464,13 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         return FileResponse(STATIC / "docs.html")
 
     return app
+
+
+def same_origin_only(request: Request) -> None:
+    """Refuse a request another site's page made a browser send (a form or a no-cors fetch to 127.0.0.1): browsers
+    say so in Sec-Fetch-Site; clients that are no browser send none."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise HTTPException(403, "cross-site requests may not start or act on a duplicate review")
 
 
 def _json_list(text: str) -> list:

@@ -11,6 +11,8 @@ from typing import Any
 
 from simengine.data.thumbnails import thumbnail_jpeg
 from simengine.dedup.find import DuplicateReport, find_duplicates
+from simengine.errors import SimengineError
+from simengine.store.reader import StoreReader
 
 THUMBNAIL_SIZES = (128, 256, 512)
 THUMBNAIL_CACHE_BYTES = 64 * 2**20
@@ -26,19 +28,24 @@ class DedupReview:
         self.state: dict[str, Any] = {"state": "idle"}
         self.report: DuplicateReport | None = None
 
-    def start(self, index_path: str, version: int, items: int, copies: str, keep: str) -> dict[str, Any]:
+    def start(self, index_path: str, copies: str, keep: str) -> dict[str, Any]:
         with self.lock:
             if self.state["state"] == "running":
                 return self.status()
             self.report = None
+            with StoreReader(index_path) as index:  # the version the search reads (a write meanwhile: see move)
+                version, items = index.version, len(index)
             self.state = {"state": "running", "version": version, "items": items, "copies": copies, "keep": keep,
                           "started": time.time()}
-            self.pool.submit(self._run, index_path, copies, keep)
+            self.pool.submit(self._run, index_path, version, copies, keep)
             return self.status()
 
-    def _run(self, index_path: str, copies: str, keep: str) -> None:
+    def _run(self, index_path: str, version: int, copies: str, keep: str) -> None:
         try:
             report = find_duplicates(index_path, copies=copies, keep=keep)
+            with StoreReader(index_path) as index:
+                if index.version != version:
+                    raise SimengineError("the index changed during the search: run it again")
         except Exception as exc:  # reported to whoever follows the job; the server goes on
             with self.lock:
                 self.state.update(state="failed", error=str(exc), seconds=time.time() - self.state["started"])

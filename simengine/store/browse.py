@@ -17,7 +17,7 @@ from simengine.store import rows
 
 OPERATORS = ("eq", "ne", "min", "max", "contains", "in", "missing", "present")
 MAX_PAGE = 500
-MAX_IN_VALUES = 10_000  # "in": a selection made on the map, say
+MAX_IN_VALUES = 200_000  # "in": a selection made on the map, say
 MAX_VALUE_CHARS = 256
 FEW_VALUES = 50
 COLOURS = 11  # a map colours its points by the commonest values of a column, then one colour for "other"  # a text column with at most this many distinct live values gets a list of them with counts

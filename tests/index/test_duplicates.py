@@ -9,7 +9,7 @@ import pytest
 from fixtures import copies_folder, lite0_same_picture, photo
 from simengine.dedup.find import find_duplicates
 from simengine.errors import SimengineError
-from simengine.index.duplicates import move_index_duplicates
+from simengine.index.duplicates import collection_folder, move_index_duplicates
 from simengine.index.reader import Index
 
 
@@ -71,3 +71,4 @@ def test_bad_choices_and_a_target_inside_the_collection_are_refused(reviewed, tm
     with pytest.raises(SimengineError, match="inside the scanned folder"):
         move_index_duplicates(index, report, {coffee: ids_of(report, coffee)["coffee.jpg"]}, folder / "dups")
     assert len(list(folder.rglob("*.jpg"))) == 6
+    assert collection_folder(index) == folder.resolve()  # the folder it was built from, not the groups' own

@@ -93,6 +93,8 @@ def test_moves_are_refused_by_a_server_not_started_to_allow_them(server):
     assert refused.status_code == 403 and "--move-duplicates-to" in refused.json()["error"]["message"]
     assert httpx.get(f"{server}/v1/dedup").json() == {"state": "idle", "moves_allowed": False}
     assert httpx.post(f"{server}/v1/dedup", params={"copies": "some"}).status_code == 400
+    other_site = httpx.post(f"{server}/v1/dedup", headers={"Sec-Fetch-Site": "cross-site"})  # a form elsewhere
+    assert other_site.status_code == 403 and httpx.get(f"{server}/v1/dedup").json()["state"] == "idle"
 
 
 @contextlib.contextmanager
@@ -137,7 +139,7 @@ def test_gallery_to_item_to_neighbour_and_back_with_filters_and_the_keyboard(ser
         open_view(page, server, "gallery")
         expect(page.locator("#gallery-status")).to_have_text("items 1–32 of 32")
         expect(page.locator("#gallery .card")).to_have_count(32)
-        page.select_option("select[name=label]", "coffee")
+        page.select_option("select[name=label]", label="coffee (8)")
         expect(page.locator("#gallery-status")).to_have_text("items 1–8 of 8")
         expect(page.locator("#gallery .card strong")).to_have_text(["coffee"] * 8)
         page.select_option("select[name=order]", "desc")

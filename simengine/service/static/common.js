@@ -50,9 +50,9 @@ export function postJson(path, body) {
 }
 
 // Asks until the answer is ready: a whole-index job answers 503 with Retry-After while it is being computed.
-export async function whenReady(path, onWait) {
+export async function whenReady(path, onWait, alive = () => true) {
   const started = performance.now();
-  for (;;) {
+  while (alive()) {
     try {
       return await getJson(path);
     } catch (e) {
@@ -61,6 +61,7 @@ export async function whenReady(path, onWait) {
       await new Promise((resolve) => setTimeout(resolve, Math.min(e.retryAfter, 2) * 1000));
     }
   }
+  throw new Error("left before it was ready");
 }
 
 const objectUrls = new Set();

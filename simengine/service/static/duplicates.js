@@ -28,7 +28,7 @@ export async function render(view) {
     const job = await getJson("/v1/dedup");
     if (job.state === "running") {
       say(status, `Searching ${job.items} items for copies… ${job.elapsed_s} s`);
-      timer = setTimeout(() => follow().catch((e) => say(status, e.message, true)), POLL_MS);
+      if (view.isConnected) timer = setTimeout(() => follow().catch((e) => say(status, e.message, true)), POLL_MS);
     } else if (job.state === "failed") {
       say(status, `The search failed: ${job.error}`, true);
     } else if (job.state === "done") {
@@ -76,8 +76,10 @@ export async function render(view) {
       try {
         const done = await getJson("/v1/dedup/move", { method: "POST", body: JSON.stringify({ keepers }), headers: { "Content-Type": "application/json" } });
         say(result, `Moved ${done.moved.length} files aside and removed them from the index` +
-          (done.left.length ? `; ${done.left.length} left in place (${done.left[0].path}: ${done.left[0].reason})` : "."));
+          (done.left.length ? `; ${done.left.length} left in place (${done.left[0].path}: ${done.left[0].reason})` : "") +
+          ". Find duplicates again to review the rest.");
         moveButton.disabled = true;
+        groups.querySelectorAll("input").forEach((input) => { input.disabled = true; }); // this review is spent
       } catch (e) { say(result, e.message, true); }
     });
     groups.append(moveButton, result);

@@ -42,10 +42,12 @@ export async function render(view, route) {
         controls.append(el("label", {}, `${c.name} ${op === "min" ? "≥" : "≤"}`, input));
       }
     } else if (c.values) {
+      // Options by position, so that a number is sent as a number (a column may hold both).
       const select = el("select", { name: c.name },
-        el("option", { value: "" }, "any"), ...c.values.map(([v, n]) => el("option", { value: String(v) }, `${v} (${n})`)));
-      select.value = valueOf(c.name, "eq") ?? "";
-      select.addEventListener("change", () => setFilter(c.name, "eq", select.value));
+        el("option", { value: "" }, "any"), ...c.values.map(([v, n], i) => el("option", { value: String(i) }, `${v} (${n})`)));
+      const current = c.values.findIndex(([v]) => v === valueOf(c.name, "eq"));
+      select.value = current < 0 ? "" : String(current);
+      select.addEventListener("change", () => setFilter(c.name, "eq", select.value === "" ? "" : c.values[Number(select.value)][0]));
       controls.append(el("label", {}, c.name, select));
     } else {
       const input = el("input", { type: "search", value: valueOf(c.name, "contains") ?? "", name: `${c.name}-contains`, placeholder: "contains…" });

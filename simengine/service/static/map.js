@@ -20,7 +20,8 @@ export async function render(view) {
   const status = el("p", { id: "map-status", role: "status", ariaLive: "polite" }, "Loading the map…");
   view.append(el("h2", {}, "Map"), status);
   const [points, info] = await Promise.all([
-    whenReady("/v1/map", (s) => say(status, `Computing the map of this index version… ${s} s (done once; it is then kept with the index)`)),
+    whenReady("/v1/map", (s) => say(status, `Computing the map of this index version… ${s} s (done once; it is then kept with the index)`),
+      () => view.isConnected),
     indexColumns(),
   ]);
   const n = points.ids.length;
