@@ -366,7 +366,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
 
     @app.get("/v1/map")
     async def projection_map() -> Response:
-        """2-D coordinates (in [0, 1]) of every live item, for the map: UMAP of the stored vectors, computed once
+        """2-D coordinates (in [0, 1]) of every live item, for the map: t-SNE of the stored vectors, computed once
         per index version and kept in the index directory. 503 with Retry-After while it is being computed."""
         # Encoded directly: FastAPI's encoder walks each of the 300,000 numbers of a 100,000-point map in Python.
         body = await asyncio.to_thread(json.dumps, await curation(index_map))

@@ -16,7 +16,7 @@ def clusters(n_per: int, dim: int = 64, groups: int = 4, seed: int = 0) -> tuple
 def test_groups_stay_apart_in_the_unit_square():
     vectors, labels = clusters(40)
     xy, method = project(vectors)
-    assert method.startswith("umap") and xy.shape == (160, 2) and xy.dtype == np.float32
+    assert method.startswith("t-SNE") and xy.shape == (160, 2) and xy.dtype == np.float32
     assert xy.min() == 0 and xy.max() == 1
     nearest = np.argsort(((xy[:, None] - xy[None]) ** 2).sum(-1), axis=1)[:, 1:6]
     assert (labels[nearest] == labels[:, None]).mean() > 0.95  # each point's 5 nearest on the map share its group
@@ -26,6 +26,7 @@ def test_a_handful_of_points_is_mapped_by_pca():
     vectors, _ = clusters(2)
     xy, method = project(vectors)
     assert method == "pca" and xy.shape == (8, 2) and np.isfinite(xy).all()
+    assert project(clusters(3)[0])[1].startswith("t-SNE (openTSNE, perplexity 3.66667")  # 12 points: a smaller one
 
 
 def test_the_map_is_kept_per_version_inside_the_index(index_copy, val):

@@ -18,7 +18,7 @@ from servers import browser, needs_chromium, running_server, wait_until
 
 ARTIFACTS = Path(os.environ.get("SIMENGINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 VIEWS = ("gallery", "item/0", "search", "map", "duplicates", "calibration")
-SLOW = 120_000  # ms: the first map of a server JIT-compiles UMAP
+SLOW = 120_000  # ms: a loaded CI machine
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_the_map_and_its_colours_cover_every_item(server):
             break
         assert answer.status_code == 503 and answer.headers["retry-after"]
     assert found is not None and found["items"] == 32 and sorted(found["ids"]) == list(range(32))
-    assert all(0 <= v <= 1 for v in found["x"] + found["y"]) and found["method"].startswith("umap")
+    assert all(0 <= v <= 1 for v in found["x"] + found["y"]) and found["method"].startswith("t-SNE")
     colours = httpx.get(f"{server}/v1/map/colours", params={"column": "label"}).json()
     assert colours["ids"] == sorted(found["ids"]) and colours["names"] == ["astronaut", "chelsea", "coffee", "rocket"]
     assert httpx.get(f"{server}/v1/map/colours", params={"column": "nope"}).status_code == 400

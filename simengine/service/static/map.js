@@ -1,4 +1,4 @@
-// The map: every item at its 2-D projection (UMAP, computed by the server once per index version), coloured by a
+// The map: every item at its 2-D projection (t-SNE, computed by the server once per index version), coloured by a
 // column, drawn pixel by pixel into one canvas (100,000 points in a few milliseconds a frame). Drag to pan, wheel
 // or +/- to zoom, hover for a thumbnail, click to open an item, shift-drag (or "Box select") to select points and
 // open them in the gallery.
