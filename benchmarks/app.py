@@ -96,7 +96,15 @@ def child_map(index: str) -> None:
     started = time.perf_counter()
     found = index_map(index)
     print(json.dumps({"items": len(found.ids), "method": found.method, "seconds": round(time.perf_counter() - started, 1),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+                      "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> int:
+    """This process's own peak (VmHWM): ru_maxrss carries the parent's peak across fork and exec on Linux."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 READY = """() => new Promise((resolve) => {

@@ -265,3 +265,12 @@ def test_app_script(bundle_dir, tmp_path):
     assert size["items"] == 300 and size["projection"]["items"] == 300 and size["browser"]["map_points"] == 300
     assert size["browser"]["map_frames"] > 0 and size["browser"]["gallery_next_ms"] > 0
     assert result["targets_ms"]["gallery_first_ms"] == 300
+
+
+def test_map_projection_script(built_index, tmp_path):
+    import map_projection
+
+    map_projection.main(["--index", str(built_index), "--sizes", "32", "64", "--methods", "pca", "tsne_pca50",
+                         "--no-jit", "--out", str(tmp_path)])
+    data = _written(tmp_path, "map_projection")
+    assert "tsne_pca50" in (tmp_path / "map_projection.md").read_text() and data

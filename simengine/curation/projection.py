@@ -72,11 +72,16 @@ def project(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
 def index_map(index_dir: str | os.PathLike) -> ProjectionMap:
     """The map of the index's current version: read from `maps/` when it was made before, else computed and
     stored there (older versions' maps are removed; a read-only index keeps it in memory only)."""
+    from simengine.store.reader import StoreReader
+
     started = time.time()
+    with StoreReader(index_dir) as index:  # a stored map needs no vectors read (5 GB at 1M x 1280)
+        found = _read(map_file(index_dir, index.version), index.version)
+    if found is not None:
+        return found
     items = read_items(index_dir)
     stored = map_file(index_dir, items.version)
-    found = _read(stored, items.version)
-    if found is not None:
+    if (found := _read(stored, items.version)) is not None:  # made meanwhile by another process
         return found
     ids = np.array([row["id"] for row in items.rows], np.int64)
     xy, method = project(items.vectors)

@@ -71,26 +71,37 @@ def column_summary(conn: sqlite3.Connection, version: int, skip: Sequence[str] =
     of a text column that has at most FEW_VALUES distinct ones, some of them repeated. Columns without any value are
     left out."""
     live, args = rows.live_condition(version)
-    out = []
-    for name in _columns(conn):
-        if name in rows.VERSION_STAMPS or name == "id" or name in skip:
+    names = [n for n in _columns(conn).values() if n not in rows.VERSION_STAMPS and n != "id" and n not in skip]
+    if not names:
+        return []
+    # One scan for every column's counts and bounds (numbers compare below text in SQLite: min/max are kept only for
+    # a column whose values are all numbers).
+    parts = [f'count("{n}"), sum(typeof("{n}") IN (\'integer\', \'real\')), min("{n}"), max("{n}")' for n in names]
+    found = conn.execute(f"SELECT count(*), {', '.join(parts)} FROM items WHERE {live}", args).fetchone()
+    total, out = found[0], []
+    for n, name in enumerate(names):
+        present, numbers, low, high = found[1 + 4 * n: 5 + 4 * n]
+        if not present:
             continue
-        kinds = dict(conn.execute(f'SELECT typeof("{name}"), count(*) FROM items WHERE {live} GROUP BY 1', args))
-        missing = kinds.pop("null", 0)
-        if not kinds:
-            continue
-        kind = "number" if kinds and set(kinds) <= {"integer", "real"} else "text"
-        summary: dict[str, Any] = {"name": name, "kind": kind, "missing": missing}
+        kind = "number" if numbers == present else "text"
+        summary: dict[str, Any] = {"name": name, "kind": kind, "missing": total - present}
         if kind == "number":
-            low, high = conn.execute(f'SELECT min("{name}"), max("{name}") FROM items WHERE {live}', args).fetchone()
             summary.update(min=low, max=high)
-        else:
+        elif _few_values(conn, name, live, args):
             values = conn.execute(f'SELECT "{name}", count(*) FROM items WHERE "{name}" IS NOT NULL AND {live} '
                                   f'GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {FEW_VALUES + 1}', args).fetchall()
-            if len(values) <= FEW_VALUES and any(n > 1 for _, n in values):  # not a column of unique names
-                summary["values"] = [[v, n] for v, n in values]
+            if len(values) <= FEW_VALUES and any(c > 1 for _, c in values):  # not a column of unique names
+                summary["values"] = [[v, c] for v, c in values]
         out.append(summary)
     return out
+
+
+def _few_values(conn: sqlite3.Connection, name: str, live: str, args: list) -> bool:
+    """Whether a column may have few distinct values: its first 5,000 live values have at most FEW_VALUES. Paths
+    and hashes fail at once, without grouping every row."""
+    found = conn.execute(f'SELECT count(DISTINCT "{name}") FROM (SELECT "{name}" FROM items WHERE {live} LIMIT 5000)',
+                         args).fetchone()[0]
+    return found <= FEW_VALUES
 
 
 def value_codes(conn: sqlite3.Connection, version: int, column: str) -> dict[str, Any]:

@@ -174,10 +174,15 @@ def test_the_map_draws_every_point_and_a_box_selection_opens_in_the_gallery(serv
         expect(canvas).to_have_attribute("data-points", "32")
         wait_until(page, "() => Number(document.querySelector('#map').dataset.frames) > 0")
         coloured = page.evaluate("""() => { const c = document.querySelector('#map');
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
-            for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) n++;
-            return n; }""")
-        assert coloured >= 32 * 4  # every point is at least 2 x 2 pixels (some may overlap a little)
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const seen = {};
+            for (let i = 0; i < d.length; i += 4) {
+              const key = `${d[i]},${d[i + 1]},${d[i + 2]}`;
+              if (key !== '255,255,255') seen[key] = (seen[key] || 0) + 1;
+            }
+            return seen; }""")
+        # the four labels' colours (the palette's first four), each covering at least one 2 x 2 point
+        for rgb in ("31,119,180", "255,127,14", "44,160,44", "214,39,40"):
+            assert coloured.get(rgb, 0) >= 4, coloured
         expect(page.locator("#legend")).to_contain_text("coffee")
         box = canvas.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

@@ -24,6 +24,14 @@ export async function render(view, route) {
     filters: JSON.parse(p.get("f") || "[]"), selection: p.get("sel") === "1",
   };
   const go = (changes) => { location.hash = hashFor({ ...state, offset: 0, ...changes }); };
+  const filters = [...state.filters];
+  let ids = null;
+  if (state.selection) {
+    ids = JSON.parse(sessionStorage.getItem(SELECTION_KEY) || "[]");
+    filters.push({ column: "id", op: "in", value: ids });
+  }
+  // The page and the columns are asked for together: neither waits on the other.
+  const asked = postJson("/v1/items/page", { filters, sort: state.sort, descending: state.descending, offset: state.offset, limit: PAGE });
   const info = await indexColumns(true);
   const columns = info.columns;
   const valueOf = (column, op) => (state.filters.find((f) => f.column === column && f.op === op) || {}).value;
@@ -77,11 +85,8 @@ export async function render(view, route) {
     }
   }
 
-  const filters = [...state.filters];
   let note = null;
   if (state.selection) {
-    const ids = JSON.parse(sessionStorage.getItem(SELECTION_KEY) || "[]");
-    filters.push({ column: "id", op: "in", value: ids });
     const drop = el("button", { type: "button" }, "show all");
     drop.addEventListener("click", () => go({ selection: false }));
     note = el("p", { id: "selection" }, `${ids.length} items selected on the map `, drop);
@@ -92,7 +97,7 @@ export async function render(view, route) {
   const next = el("button", { type: "button", id: "next" }, "Next →");
   view.append(el("h2", {}, "Gallery"), controls, chips, ...(note ? [note] : []), el("div", { className: "pager" }, prev, next, status), grid);
 
-  const page = await postJson("/v1/items/page", { filters, sort: state.sort, descending: state.descending, offset: state.offset, limit: PAGE });
+  const page = await asked;
   const last = Math.min(page.offset + page.items.length, page.total);
   say(status, page.total ? `items ${page.offset + 1}–${last} of ${page.total}` : "no items match");
   prev.disabled = page.offset === 0;
