@@ -107,12 +107,13 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-READY = """() => new Promise((resolve) => {
+READY = """() => new Promise((resolve, reject) => {
   const view = document.querySelector('#view');
   const t0 = performance.now();
   const done = () => resolve(performance.now() - t0);
   new MutationObserver((_, obs) => { if (view.dataset.ready === '1') { obs.disconnect(); done(); } })
     .observe(view, { attributes: true, attributeFilter: ['data-ready'] });
+  setTimeout(() => reject(new Error('the view was not ready within 60 s')), 60000);
   window.__act();
 })"""
 
@@ -150,6 +151,8 @@ def browser_timings(url: str, n: int, repeats: int) -> dict:
         item_ms = []
         for warm in (False, True):
             for item in ids:
+                if page.evaluate("() => location.hash") == f"#/item/{item}":  # the same hash would change nothing
+                    timed(page, "location.hash = '#/search';")
                 ms = timed(page, f"location.hash = '#/item/{item}';")
                 page.wait_for_selector("#neighbours .card-link", timeout=60_000)
                 if warm:

@@ -270,7 +270,7 @@ def test_app_script(bundle_dir, tmp_path):
 def test_map_projection_script(built_index, tmp_path):
     import map_projection
 
-    map_projection.main(["--index", str(built_index), "--sizes", "32", "64", "--methods", "pca", "tsne_pca50",
+    map_projection.main(["--index", str(built_index), "--sizes", "32", "128", "--methods", "pca", "tsne_pca50",
                          "--no-jit", "--out", str(tmp_path)])
     data = _written(tmp_path, "map_projection")
     assert "tsne_pca50" in (tmp_path / "map_projection.md").read_text() and data
