@@ -36,6 +36,13 @@ def _sweep(scores: np.ndarray, labels: np.ndarray):
     return values, cut_tp, cut_fp, int(y.sum()), int((~y).sum())
 
 
+def roc_curve(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(false accept rates, true accept rates) at every threshold of the sweep, from accepting nothing to accepting
+    everything; tied scores are accepted together."""
+    _, tp, fp, n_pos, n_neg = _sweep(np.asarray(scores, np.float64), np.asarray(labels))
+    return fp / max(n_neg, 1), tp / max(n_pos, 1)
+
+
 def best_accuracy_threshold(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
     """(threshold, accuracy) maximising accuracy, by one sort and a sweep; ties go to the middle of the best run."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from simengine.evaluation.decisions import Calibration, EvalSets, calibrate_decisions
+from simengine.evaluation.thresholds import roc_curve
 from simengine.model.bundle import Model
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,7 @@ def score_curves(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model: Mod
     sets = EvalSets.draw(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, n, seed)
     scores, same = sets.scores(mode, calibration.fusion)[0], sets.labels.astype(bool)
     edges = np.linspace(min(scores.min(), threshold.value), max(scores.max(), threshold.value), bins + 1)
-    order = np.argsort(-scores, kind="stable")
-    tpr = np.r_[0, np.cumsum(same[order]) / max(same.sum(), 1)]
-    fpr = np.r_[0, np.cumsum(~same[order]) / max((~same).sum(), 1)]
+    fpr, tpr = roc_curve(scores, same)
     accepted = scores >= threshold.value
     return dict(out, pairs=len(scores), drawn_from=source, edges=np.round(edges, 5).tolist(),
                 same=np.histogram(scores[same], edges)[0].tolist(),

@@ -44,3 +44,8 @@ def test_cross_validated_accuracy_is_close_to_training_accuracy():
     assert t.mode == "accuracy"
     assert abs(t.cv_accuracy - t.train_accuracy) < 0.02
     assert 0.05 < t.far < 0.15 and 0.05 < t.frr < 0.15
+
+
+def test_the_roc_curve_runs_from_nothing_to_everything_accepting_ties_together():
+    fpr, tpr = calibration.roc_curve([0.9, 0.8, 0.8, 0.1], [1, 1, 0, 0])
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]  # the tied pair moves both at once
