@@ -48,20 +48,20 @@ def calibration_rows(rows: Sequence[dict[str, Any]], model: Model) -> tuple[list
     return held, "indexed items held out from training"
 
 
-def score_curves(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model: Model, calibration: Calibration,
-                 mode: str, n: int = 2_000, bins: int = 40, seed: int = 0) -> dict[str, Any]:
+def score_curves(model: Model, calibration: Calibration, mode: str,
+                 sample: tuple[np.ndarray, Sequence[str], str] | None, n: int = 2_000, bins: int = 40,
+                 seed: int = 0) -> dict[str, Any]:
     """What the thresholds of `mode` stand on, to be drawn: score histograms of balanced same / different-label
-    pairs drawn from the rows that calibrate the index (`calibration_rows`), the ROC curve, and where the pair
-    threshold falls on both. Without enough labels, only the (estimated) threshold."""
+    pairs drawn from `sample` (vectors, labels and what they are: rows `calibration_rows` chose), the ROC curve, and
+    where the pair threshold falls on both. Without a sample (too few labels), only the (estimated) threshold."""
     threshold = calibration.pair[mode]
     out: dict[str, Any] = {"mode": mode, "threshold": threshold.value, "source": calibration.source,
                            "triplet_threshold": calibration.triplet[mode].value,
                            "estimated": calibration.source.startswith(UNCALIBRATED)}
-    chosen = calibration_rows(rows, model)
-    if chosen is None:
+    if sample is None:
         return dict(out, estimated=True, pairs=0)
-    held, source = chosen
-    sets = EvalSets.draw(vectors[held], [rows[n]["label"] for n in held], model.pair_logits, n, seed)
+    vectors, labels, source = sample
+    sets = EvalSets.draw(vectors, labels, model.pair_logits, n, seed)
     scores, same = sets.scores(mode, calibration.fusion)[0], sets.labels.astype(bool)
     edges = np.linspace(min(scores.min(), threshold.value), max(scores.max(), threshold.value), bins + 1)
     fpr, tpr = roc_curve(scores, same)

@@ -258,12 +258,13 @@ class Engine:
         self.refresh()
         index = self._indexed()
         rows = items.labelled(index.conn, index.version)
-        chosen = calibration_rows(rows, self.model)
-        if chosen is not None and len(chosen[0]) > max_items:  # a sample of the rows that calibrate, no others
-            picked = np.random.default_rng(seed).choice(chosen[0], max_items, replace=False)
-            rows = [rows[n] for n in np.sort(picked)]
-        vectors = index.vectors([r["id"] for r in rows]) if rows else np.zeros((0, self.model.dim), np.float32)
-        return score_curves(rows, vectors, self.model, self.calibration, self.mode, seed=seed)
+        sample = None
+        if (chosen := calibration_rows(rows, self.model)) is not None:
+            held, source = chosen
+            if len(held) > max_items:  # a sample of the rows that calibrate, no others
+                held = np.sort(np.random.default_rng(seed).choice(held, max_items, replace=False)).tolist()
+            sample = (index.vectors([rows[n]["id"] for n in held]), [rows[n]["label"] for n in held], source)
+        return score_curves(self.model, self.calibration, self.mode, sample, seed=seed)
 
     def copies(self, image: bytes, name: str = "<bytes>", k: int = NEIGHBOURS) -> CopiesResult:
         """The indexed items that are copies of one picture (the bytes of an image file): exact, or resized,
