@@ -303,23 +303,23 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """Items unlike the rest of the collection (or of their label), most unusual first."""
         return await curation(find_outliers, k, top, within_labels)
 
-    async def items_page(filters: list, sort: str, descending: bool, offset: int, limit: int) -> Response:
-        try:
-            chosen = [browse.Filter.from_dict(f) for f in filters]
-        except SimengineError as exc:
-            raise HTTPException(400, str(exc)) from None
-
-        def read() -> browse.Page:
+    async def from_index(read: Callable[[Any], Any]) -> Any:
+        """`read(index)` of the version on disk now, on the engine's thread; what the store refuses (a column that
+        is not there, say) is the client's 400."""
+        def run():
             worker.engine.refresh()
-            return browse.page(worker.engine.index.conn, worker.engine.index.version, chosen, sort, descending,
-                               offset, limit)
+            return read(worker.engine.index)
 
         try:
-            found = await ask_engine(read)
+            return await ask_engine(run)
         except SimengineError as exc:
             raise HTTPException(400, str(exc)) from None
-        body = {"total": found.total, "offset": found.offset, "items": found.rows}
-        return Response(json.dumps(body, default=str), media_type="application/json")
+
+    async def items_page(filters: str | list, sort: str, descending: bool, offset: int, limit: int) -> Response:
+        chosen = parse_filters(filters)
+        found = await from_index(lambda index: browse.page(index.conn, index.version, chosen, sort, descending,
+                                                           offset, limit))
+        return json_response({"total": found.total, "offset": found.offset, "items": found.rows})
 
     @app.get("/v1/items")
     async def list_items(offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=browse.MAX_PAGE),
@@ -328,11 +328,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """A page of the live items, for the gallery: `filters` is a JSON list of {column, op, value} (ops: eq, ne,
         min, max, contains, in, missing, present), every value bound, never SQL; `sort` is a column. POST
         /v1/items/page takes the same as a JSON body, for long filters (a selection of ids)."""
-        try:
-            chosen = _json_list(filters)
-        except SimengineError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return await items_page(chosen, sort, descending, offset, limit)
+        return await items_page(filters, sort, descending, offset, limit)
 
     @app.post("/v1/items/page")
     async def page_of_items(query: PageQuery) -> Response:
@@ -348,8 +344,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
             return {"version": index.version, "items": len(index), "labelled": worker.engine.labelled,
                     "columns": browse.column_summary(index.conn, index.version, skip=("sha256",))}
 
-        return Response(json.dumps(await ask_engine(per_version.get, "columns", read), default=str),
-                        media_type="application/json")
+        return json_response(await ask_engine(per_version.get, "columns", read))
 
     @app.get("/v1/items/{item_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
     async def get_item_thumbnail(item_id: int, size: int = Query(256)):
@@ -369,23 +364,13 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """2-D coordinates (in [0, 1]) of every live item, for the map: t-SNE of the stored vectors, computed once
         per index version and kept in the index directory. 503 with Retry-After while it is being computed."""
         # Encoded directly: FastAPI's encoder walks each of the 300,000 numbers of a 100,000-point map in Python.
-        body = await asyncio.to_thread(json.dumps, await curation(index_map))
-        return Response(body, media_type="application/json")
+        return await asyncio.to_thread(json_response, await curation(index_map))
 
     @app.get("/v1/map/colours")
     async def map_colours(column: str = Query("label", max_length=200)) -> Response:
         """The value of `column` for every live item (ids ascending), as codes into `names`: the 11 commonest
         values, then "other"; items without a value have code -1."""
-        def read() -> dict[str, Any]:
-            worker.engine.refresh()
-            index = worker.engine.index
-            return browse.value_codes(index.conn, index.version, column)
-
-        try:
-            codes = await ask_engine(read)
-        except SimengineError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return Response(json.dumps(codes, default=str), media_type="application/json")
+        return json_response(await from_index(lambda index: browse.value_codes(index.conn, index.version, column)))
 
     @app.get("/v1/calibration")
     async def calibration_curves() -> dict:
@@ -441,7 +426,7 @@ def create_app(index_dir: str | os.PathLike | None = None, mode: str | None = No
         """Summary of the index: counts, classes, backbone, thresholds."""
         summary = await ask_engine(worker.engine.info)
         # Encoded as the CLI's --json encodes it: items without a label count under "null" (FastAPI wrote "None").
-        return Response(json.dumps(summary, default=str), media_type="application/json")
+        return json_response(summary)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -473,14 +458,24 @@ def same_origin_only(request: Request) -> None:
         raise HTTPException(403, "cross-site requests may not start or act on a duplicate review")
 
 
-def _json_list(text: str) -> list:
+def json_response(value: Any) -> Response:
+    """`value` as JSON, encoded as the CLI's --json encodes it (str() for what JSON lacks: paths, dates), and by
+    json.dumps rather than FastAPI's encoder, which walks every number of a large answer in Python."""
+    return Response(json.dumps(value, default=str), media_type="application/json")
+
+
+def parse_filters(filters: str | list) -> list[browse.Filter]:
+    """The gallery's filters from a JSON list (as text in a query string, or parsed from a body); 400 otherwise."""
     try:
-        value = json.loads(text)
+        value = json.loads(filters) if isinstance(filters, str) else filters
     except ValueError:
-        raise SimengineError("filters must be a JSON list") from None
+        value = None
     if not isinstance(value, list):
-        raise SimengineError("filters must be a JSON list")
-    return value
+        raise HTTPException(400, "filters must be a JSON list")
+    try:
+        return [browse.Filter.from_dict(f) for f in value]
+    except SimengineError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def http_error_for(exc: BaseException, timeout_s: float) -> HTTPException | None:
