@@ -62,3 +62,13 @@ def copies_folder(root: Path) -> Path:
     TRANSFORMS["rotate"](photo("rocket"), rng).save(root / "rocket-tilted.jpg", quality=92)
     photo("horse").save(root / "horse.jpg", quality=92)
     return root
+
+
+def unlabelled_photos(fixture_data: Path, folder: Path, every: int) -> Path:
+    """Every `every`-th photo of the fixture's train split, in one folder with no class folders: no labels."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for path in sorted((fixture_data / "train").glob("*/*.jpg"))[::every]:
+        shutil.copy(path, folder / path.name)
+    return folder

@@ -126,7 +126,7 @@ def _pca(x: np.ndarray, dims: int) -> np.ndarray:
     if dims >= centred.shape[1]:
         return centred
     # The covariance's eigenvectors: (d x d) at most 1280 x 1280, whatever the number of rows.
-    values, vectors = np.linalg.eigh(centred.T @ centred)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
     return centred @ vectors[:, ::-1][:, :dims]
 
 

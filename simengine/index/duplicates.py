@@ -15,6 +15,7 @@ from simengine.dedup.move import apply_moves, plan_moves
 from simengine.errors import SimengineError
 from simengine.index.reader import Index
 from simengine.index.update import remove_items
+from simengine.store import rows as store_rows
 
 
 @dataclass
@@ -57,8 +58,6 @@ def move_index_duplicates(index_dir: str | os.PathLike, report: DuplicateReport,
 def collection_folder(index_dir: str | os.PathLike) -> Path:
     """The folder of an index's collection: the folder it was built from, else the one that holds all its live
     items. A target inside it would be indexed again by the next sync, so moves refuse one there."""
-    from simengine.store import rows as store_rows
-
     with Index(index_dir) as index:
         built = index.manifest.get("build") or {}
         recorded = built.get("source") or built.get("data")

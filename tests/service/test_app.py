@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures import unlabelled_photos
 from servers import browser, needs_chromium, running_server, wait_until
 from simengine.service.security import is_loopback
 
@@ -396,11 +396,7 @@ def test_the_page_of_an_unlabelled_index_never_speaks_of_classes(model, fixture_
 
     from simengine.index.build import build_index
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted((fixture_data / "train").glob("*/*.jpg"))[::3]:
-        shutil.copy(path, photos / path.name)
-    build_index(photos, model, tmp_path / "unlabelled")
+    build_index(unlabelled_photos(fixture_data, tmp_path / "photos", 3), model, tmp_path / "unlabelled")
     with running_server(tmp_path / "unlabelled") as url, sync_playwright() as p:
         assert httpx.get(f"{url}/v1/info").json()["classes"] == {"null": 11}  # as the CLI's --json says it
         chromium = browser(p)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from fixtures import copies_folder
+from fixtures import copies_folder, unlabelled_photos
 from servers import browser, needs_chromium, running_server, wait_until
 
 ARTIFACTS = Path(os.environ.get("SIMENGINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
@@ -22,12 +22,15 @@ SLOW = 120_000  # ms: a loaded CI machine
 
 
 @pytest.fixture(scope="module")
-def server(built_index):
-    with running_server(built_index) as url:
+def server(built_index, tmp_path_factory):
+    """A server over a copy of the fixture index: the map it computes is written into the index directory."""
+    index = tmp_path_factory.mktemp("webapp") / "default"
+    shutil.copytree(built_index, index)
+    with running_server(index) as url:
         yield url
 
 
-def test_gallery_pages_filters_and_columns(server, built_index):
+def test_gallery_pages_filters_and_columns(server):
     columns = httpx.get(f"{server}/v1/columns").json()
     by_name = {c["name"]: c for c in columns["columns"]}
     assert columns["labelled"] and dict(map(tuple, by_name["label"]["values"])) == {
@@ -225,11 +228,7 @@ def test_the_thresholds_of_an_unlabelled_index_are_shown_as_estimated(model, fix
 
     from simengine.index.build import build_index
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted((fixture_data / "train").glob("*/*.jpg"))[::4]:
-        shutil.copy(path, photos / path.name)
-    build_index(photos, model, tmp_path / "unlabelled")
+    build_index(unlabelled_photos(fixture_data, tmp_path / "photos", 4), model, tmp_path / "unlabelled")
     with running_server(tmp_path / "unlabelled") as url, sync_playwright() as p:
         chromium = browser(p)
         page = chromium.new_page()
