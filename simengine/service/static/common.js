@@ -98,6 +98,11 @@ export function itemCard(item, lines = [], className = "") {
   return card;
 }
 
+// A neighbour of a search: its card with its distance and whether the pair head verified it.
+export function neighbourCard(n) {
+  return itemCard(n, [`distance ${fmt(n.distance)}`, n.verified ? "✔ verified" : "✘ not verified"], n.verified ? "yes" : "no");
+}
+
 export function table(header, rows) {
   const lines = rows.map((cells) => el("tr", {}, ...cells.map((c, i) => el(i === 0 && !header.length ? "th" : "td", {}, c))));
   if (header.length) lines.unshift(el("tr", {}, ...header.map((h) => el("th", {}, h))));

@@ -1,6 +1,6 @@
 // One item: its image, path, id, label and metadata, and its nearest neighbours verified by the pair head; a
 // neighbour opens its own view, and Back returns.
-import { describe, el, fmt, getJson, itemCard, say, table, thumbnail, tray } from "/static/common.js";
+import { describe, el, getJson, neighbourCard, say, table, thumbnail, tray } from "/static/common.js";
 
 export async function render(view, route) {
   const id = Number(route.arg);
@@ -21,6 +21,5 @@ export async function render(view, route) {
   const found = await getJson("/v1/search?k=12", { method: "POST", body: form });
   say(answer, `${found.verified_count} of ${found.neighbours.length} neighbours verified` +
     (found.predicted_class ? ` · predicted label ${found.predicted_class} (${found.votes} votes)` : ""));
-  grid.replaceChildren(...found.neighbours.map((n) => itemCard(n,
-    [`distance ${fmt(n.distance)}`, n.verified ? "✔ verified" : "✘ not verified"], n.verified ? "yes" : "no")));
+  grid.replaceChildren(...found.neighbours.map(neighbourCard));
 }

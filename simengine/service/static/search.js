@@ -1,5 +1,5 @@
 // Search by image: one upload for its verified neighbours, two or three to compare them.
-import { answerText, blobUrl, el, fmt, getJson, indexColumns, itemCard, say, table } from "/static/common.js";
+import { answerText, blobUrl, el, fmt, getJson, indexColumns, neighbourCard, say, table } from "/static/common.js";
 
 const MAX_FILES = 3;
 
@@ -53,8 +53,7 @@ export function render(view) {
       say(answer, !classes ? verified
         : body.predicted_class ? `Predicted class: ${body.predicted_class} (${body.votes} of the ${body.verified_count} verified neighbours)`
           : `No predicted class (${verified})`);
-      results.replaceChildren(...body.neighbours.map((n) => itemCard(n,
-        [`distance ${fmt(n.distance)}`, n.verified ? "✔ verified" : "✘ not verified"], n.verified ? "yes" : "no")));
+      results.replaceChildren(...body.neighbours.map(neighbourCard));
     } else if (files.length === 2) {
       say(answer, answerText(body, true, classes));
       details.replaceChildren(table([], [
