@@ -7,6 +7,7 @@ The public face (imported on first use, so that `import simengine` stays light a
     build_index                     the whole `simengine index build` job, for any source (index/)
     Index, verify_index             read an index snapshot; check one without writing (index/)
     add_images, remove_items, recalibrate_index, compact_index, collect_garbage, sync_index
+    calibrate_with_examples         an index's thresholds from a few labelled pairs or images (index/)
     build_from_embeddings           an index from embedding shards within a memory budget (index/)
     scan_source                     the items of a folder, list or table (data/)
     find_duplicates, dedup_collection   duplicate groups; the whole `simengine dedup` job (dedup/)
@@ -42,7 +43,9 @@ if TYPE_CHECKING:
     from simengine.index.from_embeddings import build_from_embeddings
     from simengine.index.reader import Index
     from simengine.index.sync import sync_index
-    from simengine.index.update import add_images, collect_garbage, compact_index, recalibrate_index, remove_items
+    from simengine.index.update import (
+        add_images, calibrate_with_examples, collect_garbage, compact_index, recalibrate_index, remove_items,
+    )
     from simengine.index.verify import verify_index
     from simengine.model.builtin import builtin_model_dir
     from simengine.model.bundle import load_bundle
@@ -63,6 +66,7 @@ _EXPORTS = {
     "add_images": "simengine.index.update",
     "remove_items": "simengine.index.update",
     "recalibrate_index": "simengine.index.update",
+    "calibrate_with_examples": "simengine.index.update",
     "compact_index": "simengine.index.update",
     "collect_garbage": "simengine.index.update",
     "sync_index": "simengine.index.sync",

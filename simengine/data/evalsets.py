@@ -8,7 +8,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -149,24 +149,33 @@ class CsvRow:
 
     line: int
     images: tuple[Path | str, ...]
-    label: int | None
+    label: int | str | None
 
 
-def read_csv(path: str | os.PathLike, width: int) -> tuple[list[CsvRow], list[str]]:
-    """Rows with `width` images (paths relative to the CSV) and an optional 0/1 label; bad rows come back as messages."""
+def _csv_lines(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+    """(line number, stripped fields) of a UTF-8 CSV file's non-empty rows."""
     path = Path(path)
     if not path.is_file():
         raise SimengineError(f"{path}: no such CSV file")
-    base = path.parent
-    rows, bad = [], []
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a BOM, as spreadsheets write it, is dropped
     except UnicodeDecodeError as exc:
         raise SimengineError(f"{path}: not UTF-8 text (byte {exc.start} of the file)") from None
     for line_no, fields in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
         fields = [f.strip() for f in fields]
-        if not fields or not any(fields):
-            continue
+        if fields and any(fields):
+            yield line_no, fields
+
+
+def _image_ref(field: str, base: Path) -> Path | str:
+    return field if field.startswith("id:") else base / field
+
+
+def read_csv(path: str | os.PathLike, width: int) -> tuple[list[CsvRow], list[str]]:
+    """Rows with `width` images (paths relative to the CSV) and an optional 0/1 label; bad rows come back as messages."""
+    path = Path(path)
+    rows, bad = [], []
+    for line_no, fields in _csv_lines(path):
         if line_no == 1 and fields[0].lower() == "img1":
             continue
         if len(fields) not in (width, width + 1):
@@ -178,5 +187,20 @@ def read_csv(path: str | os.PathLike, width: int) -> tuple[list[CsvRow], list[st
                 bad.append(f"{path}:{line_no}: label must be 0 or 1, got {fields[-1]!r}")
                 continue
             label = int(fields[-1])
-        rows.append(CsvRow(line_no, tuple(f if f.startswith("id:") else base / f for f in fields[:width]), label))
+        rows.append(CsvRow(line_no, tuple(_image_ref(f, path.parent) for f in fields[:width]), label))
+    return rows, bad
+
+
+def read_labels_csv(path: str | os.PathLike) -> tuple[list[CsvRow], list[str]]:
+    """Rows of `image,label` (a path relative to the CSV, or `id:N`, and any class name; a first row `image,label`
+    or `path,label` is a header); each comes back as a CsvRow of one image, its label the class name."""
+    path = Path(path)
+    rows, bad = [], []
+    for line_no, fields in _csv_lines(path):
+        if line_no == 1 and fields[0].lower() in ("image", "path"):
+            continue
+        if len(fields) != 2 or not all(fields):
+            bad.append(f"{path}:{line_no}: expected an image and its label, got {fields!r}")
+            continue
+        rows.append(CsvRow(line_no, (_image_ref(fields[0], path.parent),), fields[1]))
     return rows, bad

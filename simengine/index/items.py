@@ -7,12 +7,14 @@ import sqlite3
 from typing import Any
 
 from simengine.data.folders import ROW_COLUMNS
+from simengine.errors import SimengineError
 from simengine.store import rows
 
 ITEM_COLUMNS = {"path": str, "label": str, "split": str, "sha256": str, "width": int, "height": int, "added_at": str}
 NOT_NULL = ("path", "sha256", "added_at")
 LOOKED_UP = ("sha256", "path")  # indexed: duplicates are found by content hash, removals by path
 NOT_METADATA = frozenset(ROW_COLUMNS) | frozenset(rows.VERSION_STAMPS)
+ID_PREFIX = "id:"  # how a question or a file names an indexed item: id:42
 
 
 def create_table(conn: sqlite3.Connection) -> None:
@@ -42,3 +44,13 @@ def labelled(conn: sqlite3.Connection, version: int) -> list[dict[str, Any]]:
 
 def label_counts(conn: sqlite3.Connection, version: int) -> dict[str | None, int]:
     return rows.count_by(conn, version, "label")
+
+
+def parse_id(ref: str) -> int:
+    """The item id of an `id:N` reference; a clear error for anything that cannot be one."""
+    digits = ref[len(ID_PREFIX):]
+    if not (digits.isascii() and digits.isdigit()):
+        raise SimengineError(f"{ref}: an id reference is id:<number>")
+    if len(digits) > 19 or int(digits) > rows.MAX_ID:
+        raise SimengineError(f"{ref}: no such item (ids are below 2**63)")
+    return int(digits)

@@ -51,7 +51,19 @@ class Index(StoreReader):
             "triplet_threshold": cal["triplet"][cal["default"]]["value"],
             "calibration_cv_accuracy": cal["pair"][cal["default"]]["cv_accuracy"],
             "calibrated_on": cal["source"],
+            "thresholds_from": _thresholds_from(cal),
+            "pair_threshold_interval": cal["pair"][cal["default"]].get("interval"),
             "thresholds_estimated": cal["source"].startswith(UNCALIBRATED),
             "embedding": (m.get("build") or {}).get("embedding"),
             **{k: store[k] for k in ("size_bytes", "created_at", "committed_at", "last_operation")},
         }
+
+
+def _thresholds_from(calibration: dict[str, Any]) -> str:
+    """How an index's thresholds were obtained, in a few words (its `source` says on what exactly)."""
+    if calibration["source"].startswith(UNCALIBRATED):
+        return "estimated: the model's thresholds, no labels here"
+    examples = calibration["pair"][calibration["default"]].get("examples")
+    if examples:
+        return f"{examples} labelled examples (index calibrate --pairs/--labels)"
+    return "the index's labelled items"

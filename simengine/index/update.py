@@ -12,15 +12,19 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from simengine.data.decode import not_a_file_reason
+from simengine.data.evalsets import read_csv, read_labels_csv
 from simengine.data.folders import Item
 from simengine.data.labels import with_known_name
 from simengine.data.sources import scan_source
 from simengine.errors import SimengineError
 from simengine.evaluation.decisions import Calibration
-from simengine.index.calibrate import calibrate_index
+from simengine.files import sha256_file
+from simengine.index.calibrate import calibrate_from_examples, calibrate_index
 from simengine.index.embedding import AddReport, embed_items, item_rows, unique_by_content
-from simengine.index.items import label_counts, labelled, live_ids_by_sha
+from simengine.index.items import ID_PREFIX, label_counts, labelled, live_ids_by_sha, parse_id
 from simengine.index.model_link import require_model
 from simengine.index.reader import Index
 from simengine.model.bundle import Model, load_bundle
@@ -139,6 +143,98 @@ def recalibrate_index(index_dir: str | os.PathLike, target_far: float | None = N
         writer.set_metadata(calibration=calibration.to_dict())
         writer.commit("calibrate")
     return calibration
+
+
+@dataclasses.dataclass
+class ExampleCalibration:
+    """What `calibrate_with_examples` did: the thresholds, how many labelled pairs and items they stand on, and the
+    rows that could not be used (one message each)."""
+
+    calibration: Calibration
+    pairs: int
+    items: int
+    skipped: list[str]
+
+
+def calibrate_with_examples(index_dir: str | os.PathLike, pairs: str | os.PathLike | None = None,
+                            labels: str | os.PathLike | None = None, target_far: float | None = None, seed: int = 0,
+                            model: Model | None = None, progress: bool = False,
+                            timeout_s: float = DEFAULT_TIMEOUT_S) -> ExampleCalibration:
+    """Calibrate an index's thresholds from a few labelled examples, as one new version: a CSV of labelled pairs
+    (`img1,img2,label`, 1 = same class) and/or of labelled images (`image,label`), each image a path (relative to
+    its CSV) or `id:N`. An indexed file (same content) uses its stored vector, any other is embedded; rows that
+    cannot be used are skipped and listed. See `index.calibrate.calibrate_from_examples`."""
+    if pairs is None and labels is None:
+        raise SimengineError("give labelled pairs, labelled images, or both")
+    index_dir = Path(index_dir)
+    pair_rows, skipped = read_csv(pairs, 2) if pairs is not None else ([], [])
+    skipped += [f"{pairs}:{r.line}: no label (0 or 1) to calibrate on" for r in pair_rows if r.label is None]
+    pair_rows = [r for r in pair_rows if r.label is not None]
+    item_rows_, bad = read_labels_csv(labels) if labels is not None else ([], [])
+    skipped += bad
+    snapshot = Index(index_dir)
+    try:
+        model = _model_for(snapshot.store, snapshot.manifest, model)
+        require_model(snapshot.manifest, model, index_dir)
+        vectors, errors = example_vectors(snapshot, model, [str(i) for r in pair_rows + item_rows_ for i in r.images],
+                                          progress)
+        base = Calibration.from_dict(snapshot.manifest["calibration"])
+    finally:
+        snapshot.close()
+    usable = []
+    for row, csv_file in [(r, pairs) for r in pair_rows] + [(r, labels) for r in item_rows_]:
+        failed = [errors[str(i)] for i in row.images if str(i) in errors]
+        if failed:
+            skipped.append(f"{csv_file}:{row.line}: {failed[0]}")
+        else:
+            usable.append(row)
+    good_pairs = [r for r in usable if len(r.images) == 2]
+    good_items = [r for r in usable if len(r.images) == 1]
+    pair_vectors = (np.stack([vectors[str(r.images[0])] for r in good_pairs]),
+                    np.stack([vectors[str(r.images[1])] for r in good_pairs]),
+                    np.array([r.label for r in good_pairs])) if good_pairs else None
+    item_vectors = (np.stack([vectors[str(r.images[0])] for r in good_items]),
+                    [r.label for r in good_items]) if good_items else None
+    source = " and ".join(f"{what} from {Path(f).name}" for what, f in
+                          (("labelled pairs", pairs), ("labelled images", labels)) if f is not None)
+    calibration = calibrate_from_examples(model, base, pair_vectors, item_vectors, source, target_far, seed)
+    with StoreWriter(index_dir, timeout_s) as writer:
+        require_model(writer.base, model, index_dir)  # a rebuild with another model may have committed meanwhile
+        writer.set_metadata(calibration=calibration.to_dict())
+        writer.commit("calibrate from examples")
+    return ExampleCalibration(calibration, len(good_pairs), len(good_items), skipped)
+
+
+def example_vectors(index: Index, model: Model, refs: Sequence[str],
+                    progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """({ref: vector}, {ref: why not}) for `id:N` references and image paths: an indexed item's stored vector (a file
+    by its content), else the model's embedding of the file."""
+    vectors, errors, files = {}, {}, []
+    for ref in dict.fromkeys(refs):
+        try:
+            if ref.startswith(ID_PREFIX):
+                item_id = parse_id(ref)
+                index.item(item_id)
+                vectors[ref] = index.vectors([item_id])[0]
+            elif why := not_a_file_reason(ref):
+                errors[ref] = f"{ref}: {why}"
+            else:
+                files.append(ref)
+        except SimengineError as exc:
+            errors[ref] = str(exc)
+    shas = {f: sha256_file(f) for f in files}
+    known = live_ids_by_sha(index.conn, index.version, list(shas.values()))
+    new = [f for f in files if shas[f] not in known]
+    for f in files:
+        if shas[f] in known:
+            vectors[f] = index.vectors([known[shas[f]]])[0]
+    if new:
+        result = model.embed_paths(new, progress=progress)
+        for row, i in enumerate(result.ok):
+            vectors[new[i]] = result.vectors[row]
+        for i, _, reason in result.failed:
+            errors[new[i]] = reason
+    return vectors, errors
 
 
 def compact_index(index_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:

@@ -26,7 +26,8 @@ from simengine.index.reader import Index
 from simengine.model.builtin import resolve_model_dir
 from simengine.model.bundle import Model, load_bundle
 from simengine.query.inputs import ImageInput, describe, picture_array, reference
-from simengine.query.refs import ID_PREFIX, Embedded, parse_id
+from simengine.index.items import ID_PREFIX, parse_id
+from simengine.query.refs import Embedded
 from simengine.query.results import BatchResult, CopiesResult, Neighbour, NeighboursResult, PairResult, TripletResult
 from simengine.store.layout import resolve_index_dir
 

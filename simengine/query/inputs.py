@@ -20,7 +20,8 @@ from PIL import Image
 
 from simengine.data.decode import as_rgb
 from simengine.errors import ImageLoadError, SimengineError
-from simengine.query.refs import ID_PREFIX, Embedded
+from simengine.index.items import ID_PREFIX
+from simengine.query.refs import Embedded
 
 ImageInput = Union[str, os.PathLike, int, bytes, BinaryIO, Image.Image, np.ndarray, Embedded]
 

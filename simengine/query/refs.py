@@ -9,9 +9,7 @@ import numpy as np
 
 from simengine.data.decode import not_a_file_reason
 from simengine.errors import SimengineError
-from simengine.store.rows import MAX_ID
-
-ID_PREFIX = "id:"
+from simengine.index.items import ID_PREFIX, parse_id
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,16 +20,6 @@ class Embedded:
     name: str
     vector: np.ndarray
     model_hash: str
-
-
-def parse_id(ref: str) -> int:
-    """The item id of an `id:N` reference; a clear error for anything that cannot be one."""
-    digits = ref[len(ID_PREFIX):]
-    if not (digits.isascii() and digits.isdigit()):
-        raise SimengineError(f"{ref}: an id reference is id:<number>")
-    if len(digits) > 19 or int(digits) > MAX_ID:
-        raise SimengineError(f"{ref}: no such item (ids are below 2**63)")
-    return int(digits)
 
 
 def parse_refs(refs: Sequence[str]) -> list[str]:

@@ -49,3 +49,43 @@ def test_cross_validated_accuracy_is_close_to_training_accuracy():
 def test_the_roc_curve_runs_from_nothing_to_everything_accepting_ties_together():
     fpr, tpr = calibration.roc_curve([0.9, 0.8, 0.8, 0.1], [1, 1, 0, 0])
     assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]  # the tied pair moves both at once
+
+
+def test_the_balanced_rule_ignores_how_many_of_each_answer_were_labelled():
+    rng = np.random.default_rng(3)
+    same, different = rng.normal(0.8, 0.1, 10), rng.normal(0.4, 0.1, 90)
+    scores, labels = np.r_[same, different], np.r_[np.ones(10), np.zeros(90)]
+    balanced, _ = calibration.best_accuracy_threshold(np.r_[same, different[:10]], np.r_[np.ones(10), np.zeros(10)],
+                                                      balanced=True)
+    skewed_plain, _ = calibration.best_accuracy_threshold(scores, labels)
+    skewed_balanced, accuracy = calibration.best_accuracy_threshold(scores, labels, balanced=True)
+    # Plain accuracy on 90 % "different" pushes the threshold up to reject; the balanced one stays in the gap.
+    assert skewed_plain >= skewed_balanced
+    assert abs(skewed_balanced - balanced) < abs(skewed_plain - balanced) + 1e-9
+    assert 0.5 < accuracy <= 1.0
+
+
+def test_bootstrap_calibration_keeps_its_interval_and_count():
+    rng = np.random.default_rng(4)
+    scores = np.r_[rng.normal(0.7, 0.15, 25), rng.normal(0.3, 0.15, 25)]
+    labels = np.r_[np.ones(25), np.zeros(25)]
+    t = calibration.calibrate(scores, labels, bootstrap=200)
+    assert t.examples == 50
+    lo, hi = t.interval
+    assert lo <= t.value <= hi and hi - lo > 0.01  # 50 noisy scores leave a real spread
+    assert calibration.calibrate(scores, labels).interval is None
+    again = calibration.calibrate(scores, labels, bootstrap=200)
+    assert again == t  # seeded
+
+
+def test_bagged_thresholds_vary_less_between_small_samples_than_single_sweeps():
+    def spread(bootstrap: int) -> float:
+        values = []
+        for seed in range(30):
+            rng = np.random.default_rng(100 + seed)
+            scores = np.r_[rng.normal(0.6, 0.2, 10), rng.normal(0.4, 0.2, 10)]
+            values.append(calibration.calibrate(scores, np.r_[np.ones(10), np.zeros(10)], bootstrap=bootstrap,
+                                                folds=2).value)
+        return float(np.std(values))
+
+    assert spread(100) < spread(0)
