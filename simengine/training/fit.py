@@ -57,6 +57,9 @@ class TrainOptions:
     # Make the int8 model (NNCF) of the backbone and gate it on val (else the holdout), when nncf and openvino are
     # installed: `--runtime auto` runs it where it passes the gate and measures fastest.
     int8: bool = True
+    # Adapt the backbone's last blocks before training the heads: True, False (frozen), or None: where the frozen
+    # features tell the classes apart poorly (training.pipeline.adapt_backbone).
+    finetune: bool | None = None
 
     def __post_init__(self):
         if self.mining not in MINING:

@@ -41,6 +41,24 @@ def dataset_fingerprint(items: list[Item]) -> str:
     return digest.hexdigest()
 
 
+def adapt_backbone(x: np.ndarray, items: list[Item], held_out: set[str], finetune: bool | None) -> dict[str, Any]:
+    """Whether to adapt the backbone before training the heads, and why: as `finetune` asks, else (None) where there
+    are enough images and the frozen features' holdout precision@1 (against the other training images) is below
+    `finetune.ADAPT_BELOW_P1`."""
+    from simengine.training.finetune import ADAPT_BELOW_P1, MIN_ADAPT_IMAGES
+
+    if finetune is not None:
+        return {"adapt": finetune, "reason": "asked for" if finetune else "asked for frozen"}
+    hold = np.array([i.sha256 in held_out for i in items])
+    if (~hold).sum() < MIN_ADAPT_IMAGES or len({i.label for i in items}) < 2 or not hold.any():
+        return {"adapt": False, "reason": f"fewer than {MIN_ADAPT_IMAGES} training images"}
+    y = np.array([i.label for i in items])
+    p1 = retrieval_metrics(x[hold], y[hold], x[~hold], y[~hold])["precision_at_1"]
+    verdict = "below" if p1 < ADAPT_BELOW_P1 else "at or above"
+    return {"adapt": bool(p1 < ADAPT_BELOW_P1), "frozen_holdout_p1": round(float(p1), 4),
+            "reason": f"frozen features' holdout precision@1 {p1:.3f} {verdict} {ADAPT_BELOW_P1}"}
+
+
 def labelled_features(cache: FeatureCache, items: list[Item], progress: bool) -> tuple[np.ndarray, list[Item]]:
     """Features of the items that decode, and those items; failures are logged and left out."""
     x, failed = cache.features([i.path for i in items], [i.sha256 for i in items], progress=progress)
@@ -60,7 +78,10 @@ def train_model(
     runtime: str = "auto",
     progress: bool = False,
 ) -> Path:
-    """Train both heads on `data`'s train split, calibrate on its holdout, evaluate on val, and save a bundle."""
+    """Train both heads on `data`'s train split, calibrate on its holdout, evaluate on val, and save a bundle.
+
+    The backbone's last blocks adapt to the images first (with `finetune`'s options) where `opts.finetune` says so
+    (see `adapt_backbone`)."""
     opts = opts or TrainOptions()
     started = time.time()
     data = Path(data)
@@ -70,14 +91,21 @@ def train_model(
     held_out = {train_items[i].sha256 for i in split_holdout([i.label for i in train_items], opts.holdout, opts.seed)[1]}
     encoder = Encoder.load(backbone, weights, runtime)
     log.info("embedding runtime: %s", encoder.runtime.name)
-    finetuned = None
-    if finetune is not None:
-        from simengine.training.finetune import finetune_encoder
-
-        encoder, finetuned = finetune_encoder(encoder, [i for i in train_items if i.sha256 not in held_out], finetune,
-                                              runtime, progress)
     cache = FeatureCache(encoder, flip=opts.flip)
     x, train_items = labelled_features(cache, train_items, progress)
+    choice = adapt_backbone(x, train_items, held_out, opts.finetune)
+    finetuned = None
+    if choice["adapt"]:
+        from simengine.training.finetune import FinetuneOptions, finetune_encoder
+
+        options = finetune or FinetuneOptions(seed=opts.seed)
+        encoder, finetuned, choice["record"] = finetune_encoder(
+            encoder, [i for i in train_items if i.sha256 not in held_out],
+            [i for i in train_items if i.sha256 in held_out], options, runtime, progress)
+        choice["adapted"] = finetuned is not None
+        if finetuned is not None:
+            cache = FeatureCache(encoder, flip=opts.flip)
+            x, train_items = labelled_features(cache, train_items, progress)
     labels = [i.label for i in train_items]
     if len(set(labels)) < 3:
         raise SimengineError(f"{data}/train: training needs at least 3 classes")
@@ -98,7 +126,7 @@ def train_model(
     dataset = {"root": str(data.resolve()), "fingerprint": dataset_fingerprint(train_items + val_items),
                "classes": sorted(set(labels)), "train": len(train_items), "val": len(val_items)}
     holdout_sha256 = sorted(train_items[i].sha256 for i in hold)
-    config = _bundle_config(encoder, embedding_head, pair_head, opts, finetune, e_hist, p_hist, dataset,
+    config = _bundle_config(encoder, embedding_head, pair_head, opts, choice, e_hist, p_hist, dataset,
                             holdout_sha256, calibration, metrics)
     extra = {"loss_curve.png": loss_curve_png(e_hist, p_hist),
              "metrics.json": json.dumps(metrics, indent=2).encode(),
@@ -107,7 +135,7 @@ def train_model(
     out = Path(out)
     # The twin is written first, beside the bundle, and moved inside it before the bundle's own atomic rename:
     # a bundle is complete with its twin, or not there.
-    twin = _save_general_twin(out.parent / f".{out.name}.{GENERAL_DIR}", encoder, x, y, fit, hold, opts, finetune,
+    twin = _save_general_twin(out.parent / f".{out.name}.{GENERAL_DIR}", encoder, x, y, fit, hold, opts, choice,
                               finetuned, dataset, holdout_sha256, {SAME_PICTURE: extra[SAME_PICTURE]}, progress)
     try:
         path = save_bundle(out, config, embedding_head, pair_head, encoder, finetuned, extra, {GENERAL_DIR: twin})
@@ -157,7 +185,7 @@ def _same_picture(encoder: Encoder, train_items: list[Item], x: np.ndarray, hold
     return same_picture_file(decision, info, f"{data}/train, originals from the training holdout")
 
 
-def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptions, finetune, e_hist: History,
+def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptions, backbone: dict, e_hist: History,
                    p_hist: History, dataset: dict, holdout_sha256: list[str], calibration, metrics: dict) -> dict:
     return {
         "encoder": encoder.identity,
@@ -165,7 +193,7 @@ def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptio
             "embedding": embedding_head.config(),
             "pair": {"dim": pair_head.dim, "hidden": pair_head.hidden, "input": "concat(a, b) -> [|a-b|, a*b]"},
         },
-        "training": opts.to_dict() | {"finetune": vars(finetune) if finetune else None,
+        "training": opts.to_dict() | {"backbone": backbone,
                                       "best_step": {"embedding": e_hist.best_step, "pair": p_hist.best_step}},
         "dataset": dataset,
         "holdout_sha256": holdout_sha256,
@@ -175,7 +203,7 @@ def _bundle_config(encoder: Encoder, embedding_head, pair_head, opts: TrainOptio
 
 
 def _save_general_twin(target: Path, encoder: Encoder, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
-                       hold: np.ndarray, opts: TrainOptions, finetune, finetuned, dataset: dict,
+                       hold: np.ndarray, opts: TrainOptions, backbone: dict, finetuned, dataset: dict,
                        holdout_sha256: list[str], extra: dict[str, bytes], progress: bool) -> Path:
     """The bundle's general twin (see `model.general`): the backbone's features as the embedding (an identity
     projection), a pair head trained on them, and thresholds on the cosine: those transfer to classes never seen
@@ -198,7 +226,7 @@ def _save_general_twin(target: Path, encoder: Encoder, x: np.ndarray, y: np.ndar
     calibration = calibrate_decisions(emb[hold], y[hold], logits, source="training holdout (general twin)",
                                       seed=opts.seed)
     calibration = dataclasses.replace(calibration, default="distance")
-    config = _bundle_config(encoder, identity, pair_head, opts, finetune, History(), p_hist, dataset, holdout_sha256,
+    config = _bundle_config(encoder, identity, pair_head, opts, backbone, History(), p_hist, dataset, holdout_sha256,
                             calibration, {}) | {"general": True}
     return save_bundle(target, config, identity, pair_head, encoder, finetuned, extra)
 

@@ -133,42 +133,6 @@ def test_bundle_of_another_backbone_is_refused(bundle_dir, tmp_path):
         load_bundle(other, runtime="torch")
 
 
-def test_finetune_runs_a_step_on_cpu(encoder, fixture_data):
-    from simengine.data.folders import scan_split
-    from simengine.training.finetune import FinetuneOptions, finetune_encoder
-
-    items = scan_split(fixture_data, "train")
-    before = {k: v.clone() for k, v in encoder.torch_model.state_dict().items()}
-    tuned, weights_file = finetune_encoder(encoder, items, FinetuneOptions(blocks=1, steps=1, classes_per_batch=2, per_class=2, device="cpu"))
-    after = tuned.torch_model.state_dict()
-    changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
-    assert changed and all(k.startswith(("blocks.6", "conv_head", "bn2")) for k in changed)
-    assert tuned.identity["weights_sha256"] != encoder.identity["weights_sha256"]
-    assert weights_file.is_file()
-    # the original encoder is untouched
-    assert all(np.array_equal(before[k].numpy(), v.numpy()) for k, v in encoder.torch_model.state_dict().items())
-
-
-def test_finetuning_never_sees_the_holdout(fixture_data, tiny_options, tmp_path, monkeypatch):
-    import simengine.training.finetune
-    from simengine.data.folders import scan_split
-    from simengine.training.finetune import FinetuneOptions
-    from simengine.training.pipeline import train_model
-
-    real, seen = simengine.training.finetune.finetune_encoder, []
-
-    def recording(encoder, items, *args, **kwargs):
-        seen.extend(i.sha256 for i in items)
-        return real(encoder, items, *args, **kwargs)
-
-    monkeypatch.setattr(simengine.training.finetune, "finetune_encoder", recording)
-    out = train_model(fixture_data, tmp_path / "tuned", tiny_options, runtime="torch",
-                      finetune=FinetuneOptions(blocks=1, steps=1, classes_per_batch=2, per_class=2, device="cpu"))
-    held = set(json.loads((out / "config.json").read_text())["holdout_sha256"])
-    assert held and seen and not held & set(seen)
-    assert len(seen) + len(held) == len(scan_split(fixture_data, "train"))
-
-
 def test_bundle_embedding_joins_the_imagenet_posteriors(fixture_data, tiny_options, tmp_path):
     from simengine.training.pipeline import train_model
 
