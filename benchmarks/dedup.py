@@ -36,8 +36,10 @@ from common import RESULTS, table, write  # noqa: E402
 HASHES = ("PHash", "DHash", "WHash", "AHash")
 
 
-def make_set(data: Path, folder: Path, originals: int, distractors: int, seed: int) -> list[list[str]]:
-    """Write the generated set into `folder`; returns the families (file names of an original and its copies)."""
+def make_set(data: Path, folder: Path, originals: int, distractors: int,
+             seed: int) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """Write the generated set into `folder`; returns the families (file names of an original and its copies) and
+    the transforms each copy went through."""
     from PIL import Image
 
     from simengine.dedup.copies import make_copy
@@ -50,19 +52,30 @@ def make_set(data: Path, folder: Path, originals: int, distractors: int, seed: i
     np_rng = np.random.default_rng(seed)
     names = iter(rng.sample(range(10 * (originals * 4 + distractors)), originals * 4 + distractors))
     folder.mkdir(parents=True)
-    families = []
+    families, kinds = [], {}
     for source in val[:originals]:
         family = [f"img_{next(names):06d}.jpg"]
         shutil.copyfile(source, folder / family[0])
         with Image.open(source) as img:
             for _ in range(int(np_rng.integers(1, 4))):
-                copy, _ = make_copy(img.convert("RGB"), np_rng)
+                copy, kinds_of_copy = make_copy(img.convert("RGB"), np_rng)
                 family.append(f"img_{next(names):06d}.png")
+                kinds[family[-1]] = kinds_of_copy
                 copy.save(folder / family[-1])
         families.append(family)
     for source in val[originals:originals + distractors]:
         shutil.copyfile(source, folder / f"img_{next(names):06d}.jpg")
-    return families
+    return families, kinds
+
+
+def recall_by_kind(found: set[frozenset], families: list[list[str]], kinds: dict[str, list[str]]) -> dict:
+    """For each transform: the share of copies made with it (alone or with another) found with their original."""
+    hits: dict[str, list[bool]] = {}
+    for original, *copies in families:
+        for copy in copies:
+            for kind in kinds[copy]:
+                hits.setdefault(kind, []).append(frozenset((original, copy)) in found)
+    return {kind: {"copies": len(h), "recall": sum(h) / len(h)} for kind, h in sorted(hits.items())}
 
 
 def pair_set(groups: list[list[str]]) -> set[frozenset]:
@@ -117,6 +130,14 @@ def scale_run(n: int, dim: int, copies: int, seed: int) -> dict:
             "vectors_mb": vectors.nbytes / 2**20}
 
 
+def by_kind_table(result: dict) -> str:
+    methods = {"simengine": result["simengine"], **{f"imagededup {m}": r for m, r in result["imagededup"].items()}}
+    kinds = result["simengine"]["recall_by_kind"]
+    return table(["copy kind", "copies", *methods],
+                 [[kind, kinds[kind]["copies"], *(m["recall_by_kind"][kind]["recall"] for m in methods.values())]
+                  for kind in kinds])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -146,12 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="simengine-dedup-bench-") as tmp:
         folder = Path(tmp) / "set"
-        families = make_set(args.data, folder, args.originals, args.distractors, args.seed)
+        families, kinds = make_set(args.data, folder, args.originals, args.distractors, args.seed)
         truth = pair_set(families)
         result["set"] |= {"copies": sum(len(f) - 1 for f in families), "files": len(list(folder.iterdir())),
                           "true_pairs": len(truth)}
         ours, report = run_simengine(folder, args.model)
-        result["simengine"] = {**precision_recall(pair_set(ours["groups"]), truth), "seconds": ours["seconds"]}
+        result["simengine"] = {**precision_recall(pair_set(ours["groups"]), truth), "seconds": ours["seconds"],
+                               "recall_by_kind": recall_by_kind(pair_set(ours["groups"]), families, kinds)}
         family_of = {name: n for n, f in enumerate(families) for name in f}
         wrong = [g for g in ours["groups"] if len({family_of.get(x, x) for x in g}) > 1]
         result["simengine"]["groups_mixing_pictures"] = len(wrong)
@@ -161,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         for method in HASHES:
             theirs = run_imagededup(folder, method)
             result["imagededup"][method] = {**precision_recall(pair_set(theirs["groups"]), truth),
-                                            "seconds": theirs["seconds"]}
+                                            "seconds": theirs["seconds"],
+                                            "recall_by_kind": recall_by_kind(pair_set(theirs["groups"]), families, kinds)}
             rows.append([f"imagededup {method} (Hamming ≤ 10)", result["imagededup"][method]["precision"],
                          result["imagededup"][method]["recall"], theirs["seconds"]])
     if not args.no_leakage:
@@ -185,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     md = ["# Duplicates", "", f"Generated set: {args.originals} originals from Imagenette val with "
           f"{result['set']['copies']} generated copies, {args.distractors} distractors of the same classes "
           f"({result['set']['files']} files, {len(truth)} true pairs).", "",
-          table(["method", "pairwise precision", "pairwise recall", "seconds"], rows)]
+          table(["method", "pairwise precision", "pairwise recall", "seconds"], rows), "",
+          "Recall by kind of copy (a copy made with two transforms counts for both):", "",
+          by_kind_table(result)]
     if "leakage" in result:
         leak_r = result["leakage"]
         md += ["", f"Imagenette val against train: {leak_r['val_images_with_a_copy_in_train']} of "

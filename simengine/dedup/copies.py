@@ -1,5 +1,5 @@
 """Copies of one picture, as they appear in real collections: resized, recompressed, cropped, rotated a little,
-colour-shifted, watermarked or re-encoded. They are the positives that calibrate the near-duplicate decision and the
+colour-shifted, watermarked, re-encoded, or kept as a small, heavily compressed thumbnail. They are the positives that calibrate the near-duplicate decision and the
 copies that the dedup benchmark hides among distractors."""
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def watermarked(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return out
 
 
+def thumbnail(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A small, heavily compressed copy, as web pages and chat apps keep one: a short side of 64-128 px (never
+    larger than the picture), JPEG quality 25-45."""
+    scale = min(1.0, float(rng.integers(64, 129)) / min(img.size))
+    small = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
+    return _reencoded(small, "JPEG", quality=int(rng.integers(25, 46)))
+
+
 def format_changed(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return _reencoded(img, str(rng.choice(["PNG", "WEBP"])), quality=80)
 
@@ -62,7 +70,7 @@ def _reencoded(img: Image.Image, fmt: str, quality: int) -> Image.Image:
 
 TRANSFORMS: dict[str, Transform] = {
     "resize": resized, "jpeg": recompressed, "crop": cropped, "rotate": rotated, "colour": colour_shifted,
-    "text": watermarked, "format": format_changed,
+    "text": watermarked, "format": format_changed, "thumbnail": thumbnail,
 }
 
 
