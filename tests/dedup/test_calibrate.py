@@ -57,4 +57,4 @@ def test_training_calibrates_the_decision(bundle_dir):
     assert read_same_picture(bundle_dir / "general")[0] == decision  # the twin shares the backbone, so the decision
     assert 0 < decision.min_backbone <= decision.min_backbone_matches <= 1 and decision.min_matches >= 8
     assert record["copies"] >= 2 and set(record["copies_by_transform"]) <= {
-        "resize", "jpeg", "crop", "rotate", "colour", "text", "format"}
+        "resize", "jpeg", "crop", "rotate", "colour", "text", "format", "thumbnail"}
