@@ -108,13 +108,14 @@ def score_curves(model: Model, calibration: Calibration, mode: str,
                  seed: int = 0) -> dict[str, Any]:
     """What the thresholds of `mode` stand on, to be drawn: score histograms of balanced same / different-label
     pairs drawn from `sample` (vectors, labels and what they are: rows `calibration_rows` chose), the ROC curve, and
-    where the pair threshold falls on both. Without a sample (too few labels), only the (estimated) threshold."""
+    where the pair threshold falls on both. Without a sample (too few labelled items), only the threshold: estimated,
+    or calibrated from labelled pairs (`calibrate_from_examples`, with its interval)."""
     threshold = calibration.pair[mode]
     out: dict[str, Any] = {"mode": mode, "threshold": threshold.value, "source": calibration.source,
-                           "triplet_threshold": calibration.triplet[mode].value,
+                           "triplet_threshold": calibration.triplet[mode].value, "interval": threshold.interval,
                            "estimated": calibration.source.startswith(UNCALIBRATED)}
-    if sample is None:
-        return dict(out, estimated=True, pairs=0)
+    if sample is None:  # no labelled items to draw from: thresholds estimated, or from labelled pairs
+        return dict(out, pairs=0)
     vectors, labels, source = sample
     sets = EvalSets.draw(vectors, labels, model.pair_logits, n, seed)
     scores, same = sets.scores(mode, calibration.fusion)[0], sets.labels.astype(bool)

@@ -3,6 +3,7 @@ against a real server on loopback, and each view in headless Chromium. Screensho
 test-artifacts/ (or $SIMENGINE_TEST_ARTIFACTS), never into the repository."""
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -227,6 +228,7 @@ def test_the_thresholds_of_an_unlabelled_index_are_shown_as_estimated(model, fix
     from playwright.sync_api import expect, sync_playwright
 
     from simengine.index.build import build_index
+    from simengine.index.update import calibrate_with_examples
 
     build_index(unlabelled_photos(fixture_data, tmp_path / "photos", 4), model, tmp_path / "unlabelled")
     with running_server(tmp_path / "unlabelled") as url, sync_playwright() as p:
@@ -238,6 +240,18 @@ def test_the_thresholds_of_an_unlabelled_index_are_shown_as_estimated(model, fix
         open_view(page, url, "gallery")
         expect(page.locator("#gallery .card")).to_have_count(8)
         expect(page.locator("body")).not_to_contain_text("class")
+        # A few labelled pairs calibrate it: the view says so, with the threshold's interval, and no longer
+        # calls the thresholds estimated (the served index moves to the new version on its next request).
+        photos = sorted((tmp_path / "photos").glob("*.jpg"))
+        with open(tmp_path / "photos" / "pairs.csv", "w") as f:
+            f.write("img1,img2,label\n" + "".join(
+                f"{a.name},{b.name},{int(a.stem.rsplit('_', 1)[0] == b.stem.rsplit('_', 1)[0])}\n"
+                for a, b in itertools.combinations(photos, 2)))
+        calibrate_with_examples(tmp_path / "unlabelled", pairs=tmp_path / "photos" / "pairs.csv")
+        open_view(page, url, "calibration")
+        expect(page.locator("main")).to_contain_text("labelled pairs from pairs.csv")
+        expect(page.locator("main")).to_contain_text("95 % interval of the pair threshold")
+        expect(page.locator("#estimated")).to_have_count(0)
         chromium.close()
 
 

@@ -47,6 +47,7 @@ export async function render(view) {
   view.append(el("h2", {}, "Thresholds"));
   const facts = [["decision", c.mode], ["pair threshold", fmt(c.threshold)], ["triplet threshold", fmt(c.triplet_threshold)],
     ["how they were obtained", c.source]];
+  if (c.interval) facts.splice(2, 0, ["95 % interval of the pair threshold", `${fmt(c.interval[0])} to ${fmt(c.interval[1])}`]);
   if (c.estimated) {
     view.append(el("p", { id: "estimated", className: "answer" }, "Estimated: this index has too few labels to calibrate its thresholds on, so they are the model's own."));
   }
