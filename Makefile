@@ -53,6 +53,9 @@ bench: install
 	$(BIN)/python benchmarks/map_projection.py --index indexes/default
 	$(BIN)/python benchmarks/app.py --sizes 10000 100000
 	$(BIN)/python benchmarks/first_run.py --folder $(TRASHNET)/train --eval $(VAL) $(TRASHNET)/val --model indexes/default-model
+	$(BIN)/python benchmarks/adaptation.py --data $(TRASHNET)
+	$(BIN)/python benchmarks/adaptation.py --data $(TRASHNET) --backbones --unseen $(DATA) --halves 0 --name adaptation_unseen
+	$(BIN)/python benchmarks/few_labels.py --trashnet $(TRASHNET) --imagenette $(DATA)
 
 # Regenerate the built-in model's package data (simengine/model/builtin_data/) from Imagenette: about 2 min with the
 # feature cache warm, 10 without; see PROVENANCE.json there.

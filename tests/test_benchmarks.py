@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simengine.dedup.copies import TRANSFORMS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
@@ -174,6 +176,48 @@ def test_dedup_script(fixture_data, bundle_dir, tmp_path):
     assert 0 <= data["simengine"]["precision"] <= 1 and 0 <= data["simengine"]["recall"] <= 1
     assert data["leakage"]["val_images"] == 12 and (tmp_path / "leakage.html").is_file()
     assert data["scale"]["found"] == data["scale"]["planted_pairs"] == 1000
+    by_kind = data["simengine"]["recall_by_kind"]
+    assert set(by_kind) <= set(TRANSFORMS) and sum(k["copies"] for k in by_kind.values()) >= data["set"]["copies"]
+    assert all(0 <= k["recall"] <= 1 for k in by_kind.values())
+    assert set(data["imagededup"]["PHash"]["recall_by_kind"]) == set(by_kind)
+    assert "Recall by kind of copy" in (tmp_path / "dedup.md").read_text()
+
+
+def test_adaptation_script(fixture_data, tmp_path):
+    import adaptation
+
+    six = six_class_data(fixture_data, tmp_path / "six")
+    adaptation.main(["--data", str(fixture_data), "--backbones", "tf_efficientnet_lite0", "--blocks", "1",
+                     "--views", "1", "--epochs", "1", "--steps", "40", "--warm-cache", "--unseen", str(six),
+                     "--halves", "0", "--out", str(tmp_path)])
+    data = _written(tmp_path, "adaptation")
+    assert [(u["train_on"], u["choice"]["reason"]) for u in data["unseen"]] == [
+        (["astronaut", "chelsea", "coffee"], "asked for frozen"),
+        (["astronaut", "chelsea", "coffee"], "asked for")]
+    assert all(0 <= u["pair_accuracy"] <= 1 and 0 <= u["precision_at_1"] <= 1 for u in data["unseen"])
+    frozen, adapted = data["rows"]
+    assert not frozen["adapted"] and frozen["choice"]["reason"] == "asked for frozen"
+    assert adapted["blocks"] == 1 and adapted["choice"]["reason"] == "asked for"
+    assert len(adapted["choice"]["record"]["holdout_map_at_r"]) == 2
+    for row in data["rows"]:
+        assert 0 <= row["pair_accuracy"] <= 1 and row["peak_rss_mb"] > 100 and row["seconds"] > 0
+    assert "## TrashNet" in (tmp_path / "adaptation.md").read_text()
+
+
+def test_few_labels_script(fixture_data, tmp_path):
+    import few_labels
+
+    data_root = six_class_data(fixture_data, tmp_path / "data")
+    few_labels.main(["--trashnet", str(data_root), "--imagenette", str(data_root), "--sizes", "12", "20",
+                     "--repeats", "2", "--n-test", "40", "--out", str(tmp_path)])
+    data = _written(tmp_path, "few_labels")
+    assert len(data["collections"]) == 3  # TrashNet, and both unseen halves
+    for collection in data["collections"]:
+        assert [r["pairs"] for r in collection["rows"]] == [12, 20]
+        for row in collection["rows"]:
+            assert 0 <= row["pair_mean"] <= 1 and row["pair_gap_to_full"] == pytest.approx(
+                collection["full_label"]["pair"] - row["pair_mean"])
+    assert "labelled pairs" in (tmp_path / "few_labels.md").read_text()
 
 
 def test_embed_ray_script(fixture_data, bundle_dir, tmp_path):
