@@ -23,7 +23,8 @@ class Threshold:
     interval: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # The few-label fields only where set: a manifest older simengine versions read must not carry them.
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("examples", "interval")}
 
 
 def _sweep(scores: np.ndarray, labels: np.ndarray):
