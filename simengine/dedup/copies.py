@@ -1,6 +1,6 @@
 """Copies of one picture, as they appear in real collections: resized, recompressed, cropped, rotated a little,
-colour-shifted, watermarked, re-encoded, or kept as a small, heavily compressed thumbnail. They are the positives that calibrate the near-duplicate decision and the
-copies that the dedup benchmark hides among distractors."""
+colour-shifted, watermarked, re-encoded, or kept as a small, heavily compressed thumbnail. They are the positives
+that calibrate the near-duplicate decision and the copies that the dedup benchmark hides among distractors."""
 
 from __future__ import annotations
 

@@ -204,9 +204,9 @@ def finetune_encoder(encoder: Encoder, items: list[Item], held_out: list[Item], 
     split = SplitBackbone(model, opts.blocks)
     everything = items + held_out
     cached = cache_activations(encoder, split, everything, opts.views, progress)
-    cache_s = time.time() - started
+    cache_s, cache_mb = time.time() - started, cached.numel() * cached.element_size() / 2**20
     log.info("cached %d views of %d images in %.0f s (%.0f MB)", cached.shape[0] * cached.shape[1], len(everything),
-             cache_s, cached.numel() * 2 / 2**20)
+             cache_s, cache_mb)
     fit_rows, hold_rows = np.arange(len(items)), np.arange(len(items), len(everything))
     labels = [i.label for i in everything]
     codes = torch.from_numpy(np.unique(labels, return_inverse=True)[1])
@@ -238,8 +238,7 @@ def finetune_encoder(encoder: Encoder, items: list[Item], held_out: list[Item], 
 
     history = [round(holdout_map(), 4)]
     log.info("frozen backbone: holdout MAP@R %.4f", history[0])
-    trainable = split.top_modules
-    best_state, best_epoch, stale = copy.deepcopy([m.state_dict() for m in trainable]), 0, 0
+    best_state, best_epoch, stale = copy.deepcopy([m.state_dict() for m in split.top_modules]), 0, 0
     batches = iter(sampler)
     rng = np.random.default_rng(opts.seed)
     for epoch in tqdm(range(1, opts.epochs + 1), desc="adapting the backbone", disable=not progress):
@@ -261,19 +260,19 @@ def finetune_encoder(encoder: Encoder, items: list[Item], held_out: list[Item], 
         history.append(round(holdout_map(), 4))
         log.info("adaptation epoch %d: loss %.4f, holdout MAP@R %.4f", epoch, loss.item(), history[-1])
         if history[-1] > history[best_epoch]:
-            best_state, best_epoch, stale = copy.deepcopy([m.state_dict() for m in trainable]), epoch, 0
+            best_state, best_epoch, stale = copy.deepcopy([m.state_dict() for m in split.top_modules]), epoch, 0
         else:
             stale += 1
             if stale >= opts.patience:
                 break
     record = {"options": opts.to_dict(), "device": device, "images": len(items), "holdout_images": len(held_out),
-              "cached_views": int(cached.shape[1]), "cache_mb": round(cached.numel() * 2 / 2**20, 1),
+              "cached_views": int(cached.shape[1]), "cache_mb": round(cache_mb, 1),
               "cache_seconds": round(cache_s, 1), "seconds": round(time.time() - started, 1),
               "holdout_map_at_r": history, "best_epoch": best_epoch}
     if best_epoch == 0:
         log.warning("adapting did not improve the holdout's MAP@R (%.4f frozen): the backbone stays frozen", history[0])
         return encoder, None, record
-    for module, state in zip(trainable, best_state):
+    for module, state in zip(split.top_modules, best_state):
         module.load_state_dict(state)
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     for p in model.parameters():
